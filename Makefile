@@ -1,0 +1,50 @@
+# Data Out for Airflow. `make demo` and `make test` do all the set-up they need on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+DEMO_DIR := $(CURDIR)/.demo
+
+# A project-local Airflow: its own home, metadata DB (SQLite), and this repo's dags/ and plugins/.
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__LOGGING__LOGGING_LEVEL ?= WARNING
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
+
+# The embedded default: SQLite files for the state database and the sample warehouse.
+# Point these at Postgres (conn_type "postgres") for production; see README "Connections".
+export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
+export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
+
+.PHONY: install airflow-db demo demo-churn test lint clean
+
+$(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-test.txt -c constraints.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
+	mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/migrate.log; exit 1)
+	touch $@
+
+airflow-db: $(AIRFLOW_HOME)/.migrated
+
+demo: airflow-db
+	mkdir -p $(DEMO_DIR)
+	$(BIN)/python include/sandbox/demo.py
+
+demo-churn: airflow-db
+	mkdir -p $(DEMO_DIR)
+	$(BIN)/python include/sandbox/demo.py --churn
+
+test: airflow-db
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(DEMO_DIR) $(AIRFLOW_HOME)

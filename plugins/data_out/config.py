@@ -1,0 +1,355 @@
+"""Audiences as code: typed models for ``include/audiences/*.yaml`` and the loader.
+
+One file per audience. A file that does not validate becomes a ``ConfigError`` naming the file, the
+field and the fix; it never stops the other audiences from loading.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from data_out.destinations import REGISTRY
+from data_out.destinations.base import DestinationSettings, GuardSettings
+from data_out.identity import is_valid_region
+
+AUDIENCES_DIR_ENV = "DATA_OUT_AUDIENCES_DIR"
+DEFAULT_AUDIENCES_DIR = Path(__file__).resolve().parents[2] / "include" / "audiences"
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,54}_v[0-9]{1,3}$")
+SCHEDULE_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once"}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _parse_duration(v: Any) -> Any:
+    """Accept ``6h``, ``75d``, ``30m`` as well as pydantic's own forms (seconds, ISO 8601)."""
+    if isinstance(v, str) and (m := _DURATION_RE.match(v)):
+        return dt.timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    return v
+
+
+Duration = Annotated[dt.timedelta, BeforeValidator(_parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqlSource(_Model):
+    """Membership from a SQL query against a warehouse connection.
+
+    The query is run with bound parameters: ``:as_of`` (the run's point in time, UTC) and one parameter
+    per entry in ``windows`` equal to ``as_of`` minus that duration, so time windows need no
+    dialect-specific date arithmetic.
+    """
+
+    type: Literal["sql"] = "sql"
+    conn_id: str = "data_out_warehouse"
+    sql_file: str | None = Field(None, description="path relative to the audience file")
+    query: str | None = None
+    windows: dict[str, Duration] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_of_file_or_query(self) -> SqlSource:
+        if bool(self.sql_file) == bool(self.query):
+            raise ValueError("give exactly one of sql_file (a .sql file beside the audience) or query")
+        return self
+
+    @field_validator("windows")
+    @classmethod
+    def _window_names(cls, v: dict[str, dt.timedelta]) -> dict[str, dt.timedelta]:
+        for name in v:
+            if not re.match(r"^[a-z][a-z0-9_]*$", name) or name == "as_of":
+                raise ValueError(f"window {name!r} must be a lowercase name other than as_of")
+        return v
+
+
+class Identifiers(_Model):
+    """Source column for each identifier; ``null`` when the source has none."""
+
+    email: str | None = "email"
+    phone: str | None = None
+    external_id: str | None = None
+    default_region: str = Field("US", description="ISO country for phone numbers written without +")
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not is_valid_region(v):
+            raise ValueError(f"{v!r} is not an ISO 3166 alpha-2 region known to phonenumbers (e.g. US, GB, DE)")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Identifiers:
+        if not (self.email or self.phone or self.external_id):
+            raise ValueError("map at least one of email, phone, external_id to a source column")
+        return self
+
+
+class Holdout(_Model):
+    percent: float = Field(ge=0, le=50)
+    salt: str = Field(min_length=4, description="change only to reshuffle the holdout on purpose")
+
+
+class Drift(_Model):
+    """Thresholds for the daily reconciliation; per-destination overrides live on the destination."""
+
+    max_gap_pct: float = Field(5.0, ge=0)
+    max_day_over_day_pct: float = Field(30.0, ge=0)
+    min_match_rate: float = Field(0.3, ge=0, le=1)
+    baseline_runs: int = Field(7, ge=1)
+
+
+class Alerts(_Model):
+    recipients: list[str] = Field(default_factory=list)
+
+    @field_validator("recipients")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", r):
+                raise ValueError(f"{r!r} is not an email address")
+        return v
+
+
+def _destination_union() -> Any:
+    models = tuple(cls.settings_model for cls in REGISTRY.values())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007 - runtime-built union
+
+
+class AudienceConfig(_Model):
+    name: str
+    owner: str = Field(min_length=1)
+    purpose: str = Field(min_length=1)
+    status: Literal["active", "paused", "retired"] = "active"
+    schedule: str | None = "@daily"
+    source: SqlSource
+    member_key: str = "customer_id"
+    identifiers: Identifiers = Identifiers()
+    holdout: Holdout | None = None
+    exclusions: list[str] = Field(default_factory=list)
+    destinations: list[_destination_union()] = Field(min_length=1)  # type: ignore[valid-type]
+    guard: GuardSettings = GuardSettings()
+    drift: Drift = Drift()
+    alerts: Alerts = Alerts()
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(
+                "must be lowercase, stable and versioned, like cio_cart_abandon_6h_v1 "
+                "(letters, digits, underscores; ends in _v<number>; at most 60 characters)"
+            )
+        return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is not None and v not in SCHEDULE_PRESETS and not croniter.is_valid(v):
+            raise ValueError(f"{v!r} is neither a cron expression nor one of {sorted(SCHEDULE_PRESETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _destinations_unique_and_safe(self) -> AudienceConfig:
+        seen: set[str] = set()
+        for d in self.destinations:
+            if d.label in seen:
+                raise ValueError(f"two destinations are labelled {d.label!r}; give one a distinct `name`")
+            seen.add(d.label)
+            if REGISTRY[d.type].activation and d.include == "all":
+                raise ValueError(
+                    f"destination {d.label!r} is an activation channel: include must be 'targeted' "
+                    "or 'holdout' (sending 'all' would retarget the holdout)"
+                )
+        if self.name in self.exclusions:
+            raise ValueError("an audience cannot exclude itself")
+        return self
+
+    @property
+    def dag_id(self) -> str:
+        return f"audience__{self.name}"
+
+    def destination(self, label: str) -> DestinationSettings:
+        for d in self.destinations:
+            if d.label == label:
+                return d
+        raise KeyError(f"audience {self.name!r} has no destination {label!r}")
+
+
+@dataclass
+class LoadedAudience:
+    config: AudienceConfig
+    path: Path
+
+    def sql_text(self) -> str:
+        src = self.config.source
+        if src.query:
+            return src.query
+        assert src.sql_file is not None
+        return (self.path.parent / src.sql_file).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    """A problem with one audience file: where, what, and what to do about it."""
+
+    path: Path
+    field: str | None
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: {self.field}" if self.field else str(self.path)
+        return f"{where}: {self.message}. Fix: {self.fix}"
+
+
+@dataclass
+class LoadResult:
+    audiences: dict[str, LoadedAudience] = field(default_factory=dict)
+    errors: list[ConfigError] = field(default_factory=list)
+
+    def get(self, name: str) -> LoadedAudience:
+        if name in self.audiences:
+            return self.audiences[name]
+        for e in self.errors:
+            if e.path.stem == name:
+                raise ValueError(f"audience {name!r} does not load: {e}")
+        raise KeyError(f"no audience named {name!r} in {audiences_dir()}")
+
+
+def audiences_dir() -> Path:
+    return Path(os.environ.get(AUDIENCES_DIR_ENV) or DEFAULT_AUDIENCES_DIR)
+
+
+def _fix_for(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    loc = ".".join(str(p) for p in err["loc"])
+    if kind == "missing":
+        return f"add `{loc}` to the file"
+    if kind == "extra_forbidden":
+        return f"remove `{loc}` or correct its spelling (see the audience reference in README.md)"
+    if kind in {"union_tag_invalid", "literal_error"}:
+        return "use one of the values listed"
+    if kind == "union_tag_not_found":
+        return "add a `type` to the destination"
+    return "correct the value as described"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _errors_from_validation(path: Path, exc: ValidationError) -> list[ConfigError]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in {"missing", "extra_forbidden"} and "input" in err:
+            msg = f"{msg} (got {_short(err['input'])})"
+        out.append(ConfigError(path, loc, msg, _fix_for(err)))
+    return out
+
+
+def load_file(path: Path) -> LoadedAudience:
+    """Load one audience file; raises ``ConfigFileError`` carrying every problem found in it."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError([ConfigError(path, None, f"not UTF-8 text ({exc.reason})", "save it as UTF-8")]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigFileError(
+            [ConfigError(path, None, f"invalid YAML at {where}: {problem}", "fix the YAML syntax there")]
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigFileError(
+            [ConfigError(path, None, "the file is not a mapping of fields", "start from an example audience")]
+        )
+    try:
+        cfg = AudienceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigFileError(_errors_from_validation(path, exc)) from None
+    problems = []
+    if cfg.name != path.stem:
+        problems.append(
+            ConfigError(path, "name", f"name {cfg.name!r} differs from the file name", f"rename the file to {cfg.name}.yaml")
+        )
+    if cfg.source.sql_file and not (path.parent / cfg.source.sql_file).is_file():
+        problems.append(
+            ConfigError(path, "source.sql_file", f"{cfg.source.sql_file!r} does not exist", "point it at a .sql file beside the audience")
+        )
+    if problems:
+        raise ConfigFileError(problems)
+    return LoadedAudience(cfg, path)
+
+
+class ConfigFileError(Exception):
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def load_audiences(directory: Path | None = None) -> LoadResult:
+    """Load every ``*.yaml``/``*.yml`` file; broken files are reported, never fatal to the others."""
+    directory = directory or audiences_dir()
+    result = LoadResult()
+    if not directory.is_dir():
+        result.errors.append(
+            ConfigError(directory, None, "the audiences directory does not exist", f"create it or set {AUDIENCES_DIR_ENV}")
+        )
+        return result
+    for path in sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"}):
+        try:
+            loaded = load_file(path)
+        except ConfigFileError as exc:
+            result.errors.extend(exc.errors)
+            continue
+        if loaded.config.name in result.audiences:
+            other = result.audiences[loaded.config.name].path
+            result.errors.append(ConfigError(path, "name", f"also used by {other}", "give each audience a unique name"))
+            continue
+        result.audiences[loaded.config.name] = loaded
+    # Exclusions must point at audiences that load: a missing suppression must stop the audience,
+    # not silently target people it was meant to protect.
+    changed = True
+    while changed:  # until no audience depends on one that was just dropped
+        changed = False
+        for name, loaded in list(result.audiences.items()):
+            missing = [x for x in loaded.config.exclusions if x not in result.audiences]
+            if not missing:
+                continue
+            changed = True
+            del result.audiences[name]
+            result.errors.append(
+                    ConfigError(
+                        loaded.path,
+                        "exclusions",
+                        f"excluded audience(s) {', '.join(missing)} do not exist or do not load",
+                        "fix or add those audiences, or remove them from exclusions",
+                    )
+                )
+    return result

@@ -1,0 +1,89 @@
+"""Build one Airflow DAG per audience from its YAML file.
+
+DAG files stay thin: they call ``build_audience_dags`` and put the result in their globals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, Param, TaskGroup
+
+from data_out.config import LoadedAudience, LoadResult, load_audiences
+from data_out.operators.audience import (
+    FinishRunOperator,
+    PlanDestinationOperator,
+    PushDestinationOperator,
+    StageAudienceOperator,
+)
+
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+RUN_PARAMS = {
+    "as_of": Param(
+        None, type=["null", "string"], format="date-time",
+        description="Evaluate the source as of this UTC time (ISO 8601). Default: the run's data interval end.",
+    ),
+    "guard_override_reason": Param(
+        None, type=["null", "string"], maxLength=500,
+        description="Let this one run remove more than the mass-removal guard allows; the reason is recorded.",
+    ),
+}
+
+
+def _doc(loaded: LoadedAudience, module_doc: str | None) -> str:
+    c = loaded.config
+    dests = "\n".join(f"- `{d.label}` ({d.type}, include: {d.include})" for d in c.destinations)
+    holdout = f"{c.holdout.percent}% (salt `{c.holdout.salt}`)" if c.holdout else "none"
+    return (
+        f"# {c.name}\n\n{c.purpose}\n\n"
+        f"- owner: {c.owner}\n- status: {c.status}\n- defined in: `{loaded.path.name}`\n"
+        f"- holdout: {holdout}\n- exclusions: {', '.join(c.exclusions) or 'none'}\n\n"
+        f"## Destinations\n{dests}\n\n{module_doc or ''}"
+    )
+
+
+def build_audience_dag(loaded: LoadedAudience, module_doc: str | None = None) -> DAG:
+    c = loaded.config
+    default_args: dict[str, Any] = {
+        "owner": c.owner,
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+    }
+    schedule = c.schedule if c.status == "active" else None  # paused: runs only when triggered
+    with DAG(
+        dag_id=c.dag_id,
+        schedule=schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args,
+        tags=sorted({"data-out", "audience", c.status, *(d.type for d in c.destinations), *c.tags}),
+        doc_md=_doc(loaded, module_doc),
+        params=RUN_PARAMS,
+        is_paused_upon_creation=c.status != "active",
+    ) as dag:
+        stage = StageAudienceOperator(task_id="stage", audience=c.name)
+        finish = FinishRunOperator(task_id="finish", audience=c.name)
+        for d in c.destinations:
+            with TaskGroup(group_id=d.label, tooltip=f"{d.type} destination"):
+                plan = PlanDestinationOperator(task_id="plan", audience=c.name, destination=d.label)
+                push = PushDestinationOperator(
+                    task_id="push", audience=c.name, destination=d.label, plan_task_id=f"{d.label}.plan"
+                )
+                stage >> plan >> push >> finish
+        if not c.destinations:
+            stage >> finish
+    return dag
+
+
+def build_audience_dags(audiences: LoadResult | None = None, module_doc: str | None = None) -> dict[str, DAG]:
+    """One DAG per active or paused audience; retired audiences get none."""
+    audiences = audiences or load_audiences()
+    return {
+        loaded.config.dag_id: build_audience_dag(loaded, module_doc)
+        for loaded in audiences.audiences.values()
+        if loaded.config.status != "retired"
+    }

@@ -1,0 +1,127 @@
+"""The contract every destination implements.
+
+A destination is one module with a settings model (what an audience YAML may say about it) and a class
+that pushes a batch of adds or removes and reports what the far side accepted. Batching, idempotency
+keys, the commit protocol, reject recording and run tallies live in ``sync.py`` and are shared by all.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from data_out.connections import ConnectionInfo
+
+IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class Op(str, Enum):
+    ADD = "add"
+    REMOVE = "remove"
+
+
+class GuardSettings(BaseModel):
+    """Mass-removal guard: refuse to push a diff that looks like a broken source rather than churn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_removal_share: float = Field(0.5, gt=0, le=1)
+    allow_empty_source: bool = False
+
+
+class DestinationSettings(BaseModel):
+    """Fields every destination accepts in an audience file; modules subclass it with their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    name: str | None = Field(None, description="label, unique within the audience; defaults to type")
+    conn_id: str | None = Field(None, description="Airflow connection; defaults to the destination's own")
+    include: Literal["targeted", "holdout", "all"] = "targeted"
+    batch_size: int | None = Field(None, gt=0)
+    guard: GuardSettings | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str | None) -> str | None:
+        if v is not None and not IDENTIFIER_RE.match(v):
+            raise ValueError(
+                "must be lowercase letters, digits and underscores, starting with a letter "
+                "(it becomes part of a task id)"
+            )
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+
+class MemberRow(NamedTuple):
+    """One member as a destination sees it: key plus the hashed identifiers it matches on."""
+
+    member_key: str
+    email_sha256: str | None
+    phone_sha256: str | None
+    external_id: str | None
+    extra: str | None
+    in_holdout: bool
+
+
+#: Identity columns of the acknowledged and pending tables, in ``MemberRow`` order after member_key.
+IDENTITY_COLUMNS = ("email_sha256", "phone_sha256", "external_id", "extra", "in_holdout")
+
+
+@dataclass
+class BatchResult:
+    """What the destination said about one batch. Members not in ``rejected`` were accepted."""
+
+    rejected: dict[str, str] = field(default_factory=dict)  # member_key -> reason (never a raw value)
+    received: int | None = None  # vendor's own count, when it reports one
+    matched: int | None = None  # vendor-reported valid/matched entries, for match-rate figures
+
+
+class DestinationError(Exception):
+    """A batch failed. ``retryable`` tells the caller whether trying again later can help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Destination(ABC):
+    """Base class: one instance per (audience, destination) for the length of a task."""
+
+    type_name: ClassVar[str]
+    settings_model: ClassVar[type[DestinationSettings]]
+    default_conn_id: ClassVar[str]
+    max_batch_rows: ClassVar[int]
+    #: ad platforms and other activation channels must never receive holdout members
+    activation: ClassVar[bool] = True
+    #: acknowledged-state column -> member snapshot column it is filled from
+    identity_columns: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        self.audience = audience
+        self.settings = settings
+        self.connection = connection
+
+    @property
+    def batch_rows(self) -> int:
+        return min(self.settings.batch_size or self.max_batch_rows, self.max_batch_rows)
+
+    @abstractmethod
+    def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
+        """Apply one batch. Must be safe to call again with the same key (the far side dedupes)."""
+
+    def size(self) -> int | None:
+        """Members the destination itself reports, for run records and reconciliation."""
+        return None
+
+    def close(self) -> None:
+        """Release connections; called once at the end of a task."""

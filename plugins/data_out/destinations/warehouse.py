@@ -1,0 +1,110 @@
+"""Warehouse destination: a table of current members and one of holdout members per audience.
+
+Analysts join these tables to orders to measure lift, and the holdout table is what paid media uses to
+never retarget the holdout. Writes are exactly-once: each batch records its idempotency key in
+``data_out_applied_batches`` in the same transaction as the member rows, so a replayed batch is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, field_validator
+from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, delete, func, select
+
+from data_out.connections import engine_for
+from data_out.destinations import register
+from data_out.destinations.base import (
+    IDENTIFIER_RE,
+    BatchResult,
+    Destination,
+    DestinationSettings,
+    MemberRow,
+    Op,
+)
+from data_out.state import insert_ignore, utcnow
+
+
+class WarehouseSettings(DestinationSettings):
+    type: Literal["warehouse"]
+    include: Literal["targeted", "holdout", "all"] = "all"
+    table: str | None = Field(None, description="members table; default audience_<name>")
+    holdout_table: str | None = Field(None, description="holdout table; default <table>_holdout")
+    db_schema: str | None = Field(None, description="Postgres schema for both tables")
+
+    @field_validator("table", "holdout_table", "db_schema")
+    @classmethod
+    def _identifier(cls, v: str | None) -> str | None:
+        if v is not None and not IDENTIFIER_RE.match(v):
+            raise ValueError("must be a lowercase SQL identifier: letters, digits, underscores")
+        return v
+
+
+@register
+class WarehouseDestination(Destination):
+    type_name = "warehouse"
+    settings_model = WarehouseSettings
+    default_conn_id = "data_out_warehouse"
+    max_batch_rows = 50_000
+    activation = False  # internal: holds the holdout group too, in its own table
+
+    settings: WarehouseSettings
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.engine: Engine = engine_for(self.connection)
+        md = MetaData(schema=self.settings.db_schema)
+        base = self.settings.table or f"audience_{self.audience}"
+        self.members = self._member_table(md, base)
+        self.holdout = self._member_table(md, self.settings.holdout_table or f"{base}_holdout")
+        self.applied = Table(
+            "data_out_applied_batches",
+            md,
+            Column("idempotency_key", String(80), primary_key=True),
+            Column("audience", String(64), nullable=False),
+            Column("rows", Integer, nullable=False),
+            Column("applied_at", DateTime(timezone=True), nullable=False),
+        )
+        md.create_all(self.engine, checkfirst=True)
+
+    @staticmethod
+    def _member_table(md: MetaData, name: str) -> Table:
+        return Table(
+            name,
+            md,
+            Column("member_key", String(256), primary_key=True),
+            Column("added_at", DateTime(timezone=True), nullable=False),
+        )
+
+    def _table_for(self, row: MemberRow) -> Table:
+        if self.settings.include == "all":
+            return self.holdout if row.in_holdout else self.members
+        return self.holdout if self.settings.include == "holdout" else self.members
+
+    def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            first_time = conn.execute(
+                insert_ignore(self.engine, self.applied),
+                {"idempotency_key": idempotency_key, "audience": self.audience, "rows": len(rows), "applied_at": now},
+            ).rowcount
+            if not first_time:
+                return BatchResult()  # applied before a crash; acknowledge without applying twice
+            by_table: dict[str, tuple[Table, list[str]]] = {}
+            for row in rows:
+                table = self._table_for(row)
+                by_table.setdefault(table.name, (table, []))[1].append(row.member_key)
+            for table, keys in by_table.values():
+                if op is Op.ADD:
+                    conn.execute(
+                        insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys]
+                    )
+                else:
+                    conn.execute(delete(table).where(table.c.member_key.in_(keys)))
+        return BatchResult(received=len(rows))
+
+    def size(self) -> int:
+        tables = {"all": (self.members, self.holdout), "holdout": (self.holdout,), "targeted": (self.members,)}
+        with self.engine.connect() as conn:
+            return sum(int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in tables[self.settings.include])

@@ -1,0 +1,200 @@
+"""Set-based diffs: what a destination should have versus what it has acknowledged.
+
+The diff is computed in SQL (anti-joins over indexed tables), numbered into batches and written to
+``do_pending``/``do_batch`` in one transaction before anything is pushed. Removes are planned before
+adds so that a member whose identifiers changed loses the old hashes before gaining the new ones.
+The mass-removal guard runs inside that transaction and rolls the plan back when it trips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, and_, case, exists, false, func, insert, literal, null, or_, select
+
+from data_out import state
+from data_out.config import AudienceConfig
+from data_out.destinations.base import IDENTITY_COLUMNS, Destination, GuardSettings, Op
+from data_out.holdout import holdout_threshold
+
+log = logging.getLogger(__name__)
+
+
+class GuardTripped(Exception):
+    """The planned diff looks like a broken source; nothing was planned. The message says how to override."""
+
+
+@dataclass
+class Plan:
+    sync_id: int
+    desired: int = 0
+    unmatchable: int = 0
+    acked: int = 0
+    adds: int = 0
+    removes: int = 0
+    changed: int = 0
+    batches: int = 0
+    resumed_batches: int = 0
+    guard: str = "passed"
+    seconds: float = 0.0
+
+
+def _group_filter(cfg: AudienceConfig, include: str, m: Any) -> Any:
+    if not cfg.holdout:
+        return literal(True) if include != "holdout" else false()
+    thr = holdout_threshold(cfg.holdout.percent)
+    if include == "holdout":
+        return m.c.bucket < thr
+    if include == "targeted":
+        return or_(m.c.bucket.is_(None), m.c.bucket >= thr)
+    return literal(True)
+
+
+def desired_select(cfg: AudienceConfig, dest: Destination, *, matchable: bool = True) -> Select:
+    """Members this destination should hold, projected onto the acknowledged-state columns."""
+    m, x = state.member, state.exclusion
+    include = dest.settings.include
+    thr = holdout_threshold(cfg.holdout.percent) if cfg.holdout else 0
+    cols = []
+    for col in IDENTITY_COLUMNS:
+        if col == "in_holdout":
+            expr = case((m.c.bucket < thr, True), else_=False) if include == "all" else null()
+        elif col in dest.identity_columns:
+            expr = m.c[dest.identity_columns[col]]
+        else:
+            expr = null()
+        cols.append(expr.label(col))
+    conditions = [
+        m.c.audience == cfg.name,
+        ~exists().where(x.c.audience == cfg.name, x.c.member_key == m.c.member_key),
+        _group_filter(cfg, include, m),
+    ]
+    if dest.identity_columns:
+        has_any = or_(*[m.c[src].is_not(None) for src in dest.identity_columns.values()])
+        conditions.append(has_any if matchable else ~has_any)
+    return select(m.c.member_key, *cols).where(*conditions)
+
+
+def _differs(a: Any, b: Any) -> Any:
+    return or_(*[a.c[c].is_distinct_from(b.c[c]) for c in IDENTITY_COLUMNS])
+
+
+def idempotency_key(audience: str, destination: str, sync_id: int, batch_no: int) -> str:
+    """Stable per planned batch: a replay after a crash presents the same key to the destination."""
+    digest = hashlib.sha256(f"{audience}\x1f{destination}\x1f{sync_id}\x1f{batch_no}".encode()).hexdigest()
+    return f"do-{digest[:40]}"
+
+
+def has_pending(conn: Connection, audience: str, destination: str) -> int:
+    b = state.batch
+    return state.scalar_int(
+        conn, select(func.count()).where(b.c.audience == audience, b.c.destination == destination)
+    )
+
+
+class Planner:
+    def __init__(self, engine: Engine, cfg: AudienceConfig, dest: Destination, label: str) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.dest = dest
+        self.label = label
+
+    def plan(self, sync_id: int, *, guard: GuardSettings, override_reason: str | None = None) -> Plan:
+        """Write the diff as pending batches, unless batches of an unfinished earlier sync are waiting.
+
+        Those are pushed first with their original idempotency keys (see ``sync.py``), and the pusher
+        plans again afterwards, so one run still converges.
+        """
+        started = time.monotonic()
+        plan = Plan(sync_id)
+        with self.engine.begin() as conn:
+            plan.resumed_batches = has_pending(conn, self.cfg.name, self.label)
+            if plan.resumed_batches:
+                log.info("%s/%s: %d batches of an unfinished sync will be pushed first",
+                         self.cfg.name, self.label, plan.resumed_batches)
+                plan.guard = "deferred: resuming unfinished batches"
+            else:
+                self._write_plan(conn, plan, guard, override_reason)
+        plan.seconds = round(time.monotonic() - started, 3)
+        return plan
+
+    def _write_plan(self, conn: Connection, plan: Plan, guard: GuardSettings, override_reason: str | None) -> None:
+        a, p = state.ack, state.pending
+        aud, label = self.cfg.name, self.label
+        d = desired_select(self.cfg, self.dest).subquery("d")
+        k = select(a).where(a.c.audience == aud, a.c.destination == label).subquery("k")
+        B = self.dest.batch_rows
+        ident = [c for c in IDENTITY_COLUMNS]
+
+        plan.desired = state.scalar_int(conn, select(func.count()).select_from(d))
+        if self.dest.identity_columns:  # a destination keyed on member_key alone can always match
+            plan.unmatchable = state.scalar_int(
+                conn, select(func.count()).select_from(desired_select(self.cfg, self.dest, matchable=False).subquery())
+            )
+        plan.acked = state.scalar_int(conn, select(func.count()).select_from(k))
+
+        removes = select(
+            literal(aud), literal(label), literal(Op.REMOVE.value), k.c.member_key,
+            ((func.row_number().over(order_by=k.c.member_key) - 1) // B).label("batch_no"),
+            *[k.c[c] for c in ident],
+        ).where(~exists().where(d.c.member_key == k.c.member_key, ~_differs(d, k)))
+        cols = ["audience", "destination", "op", "member_key", "batch_no", *ident]
+        conn.execute(insert(p).from_select(cols, removes))
+        mine = and_(p.c.audience == aud, p.c.destination == label)
+        plan.removes = state.scalar_int(conn, select(func.count()).where(mine, p.c.op == Op.REMOVE.value))
+        first_add_batch = -(-plan.removes // B)
+
+        adds = select(
+            literal(aud), literal(label), literal(Op.ADD.value), d.c.member_key,
+            ((func.row_number().over(order_by=d.c.member_key) - 1) // B + first_add_batch).label("batch_no"),
+            *[d.c[c] for c in ident],
+        ).where(~exists().where(k.c.member_key == d.c.member_key, ~_differs(d, k)))
+        conn.execute(insert(p).from_select(cols, adds))
+        plan.adds = state.scalar_int(conn, select(func.count()).where(mine, p.c.op == Op.ADD.value))
+        plan.changed = state.scalar_int(
+            conn,
+            select(func.count()).where(
+                mine, p.c.op == Op.ADD.value,
+                exists().where(a.c.audience == aud, a.c.destination == label, a.c.member_key == p.c.member_key),
+            ),
+        )
+        plan.guard = self._guard(plan, guard, override_reason)  # raises before commit: plan rolled back
+
+        batches = conn.execute(
+            select(p.c.batch_no, p.c.op, func.count()).where(mine).group_by(p.c.batch_no, p.c.op).order_by(p.c.batch_no)
+        ).all()
+        if batches:
+            conn.execute(
+                insert(state.batch),
+                [
+                    {"audience": aud, "destination": label, "batch_no": no, "op": op, "rows": n,
+                     "idempotency_key": idempotency_key(aud, label, plan.sync_id, no),
+                     "planned_by": plan.sync_id, "attempts": 0}
+                    for no, op, n in batches
+                ],
+            )
+        plan.batches = len(batches)
+
+    def _guard(self, plan: Plan, guard: GuardSettings, override_reason: str | None) -> str:
+        pure_removes = plan.removes - plan.changed
+        problem = None
+        if plan.acked and plan.desired == 0 and not guard.allow_empty_source:
+            problem = (f"the source yields no members for this destination but {plan.acked} are acknowledged; "
+                       f"pushing would remove all of them")
+        elif plan.acked and pure_removes / plan.acked > guard.max_removal_share:
+            problem = (f"{pure_removes} of {plan.acked} acknowledged members ({pure_removes / plan.acked:.0%}) "
+                       f"would be removed, above the limit of {guard.max_removal_share:.0%}")
+        if problem is None:
+            return "passed"
+        if override_reason:
+            log.warning("%s/%s: guard overridden (%s): %s", self.cfg.name, self.label, override_reason, problem)
+            return f"overridden: {problem}; reason: {override_reason}"
+        raise GuardTripped(
+            f"mass-removal guard for {self.cfg.name}/{self.label}: {problem}. Nothing was pushed. If the "
+            f"shrink is deliberate, trigger the DAG again with conf "
+            f'{{"guard_override_reason": "<why>"}} to let one run through.'
+        )

@@ -1,0 +1,44 @@
+"""Airflow's face of the state database and of every other connection Data Out reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseHook
+from sqlalchemy import Engine
+
+from data_out.connections import ConnectionInfo, engine_for
+from data_out.state import ensure_schema
+
+
+def connection_info(conn_id: str) -> ConnectionInfo:
+    """Resolve an Airflow connection (env var, secrets backend or metadata DB) into plain data."""
+    conn = BaseHook.get_connection(conn_id)
+    return ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=conn.conn_type or "",
+        host=conn.host,
+        port=conn.port,
+        login=conn.login,
+        password=conn.password,
+        schema=conn.schema,
+        extra=conn.extra_dejson or {},
+    )
+
+
+class DataOutStateHook(BaseHook):
+    """The state database (SQLite file or Postgres); creates and migrates its schema on first use."""
+
+    conn_name_attr = "data_out_state_conn_id"
+    default_conn_name = "data_out_state"
+    conn_type = "postgres"
+    hook_name = "Data Out state database"
+
+    def __init__(self, data_out_state_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_out_state_conn_id = data_out_state_conn_id
+
+    def get_conn(self) -> Engine:
+        engine = engine_for(connection_info(self.data_out_state_conn_id))
+        ensure_schema(engine)
+        return engine

@@ -1,0 +1,65 @@
+"""Audience leases: two runs of one audience never interleave.
+
+A lease row names the Airflow DAG run that owns an audience until it finishes or the lease expires
+(a killed worker cannot release it). Re-entrant for the same holder, so task retries within the run
+continue; a different run fails fast with a message naming the holder. Airflow's ``max_active_runs=1``
+is the first line of defence; this is the one that also covers manual runs and other DAGs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from data_out import state
+
+DEFAULT_TTL = dt.timedelta(hours=3)
+
+
+class LeaseHeld(Exception):
+    pass
+
+
+def acquire(engine: Engine, audience: str, holder: str, ttl: dt.timedelta = DEFAULT_TTL) -> None:
+    lease = state.lease
+    now = state.utcnow()
+    values = {"holder": holder, "acquired_at": now, "expires_at": now + ttl}
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(lease)
+            .where(lease.c.audience == audience, or_(lease.c.holder == holder, lease.c.expires_at < now))
+            .values(**values)
+        ).rowcount
+        if taken:
+            return
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(lease).values(audience=audience, **values))
+    except IntegrityError:
+        with engine.connect() as conn:
+            row = conn.execute(select(lease.c.holder, lease.c.expires_at).where(lease.c.audience == audience)).first()
+        who, until = (row or ("another run", "unknown"))
+        raise LeaseHeld(
+            f"audience {audience} is being synced by run {who!r} (lease until {until} UTC); "
+            "this run did nothing. Wait for it to finish, or clear that run in Airflow first."
+        ) from None
+
+
+def check(engine: Engine, audience: str, holder: str) -> None:
+    """Fencing: refuse to write state for an audience this run no longer owns."""
+    lease = state.lease
+    with engine.connect() as conn:
+        who = conn.scalar(select(lease.c.holder).where(lease.c.audience == audience))
+    if who != holder:
+        raise LeaseHeld(
+            f"audience {audience}: this run ({holder!r}) does not hold the lease (holder: {who!r}); "
+            "it may have expired. Rerun the DAG."
+        )
+
+
+def release(engine: Engine, audience: str, holder: str) -> None:
+    lease = state.lease
+    with engine.begin() as conn:
+        conn.execute(delete(lease).where(lease.c.audience == audience, lease.c.holder == holder))

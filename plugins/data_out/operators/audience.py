@@ -1,0 +1,139 @@
+"""Operators that drive one audience run: stage -> (plan -> push) per destination -> finish.
+
+They are thin: each resolves connections and the audience config, then calls one ``AudienceRunner``
+step. XCom carries ids and counts only, never identifiers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from data_out.config import load_audiences
+from data_out.destinations.base import DestinationError
+from data_out.diff import GuardTripped
+from data_out.hooks.state import DataOutStateHook, connection_info
+from data_out.lease import LeaseHeld
+from data_out.runner import AudienceRunner, RunFailed
+
+#: errors that a retry cannot fix: fail the task at once with the message
+FATAL = (GuardTripped, LeaseHeld, RunFailed, KeyError, ValueError)
+
+
+def _as_of(context: Any) -> dt.datetime:
+    """The point in time the source query is evaluated at: the ``as_of`` param, else the data interval end."""
+    explicit = (context.get("params") or {}).get("as_of")
+    if explicit:
+        value = dt.datetime.fromisoformat(str(explicit).replace("Z", "+00:00"))
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    for key in ("data_interval_end", "logical_date"):
+        if context.get(key):
+            return context[key]
+    return dt.datetime.now(dt.UTC)
+
+
+class AudienceStepOperator(BaseOperator):
+    """Base for the steps: resolves the runner and the lease holder for this DAG run.
+
+    :param audience: audience name (templated)
+    :param state_conn_id: connection of the Data Out state database
+    """
+
+    template_fields = ("audience",)
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, audience: str, state_conn_id: str = "data_out_state", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.audience = audience
+        self.state_conn_id = state_conn_id
+
+    def runner(self) -> AudienceRunner:
+        engine = DataOutStateHook(self.state_conn_id).get_conn()
+        return AudienceRunner(engine, load_audiences(), self.audience, connection_info)
+
+    @staticmethod
+    def holder(context: Any) -> str:
+        dag_run = context["dag_run"]
+        return f"{dag_run.dag_id}/{dag_run.run_id}"
+
+    @staticmethod
+    def override_reason(context: Any) -> str | None:
+        return (context.get("params") or {}).get("guard_override_reason") or None
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return self.step(context)
+        except FATAL as exc:
+            raise AirflowFailException(str(exc)) from None
+        except DestinationError as exc:
+            if exc.retryable:
+                raise
+            raise AirflowFailException(str(exc)) from None
+
+    def step(self, context: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class StageAudienceOperator(AudienceStepOperator):
+    """Take the audience's lease, open a run record, and stage the source snapshot."""
+
+    def step(self, context: Any) -> dict[str, Any]:
+        runner, holder = self.runner(), self.holder(context)
+        run_id = runner.start(holder, _as_of(context))
+        # pushed before staging so that finish can close the run and free the lease even if it fails
+        context["ti"].xcom_push(key="run_id", value=run_id)
+        stats = runner.stage(run_id, holder)
+        return {"run_id": run_id, "members": stats.members, "held_out": stats.held_out}
+
+
+class PlanDestinationOperator(AudienceStepOperator):
+    """Diff the snapshot against what the destination acknowledged; apply the mass-removal guard."""
+
+    template_fields = ("audience", "destination")
+
+    def __init__(self, *, destination: str, stage_task_id: str = "stage", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.stage_task_id = stage_task_id
+
+    def step(self, context: Any) -> dict[str, Any]:
+        run_id = context["ti"].xcom_pull(task_ids=self.stage_task_id, key="run_id")
+        plan = self.runner().plan(run_id, self.destination, self.holder(context), self.override_reason(context))
+        return {"sync_id": plan.sync_id, "adds": plan.adds, "removes": plan.removes, "batches": plan.batches}
+
+
+class PushDestinationOperator(AudienceStepOperator):
+    """Push the planned batches and commit what the destination acknowledged."""
+
+    template_fields = ("audience", "destination")
+
+    def __init__(self, *, destination: str, plan_task_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.plan_task_id = plan_task_id
+
+    def step(self, context: Any) -> dict[str, Any]:
+        planned = context["ti"].xcom_pull(task_ids=self.plan_task_id)
+        r = self.runner().push(planned["sync_id"], self.destination, self.holder(context), self.override_reason(context))
+        return {"added": r.added, "removed": r.removed, "rejected": r.rejected, "batches": r.batches}
+
+
+class FinishRunOperator(AudienceStepOperator):
+    """Close the run record and release the lease; fails the DAG run if any step failed."""
+
+    def __init__(self, *, stage_task_id: str = "stage", **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        self.stage_task_id = stage_task_id
+
+    def step(self, context: Any) -> dict[str, Any]:
+        run_id = context["ti"].xcom_pull(task_ids=self.stage_task_id, key="run_id")
+        if run_id is None:
+            raise AirflowFailException(
+                f"audience {self.audience}: the run did not start (see the stage task's log), "
+                "so nothing was synced"
+            )
+        return self.runner().finish(run_id, self.holder(context))

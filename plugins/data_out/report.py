@@ -1,0 +1,49 @@
+"""Run history as tables for humans: the demo's summary and the run-history command."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, select
+from tabulate import tabulate
+
+from data_out import state
+
+
+def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per (audience run, destination), with the figures a data engineer checks first."""
+    r, s = state.run, state.sync
+    if not run_ids:
+        return []
+    stmt = (
+        select(r, s.c.destination, s.c.status.label("sync_status"), s.c.added, s.c.removed, s.c.rejected,
+               s.c.unmatchable, s.c.destination_size, s.c.guard, s.c.error.label("sync_error"))
+        .select_from(r.outerjoin(s, s.c.run_id == r.c.id))
+        .where(r.c.id.in_(list(run_ids)))
+        .order_by(r.c.audience, s.c.destination)
+    )
+    with engine.connect() as conn:
+        rows = [dict(m) for m in conn.execute(stmt).mappings()]
+    for row in rows:
+        issues = row.get("identifier_issues") or {}
+        row["invalid"] = sum(n for k, n in issues.items() if k.endswith("_invalid"))
+        row["missing"] = sum(n for k, n in issues.items() if k.endswith("_missing"))
+        end = row["finished_at"] or row["started_at"]
+        row["duration_s"] = round((end - row["started_at"]).total_seconds(), 2)
+    return rows
+
+
+def run_report(rows: list[dict[str, Any]]) -> str:
+    headers = ["audience", "destination", "status", "source", "added", "removed", "held out",
+               "invalid ids", "no usable id", "rejected", "dest size", "duration s"]
+    table = [
+        [row["audience"], row["destination"] or "-", row["sync_status"] or row["status"], row["members"],
+         row["added"], row["removed"], row["held_out"], row["invalid"], row["unmatchable"], row["rejected"],
+         row["destination_size"], row["duration_s"]]
+        for row in rows
+    ]
+    out = tabulate(table, headers=headers, tablefmt="github", intfmt=",")
+    problems = [f"- {row['audience']}/{row['destination'] or '-'}: {row['sync_error'] or row['error']}"
+                for row in rows if (row["sync_status"] or row["status"]) != "success"]
+    return out + ("\n\nProblems:\n" + "\n".join(problems) if problems else "")

@@ -1,0 +1,220 @@
+"""One audience run, step by step, without Airflow: start, stage, plan and push each destination, finish.
+
+Operators call these steps from separate tasks; tests and the benchmark call them in one process.
+Every step records its outcome in ``do_run``/``do_sync`` before returning or raising, so run history
+explains failures as well as successes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from data_out import lease, state
+from data_out.config import LoadedAudience, LoadResult
+from data_out.connections import ConnectionInfo, engine_for
+from data_out.destinations import destination_class
+from data_out.destinations.base import Destination
+from data_out.diff import Plan, Planner
+from data_out.sources.warehouse import SqlSource, window_params
+from data_out.staging import Stager, StageStats
+from data_out.sync import Pusher, PushResult
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[str], ConnectionInfo]
+
+
+class RunFailed(Exception):
+    """The run finished with failed steps; the message lists them."""
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+class AudienceRunner:
+    def __init__(self, state_engine: Engine, audiences: LoadResult, name: str, resolve: Resolver) -> None:
+        self.engine = state_engine
+        self.audiences = audiences
+        self.loaded: LoadedAudience = audiences.get(name)
+        self.cfg = self.loaded.config
+        self.resolve = resolve
+
+    # -- building blocks -------------------------------------------------------------------------
+    def source_for(self, loaded: LoadedAudience, as_of: dt.datetime) -> SqlSource:
+        cfg = loaded.config
+        ids = cfg.identifiers
+        required = [c for c in (cfg.member_key, ids.email, ids.phone, ids.external_id) if c]
+        return SqlSource(
+            engine_for(self.resolve(cfg.source.conn_id)),
+            loaded.sql_text(),
+            window_params(as_of, cfg.source.windows),
+            required,
+            label=f"audience {cfg.name} ({cfg.source.sql_file or 'inline query'})",
+        )
+
+    def destination(self, label: str) -> Destination:
+        settings = self.cfg.destination(label)
+        cls = destination_class(settings.type)
+        return cls(self.cfg.name, settings, self.resolve(settings.conn_id or cls.default_conn_id))
+
+    @contextmanager
+    def _destination(self, label: str) -> Iterator[Destination]:
+        dest = self.destination(label)
+        try:
+            yield dest
+        finally:
+            dest.close()
+
+    def _as_of(self, run_id: int) -> dt.datetime:
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(state.run.c.as_of).where(state.run.c.id == run_id))
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+    def _update_run(self, run_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(state.run).where(state.run.c.id == run_id).values(**values))
+
+    def _update_sync(self, sync_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(state.sync).where(state.sync.c.id == sync_id).values(**values))
+
+    # -- steps -----------------------------------------------------------------------------------
+    def start(self, holder: str, as_of: dt.datetime) -> int:
+        lease.acquire(self.engine, self.cfg.name, holder)
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    insert(state.run).values(
+                        audience=self.cfg.name, dag_run_id=holder, as_of=as_of.astimezone(dt.UTC),
+                        status="running", started_at=state.utcnow(),
+                    )
+                ).inserted_primary_key[0]
+            )
+
+    def stage(self, run_id: int, holder: str) -> StageStats:
+        lease.check(self.engine, self.cfg.name, holder)
+        as_of = self._as_of(run_id)
+        try:
+            exclusions = {
+                name: (self.source_for(self.audiences.get(name), as_of), self.audiences.get(name).config.member_key)
+                for name in self.cfg.exclusions
+            }
+            stats = Stager(self.engine, self.cfg, run_id).stage(self.source_for(self.loaded, as_of), exclusions)
+        except Exception as exc:
+            self._update_run(run_id, status="failed", error=_error_text(exc), finished_at=state.utcnow())
+            raise
+        fields = stats.as_dict()
+        self._update_run(run_id, stage_seconds=fields.pop("seconds"), **fields)
+        return stats
+
+    def plan(self, run_id: int, label: str, holder: str, override_reason: str | None = None) -> Plan:
+        lease.check(self.engine, self.cfg.name, holder)
+        settings = self.cfg.destination(label)
+        with self.engine.begin() as conn:
+            sync_id = int(
+                conn.execute(
+                    insert(state.sync).values(
+                        run_id=run_id, audience=self.cfg.name, destination=label, destination_type=settings.type,
+                        status="planning", started_at=state.utcnow(),
+                    )
+                ).inserted_primary_key[0]
+            )
+        try:
+            with self._destination(label) as dest:
+                plan = Planner(self.engine, self.cfg, dest, label).plan(
+                    sync_id, guard=settings.guard or self.cfg.guard, override_reason=override_reason
+                )
+        except Exception as exc:
+            status = "guarded" if type(exc).__name__ == "GuardTripped" else "failed"
+            self._update_sync(sync_id, status=status, error=_error_text(exc), guard=str(exc) if status == "guarded" else None,
+                              finished_at=state.utcnow())
+            raise
+        self._update_sync(
+            sync_id, status="planned", desired=plan.desired, unmatchable=plan.unmatchable,
+            planned_adds=plan.adds, planned_removes=plan.removes, changed=plan.changed,
+            resumed_batches=plan.resumed_batches, guard=plan.guard, plan_seconds=plan.seconds,
+        )
+        return plan
+
+    def push(self, sync_id: int, label: str, holder: str, override_reason: str | None = None) -> PushResult:
+        lease.check(self.engine, self.cfg.name, holder)
+        result = PushResult()
+        settings = self.cfg.destination(label)
+        try:
+            with self._destination(label) as dest:
+                pusher = Pusher(self.engine, self.cfg.name, label, dest)
+                progress = lambda r: self._update_sync(sync_id, **_push_fields(r))  # noqa: E731
+                with self.engine.connect() as conn:
+                    resumed = conn.scalar(select(state.sync.c.resumed_batches).where(state.sync.c.id == sync_id))
+                pusher.drain(sync_id, result, progress)
+                if resumed:  # the old batches are done; now plan and push this run's own diff
+                    plan = Planner(self.engine, self.cfg, dest, label).plan(
+                        sync_id, guard=settings.guard or self.cfg.guard, override_reason=override_reason
+                    )
+                    self._update_sync(
+                        sync_id, desired=plan.desired, unmatchable=plan.unmatchable, planned_adds=plan.adds,
+                        planned_removes=plan.removes, changed=plan.changed, guard=plan.guard,
+                    )
+                    pusher.drain(sync_id, result, progress)
+                size = dest.size()
+                acked = pusher.acked_size()
+        except Exception as exc:
+            self._update_sync(sync_id, status="failed", error=_error_text(exc), finished_at=state.utcnow(),
+                              **_push_fields(result))
+            raise
+        self._update_sync(
+            sync_id, status="success", finished_at=state.utcnow(), destination_size=size, acked_size=acked,
+            error=None, **_push_fields(result),
+        )
+        return result
+
+    def finish(self, run_id: int, holder: str) -> dict[str, Any]:
+        """Close the run record, release the lease, and raise ``RunFailed`` if any step failed."""
+        s = state.sync
+        with self.engine.connect() as conn:
+            run_row = conn.execute(select(state.run).where(state.run.c.id == run_id)).mappings().one()
+            syncs = conn.execute(select(s.c.destination, s.c.status, s.c.error).where(s.c.run_id == run_id)).all()
+        labels = [d.label for d in self.cfg.destinations]
+        done = {d: st for d, st, _ in syncs}
+        problems = [f"{d}: {st}: {err}" for d, st, err in syncs if st != "success"]
+        problems += [f"{lbl}: did not run" for lbl in labels if lbl not in done and run_row["status"] != "failed"]
+        if run_row["status"] == "failed":
+            problems.insert(0, f"staging failed: {run_row['error']}")
+        status = "failed" if problems else "success"
+        self._update_run(run_id, status=status, finished_at=state.utcnow(),
+                         error="; ".join(problems)[:4000] if problems else None)
+        lease.release(self.engine, self.cfg.name, holder)
+        if problems:
+            raise RunFailed(f"audience {self.cfg.name} run {run_id} failed: " + "; ".join(problems))
+        return {"run_id": run_id, "status": status}
+
+    def run(self, holder: str, as_of: dt.datetime, override_reason: str | None = None) -> int:
+        """All steps in one process; destinations fail independently, as under Airflow."""
+        run_id = self.start(holder, as_of)
+        try:
+            self.stage(run_id, holder)
+            for d in self.cfg.destinations:
+                try:
+                    plan = self.plan(run_id, d.label, holder, override_reason)
+                    self.push(plan.sync_id, d.label, holder, override_reason)
+                except Exception:  # recorded in do_sync; finish() reports it
+                    log.exception("%s/%s failed", self.cfg.name, d.label)
+        except Exception:
+            log.exception("%s: staging failed", self.cfg.name)
+        finally:
+            self.finish(run_id, holder)
+        return run_id
+
+
+def _push_fields(r: PushResult) -> dict[str, Any]:
+    fields = asdict(r)
+    fields["push_seconds"] = fields.pop("seconds")
+    return fields

@@ -1,0 +1,1 @@
+"""Sources of audience membership. Each yields batches of plain row dicts; staging does the rest."""

@@ -1,0 +1,260 @@
+"""The state database: schema, creation and small dialect helpers.
+
+This is the product's memory and is never Airflow's metadata database. The same SQLAlchemy Core schema
+and statements run on SQLite (the embedded default) and Postgres (production).
+
+What lives here, and why:
+
+* ``do_member``: the latest source snapshot of each audience, already normalised and hashed, with a
+  fingerprint of the raw values so an unchanged row is never normalised twice. No raw identifiers.
+* ``do_stage``: the snapshot being built by the current run; merged into ``do_member`` in one
+  transaction, then emptied.
+* ``do_exclusion``: member keys of the audiences an audience is told to exclude, as of the current run.
+* ``do_ack``: per (audience, destination) exactly what the destination acknowledged, with the hashed
+  identifiers that were sent (so a removal sends the same hashes as the add did).
+* ``do_pending`` / ``do_batch``: the planned diff, numbered into batches with their idempotency keys,
+  written before anything is pushed. A crashed run's batches are replayed with the same keys.
+* ``do_run`` / ``do_sync``: run history per audience run and per destination sync.
+* ``do_reject``: row-level rejects with the *hashed* member key and the destination's reason.
+* ``do_lease``: which run owns an audience right now (two runs of one audience never interleave).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+_KEY = String(256)
+_HASH = String(64)
+_AUD = String(64)
+_DEST = String(64)
+
+schema_version = Table(
+    "do_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+_member_columns = lambda: [  # noqa: E731 - the same identity columns in snapshot and stage
+    Column("raw_fp", String(32), nullable=False),
+    Column("bucket", Integer),
+    Column("email_sha256", _HASH),
+    Column("phone_e164_sha256", _HASH),
+    Column("phone_digits_sha256", _HASH),
+    Column("external_id", _KEY),
+    Column("extra", Text),
+    Column("email_issue", String(16)),
+    Column("phone_issue", String(16)),
+    Column("external_id_issue", String(16)),
+]
+
+member = Table(
+    "do_member",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("member_key", _KEY, primary_key=True),
+    *_member_columns(),
+)
+
+stage = Table(
+    "do_stage",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("audience", _AUD, nullable=False),
+    Column("run_id", _Id, nullable=False),
+    Column("member_key", _KEY, nullable=False),
+    Column("computed", Boolean, nullable=False),
+    *_member_columns(),
+    Index("ix_do_stage_run_key", "run_id", "member_key", "raw_fp"),
+    Index("ix_do_stage_audience", "audience"),
+)
+
+exclusion = Table(
+    "do_exclusion",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("member_key", _KEY, primary_key=True),
+)
+
+_identity = lambda: [  # noqa: E731 - identity columns shared by ack and pending (see MemberRow)
+    Column("email_sha256", _HASH),
+    Column("phone_sha256", _HASH),
+    Column("external_id", _KEY),
+    Column("extra", Text),
+    Column("in_holdout", Boolean),
+]
+
+ack = Table(
+    "do_ack",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("destination", _DEST, primary_key=True),
+    Column("member_key", _KEY, primary_key=True),
+    *_identity(),
+    Column("acked_at", DateTime(timezone=True), nullable=False),
+)
+
+pending = Table(
+    "do_pending",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("destination", _DEST, primary_key=True),
+    Column("op", String(8), primary_key=True),
+    Column("member_key", _KEY, primary_key=True),
+    Column("batch_no", Integer, nullable=False),
+    *_identity(),
+    Index("ix_do_pending_batch", "audience", "destination", "batch_no"),
+)
+
+batch = Table(
+    "do_batch",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("destination", _DEST, primary_key=True),
+    Column("batch_no", Integer, primary_key=True),
+    Column("op", String(8), nullable=False),
+    Column("idempotency_key", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("planned_by", _Id, nullable=False),  # do_sync.id of the sync that planned it
+    Column("attempts", Integer, nullable=False, default=0),
+)
+
+run = Table(
+    "do_run",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("audience", _AUD, nullable=False),
+    Column("dag_run_id", String(250)),
+    Column("as_of", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),  # running | success | failed
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("source_rows", BigInteger),
+    Column("members", BigInteger),
+    Column("duplicate_keys", BigInteger),
+    Column("missing_keys", BigInteger),
+    Column("recomputed", BigInteger),  # rows whose identifiers changed and were normalised again
+    Column("excluded", BigInteger),
+    Column("held_out", BigInteger),
+    Column("identifier_issues", JSON),  # {"email_missing": n, "email_invalid": n, ...}
+    Column("stage_seconds", Float),
+    Column("error", Text),
+    Index("ix_do_run_audience", "audience", "id"),
+)
+
+sync = Table(
+    "do_sync",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", _Id, nullable=False),
+    Column("audience", _AUD, nullable=False),
+    Column("destination", _DEST, nullable=False),
+    Column("destination_type", String(32), nullable=False),
+    Column("mode", String(16), nullable=False, default="incremental"),
+    Column("status", String(16), nullable=False),  # planned | success | failed | guarded
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("desired", BigInteger),
+    Column("unmatchable", BigInteger),  # desired members with none of the destination's identifiers
+    Column("planned_adds", BigInteger),
+    Column("planned_removes", BigInteger),
+    Column("changed", BigInteger),  # members whose sent identifiers changed (remove old + add new)
+    Column("resumed_batches", Integer),
+    Column("added", BigInteger, default=0),
+    Column("removed", BigInteger, default=0),
+    Column("rejected", BigInteger, default=0),
+    Column("batches", Integer, default=0),
+    Column("received", BigInteger),
+    Column("matched", BigInteger),
+    Column("destination_size", BigInteger),
+    Column("acked_size", BigInteger),
+    Column("guard", Text),  # the guard's decision, including an override and its reason
+    Column("plan_seconds", Float),
+    Column("push_seconds", Float),
+    Column("error", Text),
+    Index("ix_do_sync_audience", "audience", "destination", "id"),
+)
+
+reject = Table(
+    "do_reject",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("sync_id", _Id, nullable=False),
+    Column("audience", _AUD, nullable=False),
+    Column("destination", _DEST, nullable=False),
+    Column("op", String(8), nullable=False),
+    Column("member_key_sha256", _HASH, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+lease = Table(
+    "do_lease",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("holder", String(250), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables and record the schema version; safe to call from every task."""
+    metadata.create_all(engine, checkfirst=True)
+    with engine.begin() as conn:
+        current = conn.scalar(select(func.max(schema_version.c.version)))
+        if current is None:
+            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION, applied_at=utcnow()))
+        elif current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the state database is at schema version {current}, newer than this code "
+                f"({SCHEMA_VERSION}); upgrade the data_out package on this worker"
+            )
+
+
+def insert_ignore(engine_or_dialect: Any, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the dialect at hand (replays must not fail)."""
+    name = getattr(engine_or_dialect, "name", None) or engine_or_dialect.dialect.name
+    if name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    if name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"state database dialect {name!r} is not supported")
+
+
+def scalar_int(conn: Any, stmt: Any, **params: Any) -> int:
+    return int(conn.execute(stmt, params).scalar() or 0)
+

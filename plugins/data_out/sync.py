@@ -1,0 +1,138 @@
+"""Push planned batches and commit what the destination acknowledged.
+
+The commit protocol, in order, for every batch:
+
+1. the batch and its idempotency key were written by the planner before anything was sent;
+2. ``attempts`` is incremented and committed, then the batch is pushed;
+3. in one transaction: accepted rows move into ``do_ack`` (adds) or out of it (removes), rejected rows go
+   to ``do_reject`` with a hashed key, and the batch's pending rows are deleted.
+
+A crash between 2 and 3 leaves the batch pending; the next attempt pushes it again with the same key and
+the destination applies it at most once. State therefore only advances for what was acknowledged, and a
+rerun converges without duplicate adds or lost removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+
+from data_out import state
+from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PushResult:
+    added: int = 0
+    removed: int = 0
+    rejected: int = 0
+    batches: int = 0
+    received: int = 0
+    matched: int | None = None
+    seconds: float = 0.0
+
+
+def _hash_key(member_key: str) -> str:
+    return hashlib.sha256(member_key.encode("utf-8")).hexdigest()
+
+
+class Pusher:
+    def __init__(self, engine: Engine, audience: str, label: str, dest: Destination) -> None:
+        self.engine = engine
+        self.audience = audience
+        self.label = label
+        self.dest = dest
+
+    def _mine(self, table):  # type: ignore[no-untyped-def]
+        return and_(table.c.audience == self.audience, table.c.destination == self.label)
+
+    def drain(self, sync_id: int, result: PushResult, on_batch: Callable[[PushResult], None] | None = None) -> None:
+        """Push every pending batch of this (audience, destination) in order."""
+        started = time.monotonic()
+        b = state.batch
+        while True:
+            with self.engine.connect() as conn:
+                nxt = conn.execute(
+                    select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows)
+                    .where(self._mine(b)).order_by(b.c.batch_no).limit(1)
+                ).first()
+            if nxt is None:
+                break
+            batch_no, op, key, n = nxt
+            self._push_one(sync_id, batch_no, Op(op), key, result)
+            log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op, n)
+            if on_batch:
+                on_batch(result)
+        result.seconds = round(result.seconds + time.monotonic() - started, 3)
+
+    def _rows(self, batch_no: int) -> list[MemberRow]:
+        p = state.pending
+        with self.engine.connect() as conn:
+            return [
+                MemberRow(*r)
+                for r in conn.execute(
+                    select(p.c.member_key, *[p.c[c] for c in IDENTITY_COLUMNS])
+                    .where(self._mine(p), p.c.batch_no == batch_no).order_by(p.c.member_key)
+                )
+            ]
+
+    def _push_one(self, sync_id: int, batch_no: int, op: Op, key: str, result: PushResult) -> None:
+        b = state.batch
+        with self.engine.begin() as conn:
+            conn.execute(update(b).where(self._mine(b), b.c.batch_no == batch_no).values(attempts=b.c.attempts + 1))
+        rows = self._rows(batch_no)
+        outcome = self.dest.push(op, rows, key)
+        self._commit(sync_id, batch_no, op, rows, outcome)
+        rejected = len(outcome.rejected)
+        result.batches += 1
+        result.rejected += rejected
+        result.received += outcome.received if outcome.received is not None else len(rows)
+        if outcome.matched is not None:
+            result.matched = (result.matched or 0) + outcome.matched
+        if op is Op.ADD:
+            result.added += len(rows) - rejected
+        else:
+            result.removed += len(rows) - rejected
+
+    def _commit(self, sync_id: int, batch_no: int, op: Op, rows: list[MemberRow], outcome: BatchResult) -> None:
+        a, p, b = state.ack, state.pending, state.batch
+        accepted = [r for r in rows if r.member_key not in outcome.rejected]
+        now = state.utcnow()
+        with self.engine.begin() as conn:
+            keys = [r.member_key for r in accepted]
+            # Both ops first drop the member's acknowledged row: a remove ends it, an add replaces it
+            # (an identifier change is planned as remove-old then add-new, in separate batches).
+            for chunk in _chunks(keys, 5_000):
+                conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
+            if op is Op.ADD and accepted:
+                conn.execute(
+                    insert(a),
+                    [{"audience": self.audience, "destination": self.label, "acked_at": now,
+                      **r._asdict()} for r in accepted],
+                )
+            if outcome.rejected:
+                conn.execute(
+                    insert(state.reject),
+                    [{"sync_id": sync_id, "audience": self.audience, "destination": self.label, "op": op.value,
+                      "member_key_sha256": _hash_key(k), "reason": reason[:500], "at": now}
+                     for k, reason in outcome.rejected.items()],
+                )
+            conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
+            conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
+
+    def acked_size(self) -> int:
+        a = state.ack
+        with self.engine.connect() as conn:
+            return state.scalar_int(conn, select(func.count()).where(self._mine(a)))
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
