@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, case, exists, false, func, insert, literal, null, or_, select
+from sqlalchemy import Connection, Engine, Integer, Select, and_, case, cast, exists, false, func, insert, literal, null, or_, select
 
 from data_out import state
 from data_out.config import AudienceConfig
@@ -62,11 +62,11 @@ def desired_select(cfg: AudienceConfig, dest: Destination, *, matchable: bool = 
     cols = []
     for col in IDENTITY_COLUMNS:
         if col == "in_holdout":
-            expr = case((m.c.bucket < thr, True), else_=False) if include == "all" else null()
+            expr = case((m.c.bucket < thr, True), else_=False) if include == "all" else cast(null(), state.ack.c[col].type)
         elif col in dest.identity_columns:
             expr = m.c[dest.identity_columns[col]]
         else:
-            expr = null()
+            expr = cast(null(), state.ack.c[col].type)  # typed NULL: Postgres will not compare text to bool
         cols.append(expr.label(col))
     conditions = [
         m.c.audience == cfg.name,
@@ -139,7 +139,7 @@ class Planner:
 
         removes = select(
             literal(aud), literal(label), literal(Op.REMOVE.value), k.c.member_key,
-            ((func.row_number().over(order_by=k.c.member_key) - 1) // B).label("batch_no"),
+            cast((func.row_number().over(order_by=k.c.member_key) - 1) // B, Integer).label("batch_no"),
             *[k.c[c] for c in ident],
         ).where(~exists().where(d.c.member_key == k.c.member_key, ~_differs(d, k)))
         cols = ["audience", "destination", "op", "member_key", "batch_no", *ident]
@@ -150,7 +150,7 @@ class Planner:
 
         adds = select(
             literal(aud), literal(label), literal(Op.ADD.value), d.c.member_key,
-            ((func.row_number().over(order_by=d.c.member_key) - 1) // B + first_add_batch).label("batch_no"),
+            cast((func.row_number().over(order_by=d.c.member_key) - 1) // B + first_add_batch, Integer).label("batch_no"),
             *[d.c[c] for c in ident],
         ).where(~exists().where(k.c.member_key == d.c.member_key, ~_differs(d, k)))
         conn.execute(insert(p).from_select(cols, adds))

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 5_000
 MAX_MEMBER_KEY_LENGTH = 256
 _ISSUE_COLUMNS = ("email_issue", "phone_issue", "external_id_issue")
+_UNCHANGED: dict[str, Any] = {
+    "computed": False, "bucket": None, "email_sha256": None, "phone_e164_sha256": None,
+    "phone_digits_sha256": None, "external_id": None, "extra": None,
+    "email_issue": None, "phone_issue": None, "external_id_issue": None,
+}
 
 
 @dataclass
@@ -145,8 +150,8 @@ class Stager:
             out = []
             for key, fp, raw in keyed:
                 row: dict[str, Any] = {"audience": cfg.name, "run_id": self.run_id, "member_key": key, "raw_fp": fp}
-                if known.get(key) == fp:
-                    row["computed"] = False
+                if known.get(key) == fp:  # unchanged: the snapshot row already holds its identity
+                    row.update(_UNCHANGED)
                 else:
                     row.update(self._normalise(key, raw), computed=True)
                     stats.recomputed += 1

@@ -1,0 +1,5 @@
+"""Data Out for Airflow: keep destinations in step with the audiences a retention team defines.
+
+The modules at this level (config, identity, holdout, state, staging, diff, sync, runner) import nothing
+from Airflow; ``hooks``, ``operators`` and ``dag_factory`` are the Airflow face.
+"""

@@ -1,0 +1,212 @@
+"""The sync engine end to end without Airflow, on SQLite and on the real Postgres."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from data_out import lease, state
+from data_out.config import load_audiences
+from data_out.holdout import is_held_out
+from data_out.identity import normalize_email, sha256_hex
+from data_out.runner import AudienceRunner, RunFailed
+
+AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+TARGETS = "test_targets_v1"
+
+
+def person(i: int, **kw: object) -> dict:
+    return {"customer_id": f"c{i:04d}", "email": f"  Person.{i}@Example.com ", "phone": None, **kw}
+
+
+def run(audiences_dir: Path, resolver, engine: Engine, holder: str, name: str = TARGETS,
+        override: str | None = None) -> int:
+    runner = AudienceRunner(engine, load_audiences(audiences_dir), name, resolver)
+    return runner.run(holder, AS_OF, override_reason=override)
+
+
+def expected_memory(rows: list[dict]) -> dict[str, str]:
+    """member_key -> email hash the memory destination must hold: in audience, not bought, not held out."""
+    out = {}
+    for r in rows:
+        if not r.get("in_audience", 1) or r.get("bought"):
+            continue
+        if is_held_out("test-salt", r["customer_id"], 20):
+            continue
+        email = normalize_email(r["email"])
+        if email.ok:
+            out[r["customer_id"]] = sha256_hex(email.value)
+    return out
+
+
+def held(store) -> dict[str, str]:
+    return {k: row.email_sha256 for k, row in store.audience("aud-1").items()}
+
+
+def last_sync(engine: Engine, destination: str = "memory") -> dict:
+    s = state.sync
+    with engine.connect() as conn:
+        return dict(conn.execute(select(s).where(s.c.destination == destination).order_by(s.c.id.desc()).limit(1))
+                    .mappings().one())
+
+
+def warehouse_keys(engine: Engine, table: str) -> set[str]:
+    with engine.connect() as conn:
+        return {r for (r,) in conn.execute(text(f"SELECT member_key FROM {table}"))}
+
+
+def test_first_run_then_unchanged_run(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(40)] + [person(100 + i, bought=1) for i in range(5)]
+    people.set(rows)
+    run(audiences_dir, resolver, state_engine, "t/1")
+    want = expected_memory(rows)
+    assert held(store) == want
+    assert 0 < len(want) < 40  # some held out, none of the buyers
+
+    in_audience = {r["customer_id"] for r in rows if not r.get("bought")}
+    holdouts = {k for k in in_audience if is_held_out("test-salt", k, 20)}
+    assert warehouse_keys(state_engine, f"audience_{TARGETS}") == in_audience - holdouts
+    assert warehouse_keys(state_engine, f"audience_{TARGETS}_holdout") == holdouts
+
+    requests_before = len(store.requests)
+    run(audiences_dir, resolver, state_engine, "t/2")
+    assert len(store.requests) == requests_before  # nothing changed, nothing sent
+    sync = last_sync(state_engine)
+    assert (sync["planned_adds"], sync["planned_removes"], sync["status"]) == (0, 0, "success")
+    with state_engine.connect() as conn:
+        assert conn.scalar(select(state.run.c.recomputed).order_by(state.run.c.id.desc()).limit(1)) == 0
+
+
+def test_membership_and_identifier_changes(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(30)]
+    people.set(rows)
+    run(audiences_dir, resolver, state_engine, "t/1")
+    sent_before = held(store)
+
+    rows = [r for r in rows if r["customer_id"] not in {"c0000", "c0001", "c0002"}]  # leave
+    rows += [person(200 + i) for i in range(4)]  # join
+    changed = [k for k in sent_before if k not in {"c0000", "c0001", "c0002"}][:2]
+    for r in rows:
+        if r["customer_id"] in changed:
+            r["email"] = f"new.{r['customer_id']}@example.com"
+    people.set(rows)
+    run(audiences_dir, resolver, state_engine, "t/2")
+
+    assert held(store) == expected_memory(rows)
+    sync = last_sync(state_engine)
+    assert sync["changed"] == len(changed)
+    removed_hashes = {r.email_sha256 for op, _, batch in store.requests if op == "remove" for r in batch}
+    assert {sent_before[k] for k in changed} <= removed_hashes  # old hashes were removed, not orphaned
+
+
+@pytest.mark.parametrize("fault", ["fail_after_apply", "fail_before_apply"])
+def test_failure_half_way_converges_without_double_apply(audiences_dir, resolver, state_engine, people, store, fault):
+    rows = [person(i) for i in range(25)]
+    people.set(rows)
+    getattr(store, fault).add(3)  # the third request: batches 1-2 committed, 3 in doubt
+    with pytest.raises(RunFailed, match="memory: failed"):
+        run(audiences_dir, resolver, state_engine, "t/1")
+    assert last_sync(state_engine)["status"] == "failed"
+
+    run(audiences_dir, resolver, state_engine, "t/2")
+    assert held(store) == expected_memory(rows)
+    assert max(store.applied_keys.values()) == 1
+    assert last_sync(state_engine)["resumed_batches"] >= 1
+
+
+def test_guard_blocks_empty_source_until_overridden(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(20)]
+    people.set(rows)
+    run(audiences_dir, resolver, state_engine, "t/1")
+    before = held(store)
+    people.set([])
+    with pytest.raises(RunFailed, match="mass-removal guard"):
+        run(audiences_dir, resolver, state_engine, "t/2")
+    assert held(store) == before  # no removal pushed
+    sync = last_sync(state_engine)
+    assert sync["status"] == "guarded" and "no members" in sync["guard"]
+    with state_engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(state.pending)) == 0
+
+    run(audiences_dir, resolver, state_engine, "t/3", override="campaign ended")
+    assert held(store) == {}
+    assert "campaign ended" in last_sync(state_engine)["guard"]
+
+
+def test_invalid_missing_duplicate_identifiers_are_counted(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(10)]
+    rows += [{"customer_id": "bad1", "email": "not-an-email", "phone": None},
+             {"customer_id": "bad2", "email": None, "phone": "12"},
+             {"customer_id": "c0003", "email": "dup@example.com", "phone": None},  # duplicate key
+             {"customer_id": None, "email": "nokey@example.com", "phone": None}]
+    people.set(rows)
+    run(audiences_dir, resolver, state_engine, "t/1")
+    with state_engine.connect() as conn:
+        r = conn.execute(select(state.run).order_by(state.run.c.id.desc()).limit(1)).mappings().one()
+    assert r["duplicate_keys"] == 1
+    assert r["missing_keys"] == 1
+    assert r["identifier_issues"]["email_invalid"] == 1
+    assert r["identifier_issues"]["email_missing"] == 1
+    assert r["identifier_issues"]["phone_invalid"] == 1
+    unmatchable = {k for k in ("bad1", "bad2") if not is_held_out("test-salt", k, 20)}
+    assert last_sync(state_engine)["unmatchable"] == len(unmatchable)
+    assert not {"bad1", "bad2"} & set(held(store))
+
+
+def test_rejected_rows_are_recorded_hashed(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(12)]
+    people.set(rows)
+    target = next(iter(expected_memory(rows)))
+    store.reject[target] = "vendor says: invalid entry"
+    run(audiences_dir, resolver, state_engine, "t/1")
+    with state_engine.connect() as conn:
+        rejects = conn.execute(select(state.reject)).mappings().all()
+    assert [(r["member_key_sha256"], r["reason"]) for r in rejects] == [
+        (hashlib.sha256(target.encode()).hexdigest(), "vendor says: invalid entry")
+    ]
+    assert last_sync(state_engine)["rejected"] == 1
+    assert target not in held(store)
+
+
+def test_holdout_assignment_is_stable_as_the_audience_grows(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(50)]
+    people.set(rows)
+    run(audiences_dir, resolver, state_engine, "t/1")
+    first = warehouse_keys(state_engine, f"audience_{TARGETS}_holdout")
+    people.set(rows + [person(500 + i) for i in range(50)])
+    run(audiences_dir, resolver, state_engine, "t/2")
+    second = warehouse_keys(state_engine, f"audience_{TARGETS}_holdout")
+    assert first <= second
+    assert {k for k in second if k < "c0050"} == first
+
+
+def test_two_runs_of_one_audience_never_interleave(state_engine):
+    lease.acquire(state_engine, TARGETS, "dag/run-a")
+    with pytest.raises(lease.LeaseHeld, match="run-a"):
+        lease.acquire(state_engine, TARGETS, "dag/run-b")
+    lease.acquire(state_engine, TARGETS, "dag/run-a")  # re-entrant for the same run's retries
+    with pytest.raises(lease.LeaseHeld):
+        lease.check(state_engine, TARGETS, "dag/run-b")
+    lease.release(state_engine, TARGETS, "dag/run-a")
+    lease.acquire(state_engine, TARGETS, "dag/run-b")
+
+
+def test_an_expired_lease_can_be_taken_over(state_engine):
+    lease.acquire(state_engine, TARGETS, "dag/crashed", ttl=dt.timedelta(seconds=-1))
+    lease.acquire(state_engine, TARGETS, "dag/next")
+    lease.check(state_engine, TARGETS, "dag/next")
+
+
+def test_a_failing_source_fails_the_run_and_keeps_state(audiences_dir, resolver, state_engine, people, store):
+    people.set([person(i) for i in range(10)])
+    run(audiences_dir, resolver, state_engine, "t/1")
+    before = held(store)
+    with people.engine.begin() as conn:
+        conn.execute(text("DROP TABLE people"))
+    with pytest.raises(RunFailed, match="staging failed: SourceError: audience test_targets_v1"):
+        run(audiences_dir, resolver, state_engine, "t/2")
+    assert held(store) == before
