@@ -3,7 +3,7 @@
 Uses the embedded default: SQLite state and warehouse files under ``.demo/`` (see the Makefile for the
 connections). The sample warehouse is generated once and kept, and every run evaluates the audiences
 at the sample's ``as_of``, so a second ``make demo`` shows the true incremental diff: zero when nothing
-changed. ``make demo-churn`` adds a day of activity to the sample to see real adds and removes.
+changed. ``make demo-churn`` adds two hours of carts and orders to the sample to see real adds and removes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _quiet() -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--people", type=int, default=50_000)
-    ap.add_argument("--churn", action="store_true", help="add a day of activity before running")
+    ap.add_argument("--churn", action="store_true", help="add two hours of carts and orders before running")
     args = ap.parse_args(argv)
 
     warehouse = engine_for(connection_info("data_out_warehouse"))

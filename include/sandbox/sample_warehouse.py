@@ -143,7 +143,7 @@ def generate(engine: Engine, people: int = 50_000, days: int = 120, as_of: dt.da
     return counts
 
 
-def churn(engine: Engine, as_of: dt.datetime, hours: int = 24, share: float = 0.03) -> dt.datetime:
+def churn(engine: Engine, as_of: dt.datetime, hours: int = 2, share: float = 0.01) -> dt.datetime:
     """Add ``hours`` of new carts and orders after ``as_of`` for a ``share`` of people; returns the new as_of."""
     start = as_of.astimezone(dt.UTC).replace(tzinfo=None)
     end = start + dt.timedelta(hours=hours)
