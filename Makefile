@@ -44,7 +44,12 @@ demo-churn: airflow-db
 	$(BIN)/python include/sandbox/demo.py --churn
 
 test: airflow-db
+	$(BIN)/ruff check plugins dags include tests
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check plugins dags include tests
+	$(BIN)/ruff format --check plugins dags include tests
 
 clean:
 	rm -rf $(DEMO_DIR) $(AIRFLOW_HOME)

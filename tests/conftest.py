@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-# Registers the "memory" destination before any audience file is validated.
-from tests.support import memory_destination
 from data_out import connections
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.state import ensure_schema
+
+# Registers the "memory" destination before any audience file is validated.
+from tests.support import memory_destination
 
 PG_ADMIN_URL = os.environ.get("DATA_OUT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -102,8 +103,10 @@ class People:
             if rows:
                 full = [{"email": None, "phone": None, "in_audience": 1, "bought": 0, **r} for r in rows]
                 conn.execute(
-                    text("INSERT INTO people (customer_id, email, phone, in_audience, bought) "
-                         "VALUES (:customer_id, :email, :phone, :in_audience, :bought)"),
+                    text(
+                        "INSERT INTO people (customer_id, email, phone, in_audience, bought) "
+                        "VALUES (:customer_id, :email, :phone, :in_audience, :bought)"
+                    ),
                     full,
                 )
 
@@ -124,7 +127,10 @@ def write_audience(directory: Path, name: str, body: str) -> Path:
 def audiences_dir(tmp_path: Path) -> Path:
     """A directory with one memory-destination audience, one warehouse audience and a suppression."""
     d = tmp_path / "audiences"
-    write_audience(d, "test_targets_v1", """
+    write_audience(
+        d,
+        "test_targets_v1",
+        """
         name: test_targets_v1
         owner: tests
         purpose: targeting audience under test
@@ -138,8 +144,12 @@ def audiences_dir(tmp_path: Path) -> Path:
           - type: memory
           - type: warehouse
             conn_id: db
-    """)
-    write_audience(d, "test_buyers_v1", """
+    """,
+    )
+    write_audience(
+        d,
+        "test_buyers_v1",
+        """
         name: test_buyers_v1
         owner: tests
         purpose: suppression under test
@@ -149,5 +159,6 @@ def audiences_dir(tmp_path: Path) -> Path:
         destinations:
           - type: warehouse
             conn_id: db
-    """)
+    """,
+    )
     return d

@@ -9,7 +9,6 @@ changed. ``make demo-churn`` adds two hours of carts and orders to the sample to
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import sys
@@ -46,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         counts = sample_warehouse.generate(warehouse, people=args.people)
         as_of = sample_warehouse.sample_as_of(warehouse)
-        print(f"generated the sample warehouse in {time.monotonic() - t:.1f}s: "
-              + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+        print(
+            f"generated the sample warehouse in {time.monotonic() - t:.1f}s: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+        )
     if args.churn:
         as_of = sample_warehouse.churn(warehouse, as_of)
         print(f"added activity up to {as_of:%Y-%m-%d %H:%M} UTC")

@@ -19,7 +19,8 @@ from sqlalchemy import Column, DateTime, Engine, Float, Integer, MetaData, Strin
 
 md = MetaData()
 customers = Table(
-    "customers", md,
+    "customers",
+    md,
     Column("customer_id", String(32), primary_key=True),
     Column("email", String(320)),
     Column("phone", String(64)),
@@ -28,21 +29,24 @@ customers = Table(
     Column("created_at", DateTime, nullable=False),
 )
 carts = Table(
-    "carts", md,
+    "carts",
+    md,
     Column("cart_id", String(32), primary_key=True),
     Column("customer_id", String(32), nullable=False, index=True),
     Column("created_at", DateTime, nullable=False, index=True),
     Column("value", Float, nullable=False),
 )
 orders = Table(
-    "orders", md,
+    "orders",
+    md,
     Column("order_id", String(32), primary_key=True),
     Column("customer_id", String(32), nullable=False, index=True),
     Column("created_at", DateTime, nullable=False, index=True),
     Column("total", Float, nullable=False),
 )
 message_sends = Table(
-    "message_sends", md,
+    "message_sends",
+    md,
     Column("delivery_id", String(40), primary_key=True),
     Column("customer_id", String(32), nullable=False, index=True),
     Column("campaign_id", Integer, nullable=False),
@@ -50,7 +54,8 @@ message_sends = Table(
     Column("sent_at", DateTime, nullable=False, index=True),
 )
 sample_meta = Table(
-    "sample_meta", md,
+    "sample_meta",
+    md,
     Column("key", String(32), primary_key=True),
     Column("value", String(64), nullable=False),
 )
@@ -96,29 +101,59 @@ def _rows(people: int, days: int, as_of: dt.datetime, seed: int) -> Iterator[tup
         cid = f"c{i:07d}"
         country = rng.choices([c for c, _ in _COUNTRIES], [w for _, w in _COUNTRIES])[0]
         created = as_of - dt.timedelta(seconds=rng.randrange(span, span * 3))
-        yield "customers", {"customer_id": cid, "email": _email(rng, i), "phone": _phone(rng, country),
-                            "first_name": rng.choice(_NAMES).title(), "country": country, "created_at": created}
+        yield (
+            "customers",
+            {
+                "customer_id": cid,
+                "email": _email(rng, i),
+                "phone": _phone(rng, country),
+                "first_name": rng.choice(_NAMES).title(),
+                "country": country,
+                "created_at": created,
+            },
+        )
         # Activity: a few carts, some converting to orders; recent activity weighted higher so the
         # short windows (6 h carts, 7 d purchases) have realistic sizes.
         for j in range(rng.choice([0, 1, 1, 2, 3, 4])):
             ago = rng.random() ** 1.6 * span
             cart_at = as_of - dt.timedelta(seconds=int(ago))
-            yield "carts", {"cart_id": f"{cid}-k{j}", "customer_id": cid, "created_at": cart_at,
-                            "value": round(rng.uniform(15, 240), 2)}
+            yield (
+                "carts",
+                {
+                    "cart_id": f"{cid}-k{j}",
+                    "customer_id": cid,
+                    "created_at": cart_at,
+                    "value": round(rng.uniform(15, 240), 2),
+                },
+            )
             if rng.random() < 0.45:
                 order_at = cart_at + dt.timedelta(minutes=rng.randrange(5, 600))
                 if order_at <= as_of:
-                    yield "orders", {"order_id": f"{cid}-o{j}", "customer_id": cid, "created_at": order_at,
-                                     "total": round(rng.uniform(15, 240), 2)}
+                    yield (
+                        "orders",
+                        {
+                            "order_id": f"{cid}-o{j}",
+                            "customer_id": cid,
+                            "created_at": order_at,
+                            "total": round(rng.uniform(15, 240), 2),
+                        },
+                    )
         for j in range(rng.choice([0, 2, 4, 6])):
-            yield "message_sends", {"delivery_id": f"{cid}-d{j}", "customer_id": cid,
-                                    "campaign_id": rng.choice([101, 102, 103, 201, 202]),
-                                    "channel": rng.choice(["email", "email", "sms"]),
-                                    "sent_at": as_of - dt.timedelta(seconds=rng.randrange(0, span))}
+            yield (
+                "message_sends",
+                {
+                    "delivery_id": f"{cid}-d{j}",
+                    "customer_id": cid,
+                    "campaign_id": rng.choice([101, 102, 103, 201, 202]),
+                    "channel": rng.choice(["email", "email", "sms"]),
+                    "sent_at": as_of - dt.timedelta(seconds=rng.randrange(0, span)),
+                },
+            )
 
 
-def generate(engine: Engine, people: int = 50_000, days: int = 120, as_of: dt.datetime | None = None,
-             seed: int = 7) -> dict[str, int]:
+def generate(
+    engine: Engine, people: int = 50_000, days: int = 120, as_of: dt.datetime | None = None, seed: int = 7
+) -> dict[str, int]:
     """Drop and recreate the sample tables; returns row counts per table."""
     as_of = (as_of or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(tzinfo=None, microsecond=0)
     md.drop_all(engine)
@@ -138,8 +173,10 @@ def generate(engine: Engine, people: int = 50_000, days: int = 120, as_of: dt.da
             if buf:
                 conn.execute(insert(tables[name]), buf)
                 counts[name] = counts.get(name, 0) + len(buf)
-        conn.execute(insert(sample_meta), [{"key": "as_of", "value": as_of.isoformat() + "+00:00"},
-                                           {"key": "people", "value": str(people)}])
+        conn.execute(
+            insert(sample_meta),
+            [{"key": "as_of", "value": as_of.isoformat() + "+00:00"}, {"key": "people", "value": str(people)}],
+        )
     return counts
 
 
@@ -156,13 +193,18 @@ def churn(engine: Engine, as_of: dt.datetime, hours: int = 2, share: float = 0.0
             tag = f"{cid}-{int(at.timestamp())}"
             new_carts.append({"cart_id": f"{tag}-k", "customer_id": cid, "created_at": at, "value": 50.0})
             if rng.random() < 0.5:
-                new_orders.append({"order_id": f"{tag}-o", "customer_id": cid, "total": 50.0,
-                                   "created_at": min(at + dt.timedelta(minutes=30), end)})
+                new_orders.append(
+                    {
+                        "order_id": f"{tag}-o",
+                        "customer_id": cid,
+                        "total": 50.0,
+                        "created_at": min(at + dt.timedelta(minutes=30), end),
+                    }
+                )
         conn.execute(insert(carts), new_carts)
         if new_orders:
             conn.execute(insert(orders), new_orders)
-        conn.execute(sample_meta.update().where(sample_meta.c.key == "as_of")
-                     .values(value=end.isoformat() + "+00:00"))
+        conn.execute(sample_meta.update().where(sample_meta.c.key == "as_of").values(value=end.isoformat() + "+00:00"))
     return end.replace(tzinfo=dt.UTC)
 
 

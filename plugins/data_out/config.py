@@ -296,11 +296,18 @@ def load_file(path: Path) -> LoadedAudience:
     problems = []
     if cfg.name != path.stem:
         problems.append(
-            ConfigError(path, "name", f"name {cfg.name!r} differs from the file name", f"rename the file to {cfg.name}.yaml")
+            ConfigError(
+                path, "name", f"name {cfg.name!r} differs from the file name", f"rename the file to {cfg.name}.yaml"
+            )
         )
     if cfg.source.sql_file and not (path.parent / cfg.source.sql_file).is_file():
         problems.append(
-            ConfigError(path, "source.sql_file", f"{cfg.source.sql_file!r} does not exist", "point it at a .sql file beside the audience")
+            ConfigError(
+                path,
+                "source.sql_file",
+                f"{cfg.source.sql_file!r} does not exist",
+                "point it at a .sql file beside the audience",
+            )
         )
     if problems:
         raise ConfigFileError(problems)
@@ -319,7 +326,9 @@ def load_audiences(directory: Path | None = None) -> LoadResult:
     result = LoadResult()
     if not directory.is_dir():
         result.errors.append(
-            ConfigError(directory, None, "the audiences directory does not exist", f"create it or set {AUDIENCES_DIR_ENV}")
+            ConfigError(
+                directory, None, "the audiences directory does not exist", f"create it or set {AUDIENCES_DIR_ENV}"
+            )
         )
         return result
     for path in sorted(p for p in directory.iterdir() if p.suffix in {".yaml", ".yml"}):
@@ -345,11 +354,11 @@ def load_audiences(directory: Path | None = None) -> LoadResult:
             changed = True
             del result.audiences[name]
             result.errors.append(
-                    ConfigError(
-                        loaded.path,
-                        "exclusions",
-                        f"excluded audience(s) {', '.join(missing)} do not exist or do not load",
-                        "fix or add those audiences, or remove them from exclusions",
-                    )
+                ConfigError(
+                    loaded.path,
+                    "exclusions",
+                    f"excluded audience(s) {', '.join(missing)} do not exist or do not load",
+                    "fix or add those audiences, or remove them from exclusions",
                 )
+            )
     return result

@@ -1,7 +1,8 @@
 """Connections as plain data, and SQLAlchemy engines built from them.
 
-The state database, the warehouse source and the warehouse destination are all reached through Airflow connections of type ``sqlite`` (``host`` is the file path, as in
-Airflow's own SQLite hook) or ``postgres``. Engines are cached per URL for the life of the process.
+The state database, the warehouse source and the warehouse destination are all reached through
+Airflow connections of type ``sqlite`` (``host`` is the file path, as in Airflow's own SQLite
+hook) or ``postgres``. Engines are cached per URL for the life of the process.
 """
 
 from __future__ import annotations
@@ -53,17 +54,13 @@ def url_for(conn: ConnectionInfo) -> URL:
             port=conn.port or 5432,
             database=conn.schema or "postgres",
         )
-    raise UnsupportedConnection(
-        f"connection {conn.conn_id!r} has type {conn.conn_type!r}; use 'sqlite' or 'postgres'"
-    )
+    raise UnsupportedConnection(f"connection {conn.conn_id!r} has type {conn.conn_type!r}; use 'sqlite' or 'postgres'")
 
 
 @lru_cache(maxsize=16)
 def _engine(url: URL) -> Engine:
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True
-        )
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

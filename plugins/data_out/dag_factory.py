@@ -22,11 +22,15 @@ START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 RUN_PARAMS = {
     "as_of": Param(
-        None, type=["null", "string"], format="date-time",
+        None,
+        type=["null", "string"],
+        format="date-time",
         description="Evaluate the source as of this UTC time (ISO 8601). Default: the run's data interval end.",
     ),
     "guard_override_reason": Param(
-        None, type=["null", "string"], maxLength=500,
+        None,
+        type=["null", "string"],
+        maxLength=500,
         description="Let this one run remove more than the mass-removal guard allows; the reason is recorded.",
     ),
 }

@@ -14,7 +14,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, Select, and_, case, cast, exists, false, func, insert, literal, null, or_, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Select,
+    and_,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+)
 
 from data_out import state
 from data_out.config import AudienceConfig
@@ -62,7 +78,9 @@ def desired_select(cfg: AudienceConfig, dest: Destination, *, matchable: bool = 
     cols = []
     for col in IDENTITY_COLUMNS:
         if col == "in_holdout":
-            expr = case((m.c.bucket < thr, True), else_=False) if include == "all" else cast(null(), state.ack.c[col].type)
+            expr = (
+                case((m.c.bucket < thr, True), else_=False) if include == "all" else cast(null(), state.ack.c[col].type)
+            )
         elif col in dest.identity_columns:
             expr = m.c[dest.identity_columns[col]]
         else:
@@ -91,9 +109,7 @@ def idempotency_key(audience: str, destination: str, sync_id: int, batch_no: int
 
 def has_pending(conn: Connection, audience: str, destination: str) -> int:
     b = state.batch
-    return state.scalar_int(
-        conn, select(func.count()).where(b.c.audience == audience, b.c.destination == destination)
-    )
+    return state.scalar_int(conn, select(func.count()).where(b.c.audience == audience, b.c.destination == destination))
 
 
 class Planner:
@@ -114,8 +130,12 @@ class Planner:
         with self.engine.begin() as conn:
             plan.resumed_batches = has_pending(conn, self.cfg.name, self.label)
             if plan.resumed_batches:
-                log.info("%s/%s: %d batches of an unfinished sync will be pushed first",
-                         self.cfg.name, self.label, plan.resumed_batches)
+                log.info(
+                    "%s/%s: %d batches of an unfinished sync will be pushed first",
+                    self.cfg.name,
+                    self.label,
+                    plan.resumed_batches,
+                )
                 plan.guard = "deferred: resuming unfinished batches"
             else:
                 self._write_plan(conn, plan, guard, override_reason)
@@ -138,7 +158,10 @@ class Planner:
         plan.acked = state.scalar_int(conn, select(func.count()).select_from(k))
 
         removes = select(
-            literal(aud), literal(label), literal(Op.REMOVE.value), k.c.member_key,
+            literal(aud),
+            literal(label),
+            literal(Op.REMOVE.value),
+            k.c.member_key,
             cast((func.row_number().over(order_by=k.c.member_key) - 1) // B, Integer).label("batch_no"),
             *[k.c[c] for c in ident],
         ).where(~exists().where(d.c.member_key == k.c.member_key, ~_differs(d, k)))
@@ -149,8 +172,13 @@ class Planner:
         first_add_batch = -(-plan.removes // B)
 
         adds = select(
-            literal(aud), literal(label), literal(Op.ADD.value), d.c.member_key,
-            cast((func.row_number().over(order_by=d.c.member_key) - 1) // B + first_add_batch, Integer).label("batch_no"),
+            literal(aud),
+            literal(label),
+            literal(Op.ADD.value),
+            d.c.member_key,
+            cast((func.row_number().over(order_by=d.c.member_key) - 1) // B + first_add_batch, Integer).label(
+                "batch_no"
+            ),
             *[d.c[c] for c in ident],
         ).where(~exists().where(k.c.member_key == d.c.member_key, ~_differs(d, k)))
         conn.execute(insert(p).from_select(cols, adds))
@@ -158,7 +186,8 @@ class Planner:
         plan.changed = state.scalar_int(
             conn,
             select(func.count()).where(
-                mine, p.c.op == Op.ADD.value,
+                mine,
+                p.c.op == Op.ADD.value,
                 exists().where(a.c.audience == aud, a.c.destination == label, a.c.member_key == p.c.member_key),
             ),
         )
@@ -171,9 +200,16 @@ class Planner:
             conn.execute(
                 insert(state.batch),
                 [
-                    {"audience": aud, "destination": label, "batch_no": no, "op": op, "rows": n,
-                     "idempotency_key": idempotency_key(aud, label, plan.sync_id, no),
-                     "planned_by": plan.sync_id, "attempts": 0}
+                    {
+                        "audience": aud,
+                        "destination": label,
+                        "batch_no": no,
+                        "op": op,
+                        "rows": n,
+                        "idempotency_key": idempotency_key(aud, label, plan.sync_id, no),
+                        "planned_by": plan.sync_id,
+                        "attempts": 0,
+                    }
                     for no, op, n in batches
                 ],
             )
@@ -183,11 +219,15 @@ class Planner:
         pure_removes = plan.removes - plan.changed
         problem = None
         if plan.acked and plan.desired == 0 and not guard.allow_empty_source:
-            problem = (f"the source yields no members for this destination but {plan.acked} are acknowledged; "
-                       f"pushing would remove all of them")
+            problem = (
+                f"the source yields no members for this destination but {plan.acked} are acknowledged; "
+                f"pushing would remove all of them"
+            )
         elif plan.acked and pure_removes / plan.acked > guard.max_removal_share:
-            problem = (f"{pure_removes} of {plan.acked} acknowledged members ({pure_removes / plan.acked:.0%}) "
-                       f"would be removed, above the limit of {guard.max_removal_share:.0%}")
+            problem = (
+                f"{pure_removes} of {plan.acked} acknowledged members ({pure_removes / plan.acked:.0%}) "
+                f"would be removed, above the limit of {guard.max_removal_share:.0%}"
+            )
         if problem is None:
             return "passed"
         if override_reason:

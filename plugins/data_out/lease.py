@@ -40,7 +40,7 @@ def acquire(engine: Engine, audience: str, holder: str, ttl: dt.timedelta = DEFA
     except IntegrityError:
         with engine.connect() as conn:
             row = conn.execute(select(lease.c.holder, lease.c.expires_at).where(lease.c.audience == audience)).first()
-        who, until = (row or ("another run", "unknown"))
+        who, until = row or ("another run", "unknown")
         raise LeaseHeld(
             f"audience {audience} is being synced by run {who!r} (lease until {until} UTC); "
             "this run did nothing. Wait for it to finish, or clear that run in Airflow first."

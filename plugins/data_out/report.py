@@ -17,8 +17,18 @@ def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
     if not run_ids:
         return []
     stmt = (
-        select(r, s.c.destination, s.c.status.label("sync_status"), s.c.added, s.c.removed, s.c.rejected,
-               s.c.unmatchable, s.c.destination_size, s.c.guard, s.c.error.label("sync_error"))
+        select(
+            r,
+            s.c.destination,
+            s.c.status.label("sync_status"),
+            s.c.added,
+            s.c.removed,
+            s.c.rejected,
+            s.c.unmatchable,
+            s.c.destination_size,
+            s.c.guard,
+            s.c.error.label("sync_error"),
+        )
         .select_from(r.outerjoin(s, s.c.run_id == r.c.id))
         .where(r.c.id.in_(list(run_ids)))
         .order_by(r.c.audience, s.c.destination)
@@ -35,15 +45,41 @@ def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def run_report(rows: list[dict[str, Any]]) -> str:
-    headers = ["audience", "destination", "status", "source", "added", "removed", "held out",
-               "invalid ids", "no usable id", "rejected", "dest size", "duration s"]
+    headers = [
+        "audience",
+        "destination",
+        "status",
+        "source",
+        "added",
+        "removed",
+        "held out",
+        "invalid ids",
+        "no usable id",
+        "rejected",
+        "dest size",
+        "duration s",
+    ]
     table = [
-        [row["audience"], row["destination"] or "-", row["sync_status"] or row["status"], row["members"],
-         row["added"], row["removed"], row["held_out"], row["invalid"], row["unmatchable"], row["rejected"],
-         row["destination_size"], row["duration_s"]]
+        [
+            row["audience"],
+            row["destination"] or "-",
+            row["sync_status"] or row["status"],
+            row["members"],
+            row["added"],
+            row["removed"],
+            row["held_out"],
+            row["invalid"],
+            row["unmatchable"],
+            row["rejected"],
+            row["destination_size"],
+            row["duration_s"],
+        ]
         for row in rows
     ]
     out = tabulate(table, headers=headers, tablefmt="github", intfmt=",")
-    problems = [f"- {row['audience']}/{row['destination'] or '-'}: {row['sync_error'] or row['error']}"
-                for row in rows if (row["sync_status"] or row["status"]) != "success"]
+    problems = [
+        f"- {row['audience']}/{row['destination'] or '-'}: {row['sync_error'] or row['error']}"
+        for row in rows
+        if (row["sync_status"] or row["status"]) != "success"
+    ]
     return out + ("\n\nProblems:\n" + "\n".join(problems) if problems else "")

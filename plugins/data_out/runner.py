@@ -21,7 +21,7 @@ from data_out.config import LoadedAudience, LoadResult
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
 from data_out.destinations.base import Destination
-from data_out.diff import Plan, Planner
+from data_out.diff import GuardTripped, Plan, Planner
 from data_out.sources.warehouse import SqlSource, window_params
 from data_out.staging import Stager, StageStats
 from data_out.sync import Pusher, PushResult
@@ -93,8 +93,11 @@ class AudienceRunner:
             return int(
                 conn.execute(
                     insert(state.run).values(
-                        audience=self.cfg.name, dag_run_id=holder, as_of=as_of.astimezone(dt.UTC),
-                        status="running", started_at=state.utcnow(),
+                        audience=self.cfg.name,
+                        dag_run_id=holder,
+                        as_of=as_of.astimezone(dt.UTC),
+                        status="running",
+                        started_at=state.utcnow(),
                     )
                 ).inserted_primary_key[0]
             )
@@ -122,8 +125,12 @@ class AudienceRunner:
             sync_id = int(
                 conn.execute(
                     insert(state.sync).values(
-                        run_id=run_id, audience=self.cfg.name, destination=label, destination_type=settings.type,
-                        status="planning", started_at=state.utcnow(),
+                        run_id=run_id,
+                        audience=self.cfg.name,
+                        destination=label,
+                        destination_type=settings.type,
+                        status="planning",
+                        started_at=state.utcnow(),
                     )
                 ).inserted_primary_key[0]
             )
@@ -133,14 +140,26 @@ class AudienceRunner:
                     sync_id, guard=settings.guard or self.cfg.guard, override_reason=override_reason
                 )
         except Exception as exc:
-            status = "guarded" if type(exc).__name__ == "GuardTripped" else "failed"
-            self._update_sync(sync_id, status=status, error=_error_text(exc), guard=str(exc) if status == "guarded" else None,
-                              finished_at=state.utcnow())
+            status = "guarded" if isinstance(exc, GuardTripped) else "failed"
+            self._update_sync(
+                sync_id,
+                status=status,
+                error=_error_text(exc),
+                guard=str(exc) if status == "guarded" else None,
+                finished_at=state.utcnow(),
+            )
             raise
         self._update_sync(
-            sync_id, status="planned", desired=plan.desired, unmatchable=plan.unmatchable,
-            planned_adds=plan.adds, planned_removes=plan.removes, changed=plan.changed,
-            resumed_batches=plan.resumed_batches, guard=plan.guard, plan_seconds=plan.seconds,
+            sync_id,
+            status="planned",
+            desired=plan.desired,
+            unmatchable=plan.unmatchable,
+            planned_adds=plan.adds,
+            planned_removes=plan.removes,
+            changed=plan.changed,
+            resumed_batches=plan.resumed_batches,
+            guard=plan.guard,
+            plan_seconds=plan.seconds,
         )
         return plan
 
@@ -160,19 +179,30 @@ class AudienceRunner:
                         sync_id, guard=settings.guard or self.cfg.guard, override_reason=override_reason
                     )
                     self._update_sync(
-                        sync_id, desired=plan.desired, unmatchable=plan.unmatchable, planned_adds=plan.adds,
-                        planned_removes=plan.removes, changed=plan.changed, guard=plan.guard,
+                        sync_id,
+                        desired=plan.desired,
+                        unmatchable=plan.unmatchable,
+                        planned_adds=plan.adds,
+                        planned_removes=plan.removes,
+                        changed=plan.changed,
+                        guard=plan.guard,
                     )
                     pusher.drain(sync_id, result, progress)
                 size = dest.size()
                 acked = pusher.acked_size()
         except Exception as exc:
-            self._update_sync(sync_id, status="failed", error=_error_text(exc), finished_at=state.utcnow(),
-                              **_push_fields(result))
+            self._update_sync(
+                sync_id, status="failed", error=_error_text(exc), finished_at=state.utcnow(), **_push_fields(result)
+            )
             raise
         self._update_sync(
-            sync_id, status="success", finished_at=state.utcnow(), destination_size=size, acked_size=acked,
-            error=None, **_push_fields(result),
+            sync_id,
+            status="success",
+            finished_at=state.utcnow(),
+            destination_size=size,
+            acked_size=acked,
+            error=None,
+            **_push_fields(result),
         )
         return result
 
@@ -189,8 +219,9 @@ class AudienceRunner:
         if run_row["status"] == "failed":
             problems.insert(0, f"staging failed: {run_row['error']}")
         status = "failed" if problems else "success"
-        self._update_run(run_id, status=status, finished_at=state.utcnow(),
-                         error="; ".join(problems)[:4000] if problems else None)
+        self._update_run(
+            run_id, status=status, finished_at=state.utcnow(), error="; ".join(problems)[:4000] if problems else None
+        )
         lease.release(self.engine, self.cfg.name, holder)
         if problems:
             raise RunFailed(f"audience {self.cfg.name} run {run_id} failed: " + "; ".join(problems))

@@ -31,9 +31,16 @@ DEFAULT_BATCH_SIZE = 5_000
 MAX_MEMBER_KEY_LENGTH = 256
 _ISSUE_COLUMNS = ("email_issue", "phone_issue", "external_id_issue")
 _UNCHANGED: dict[str, Any] = {
-    "computed": False, "bucket": None, "email_sha256": None, "phone_e164_sha256": None,
-    "phone_digits_sha256": None, "external_id": None, "extra": None,
-    "email_issue": None, "phone_issue": None, "external_id_issue": None,
+    "computed": False,
+    "bucket": None,
+    "email_sha256": None,
+    "phone_e164_sha256": None,
+    "phone_digits_sha256": None,
+    "external_id": None,
+    "extra": None,
+    "email_issue": None,
+    "phone_issue": None,
+    "external_id_issue": None,
 }
 
 
@@ -119,8 +126,14 @@ class Stager:
         log.info(
             "staged audience %s: %d source rows, %d members, %d recomputed, %d duplicate keys, "
             "%d rows without a member key, %d excluded, %d held out",
-            self.cfg.name, stats.source_rows, stats.members, stats.recomputed, stats.duplicate_keys,
-            stats.missing_keys, stats.excluded, stats.held_out,
+            self.cfg.name,
+            stats.source_rows,
+            stats.members,
+            stats.recomputed,
+            stats.duplicate_keys,
+            stats.missing_keys,
+            stats.excluded,
+            stats.held_out,
         )
         return stats
 
@@ -133,8 +146,11 @@ class Stager:
             if key is None:
                 stats.missing_keys += 1
                 continue
-            raw = (r[ids.email] if ids.email else None, r[ids.phone] if ids.phone else None,
-                   r[ids.external_id] if ids.external_id else None)
+            raw = (
+                r[ids.email] if ids.email else None,
+                r[ids.phone] if ids.phone else None,
+                r[ids.external_id] if ids.external_id else None,
+            )
             keyed.append((key, raw_fingerprint(self._context, raw), raw))
         if not keyed:
             return
@@ -179,8 +195,11 @@ class Stager:
         s = state.stage
         dupes = conn.scalar(
             select(func.count()).select_from(
-                select(s.c.member_key).where(s.c.run_id == self.run_id)
-                .group_by(s.c.member_key).having(func.count() > 1).subquery()
+                select(s.c.member_key)
+                .where(s.c.run_id == self.run_id)
+                .group_by(s.c.member_key)
+                .having(func.count() > 1)
+                .subquery()
             )
         )
         if not dupes:
@@ -196,8 +215,9 @@ class Stager:
                 ),
             )
         )
-        log.warning("audience %s: %d member keys appear more than once in the source; kept one row each",
-                    self.cfg.name, dupes)
+        log.warning(
+            "audience %s: %d member keys appear more than once in the source; kept one row each", self.cfg.name, dupes
+        )
         return int(dupes)
 
     def _merge(self, conn: Connection) -> None:

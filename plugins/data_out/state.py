@@ -257,4 +257,3 @@ def insert_ignore(engine_or_dialect: Any, table: Table) -> Insert:
 
 def scalar_int(conn: Any, stmt: Any, **params: Any) -> int:
     return int(conn.execute(stmt, params).scalar() or 0)
-

@@ -61,7 +61,9 @@ class Pusher:
             with self.engine.connect() as conn:
                 nxt = conn.execute(
                     select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows)
-                    .where(self._mine(b)).order_by(b.c.batch_no).limit(1)
+                    .where(self._mine(b))
+                    .order_by(b.c.batch_no)
+                    .limit(1)
                 ).first()
             if nxt is None:
                 break
@@ -79,7 +81,8 @@ class Pusher:
                 MemberRow(*r)
                 for r in conn.execute(
                     select(p.c.member_key, *[p.c[c] for c in IDENTITY_COLUMNS])
-                    .where(self._mine(p), p.c.batch_no == batch_no).order_by(p.c.member_key)
+                    .where(self._mine(p), p.c.batch_no == batch_no)
+                    .order_by(p.c.member_key)
                 )
             ]
 
@@ -114,15 +117,26 @@ class Pusher:
             if op is Op.ADD and accepted:
                 conn.execute(
                     insert(a),
-                    [{"audience": self.audience, "destination": self.label, "acked_at": now,
-                      **r._asdict()} for r in accepted],
+                    [
+                        {"audience": self.audience, "destination": self.label, "acked_at": now, **r._asdict()}
+                        for r in accepted
+                    ],
                 )
             if outcome.rejected:
                 conn.execute(
                     insert(state.reject),
-                    [{"sync_id": sync_id, "audience": self.audience, "destination": self.label, "op": op.value,
-                      "member_key_sha256": _hash_key(k), "reason": reason[:500], "at": now}
-                     for k, reason in outcome.rejected.items()],
+                    [
+                        {
+                            "sync_id": sync_id,
+                            "audience": self.audience,
+                            "destination": self.label,
+                            "op": op.value,
+                            "member_key_sha256": _hash_key(k),
+                            "reason": reason[:500],
+                            "at": now,
+                        }
+                        for k, reason in outcome.rejected.items()
+                    ],
                 )
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
@@ -135,4 +149,3 @@ class Pusher:
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-

@@ -23,7 +23,10 @@ pytestmark = [pytest.mark.airflow, pytest.mark.postgres]
 
 @pytest.fixture
 def airflow_env(monkeypatch, tmp_path, pg_database):
-    write_audience(tmp_path, "e2e_audience_v1", """
+    write_audience(
+        tmp_path,
+        "e2e_audience_v1",
+        """
         name: e2e_audience_v1
         owner: tests
         purpose: end-to-end under the Airflow runtime
@@ -35,10 +38,16 @@ def airflow_env(monkeypatch, tmp_path, pg_database):
         destinations:
           - type: warehouse
             conn_id: e2e_db
-    """)
+    """,
+    )
     monkeypatch.setenv(AUDIENCES_DIR_ENV, str(tmp_path))
-    conn = {"conn_type": "postgres", "host": pg_database.host, "port": pg_database.port,
-            "login": pg_database.login, "schema": pg_database.schema}
+    conn = {
+        "conn_type": "postgres",
+        "host": pg_database.host,
+        "port": pg_database.port,
+        "login": pg_database.login,
+        "schema": pg_database.schema,
+    }
     monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", json.dumps(conn))
     monkeypatch.setenv("AIRFLOW_CONN_E2E_DB", json.dumps(conn))
     return engine_for(pg_database)

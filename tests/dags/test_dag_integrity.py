@@ -45,21 +45,29 @@ def test_one_task_group_per_destination(bag):
 
 
 def test_a_broken_audience_file_is_an_import_error_and_the_others_still_load(monkeypatch, tmp_path):
-    write_audience(tmp_path, "fine_v1", """
+    write_audience(
+        tmp_path,
+        "fine_v1",
+        """
         name: fine_v1
         owner: tests
         purpose: still loads
         source: {query: "SELECT 1 AS customer_id, 'a@b.co' AS email"}
         destinations: [{type: warehouse}]
-    """)
-    write_audience(tmp_path, "broken_v1", """
+    """,
+    )
+    write_audience(
+        tmp_path,
+        "broken_v1",
+        """
         name: broken_v1
         owner: tests
         purpose: has a bad holdout
         source: {query: "SELECT 1"}
         holdout: {percent: 90, salt: abcd}
         destinations: [{type: warehouse}]
-    """)
+    """,
+    )
     monkeypatch.setenv(AUDIENCES_DIR_ENV, str(tmp_path))
     bag = DagBag(dag_folder=str(DAGS))
     assert "audience__fine_v1" in bag.dag_ids

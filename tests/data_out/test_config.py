@@ -32,7 +32,10 @@ def test_the_shipped_audiences_load():
     result = load_audiences(DEFAULT_AUDIENCES_DIR)
     assert result.errors == []
     assert set(result.audiences) == {
-        "cio_cart_abandon_6h_v1", "lapsed_75d_v1", "replenishment_21_35d_v1", "recent_purchasers_7d_v1"
+        "cio_cart_abandon_6h_v1",
+        "lapsed_75d_v1",
+        "replenishment_21_35d_v1",
+        "recent_purchasers_7d_v1",
     }
     cart = result.audiences["cio_cart_abandon_6h_v1"].config
     assert cart.source.windows == {"cart_since": dt.timedelta(hours=6)}

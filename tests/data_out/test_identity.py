@@ -34,8 +34,17 @@ def test_email_normalisation(raw, want):
 
 @pytest.mark.parametrize(
     ("raw", "issue"),
-    [(None, MISSING), ("", MISSING), ("   ", MISSING), ("n/a", INVALID), ("a@b", INVALID), ("a b@c.com", INVALID),
-     ("x@" + "y" * 300 + ".com", INVALID), (b"\xff\xfe@x.com", INVALID), ("a@@b.com", INVALID)],
+    [
+        (None, MISSING),
+        ("", MISSING),
+        ("   ", MISSING),
+        ("n/a", INVALID),
+        ("a@b", INVALID),
+        ("a b@c.com", INVALID),
+        ("x@" + "y" * 300 + ".com", INVALID),
+        (b"\xff\xfe@x.com", INVALID),
+        ("a@@b.com", INVALID),
+    ],
 )
 def test_email_problems_are_named_not_raised(raw, issue):
     n = normalize_email(raw)

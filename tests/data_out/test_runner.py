@@ -23,8 +23,9 @@ def person(i: int, **kw: object) -> dict:
     return {"customer_id": f"c{i:04d}", "email": f"  Person.{i}@Example.com ", "phone": None, **kw}
 
 
-def run(audiences_dir: Path, resolver, engine: Engine, holder: str, name: str = TARGETS,
-        override: str | None = None) -> int:
+def run(
+    audiences_dir: Path, resolver, engine: Engine, holder: str, name: str = TARGETS, override: str | None = None
+) -> int:
     runner = AudienceRunner(engine, load_audiences(audiences_dir), name, resolver)
     return runner.run(holder, AS_OF, override_reason=override)
 
@@ -50,8 +51,11 @@ def held(store) -> dict[str, str]:
 def last_sync(engine: Engine, destination: str = "memory") -> dict:
     s = state.sync
     with engine.connect() as conn:
-        return dict(conn.execute(select(s).where(s.c.destination == destination).order_by(s.c.id.desc()).limit(1))
-                    .mappings().one())
+        return dict(
+            conn.execute(select(s).where(s.c.destination == destination).order_by(s.c.id.desc()).limit(1))
+            .mappings()
+            .one()
+        )
 
 
 def warehouse_keys(engine: Engine, table: str) -> set[str]:
@@ -139,10 +143,12 @@ def test_guard_blocks_empty_source_until_overridden(audiences_dir, resolver, sta
 
 def test_invalid_missing_duplicate_identifiers_are_counted(audiences_dir, resolver, state_engine, people, store):
     rows = [person(i) for i in range(10)]
-    rows += [{"customer_id": "bad1", "email": "not-an-email", "phone": None},
-             {"customer_id": "bad2", "email": None, "phone": "12"},
-             {"customer_id": "c0003", "email": "dup@example.com", "phone": None},  # duplicate key
-             {"customer_id": None, "email": "nokey@example.com", "phone": None}]
+    rows += [
+        {"customer_id": "bad1", "email": "not-an-email", "phone": None},
+        {"customer_id": "bad2", "email": None, "phone": "12"},
+        {"customer_id": "c0003", "email": "dup@example.com", "phone": None},  # duplicate key
+        {"customer_id": None, "email": "nokey@example.com", "phone": None},
+    ]
     people.set(rows)
     run(audiences_dir, resolver, state_engine, "t/1")
     with state_engine.connect() as conn:

@@ -21,11 +21,16 @@ SELECT 'c' || i AS customer_id, 'Person.' || i || '@Example.com' AS email, NULL 
 
 
 def config(salt: str = "salt-1") -> AudienceConfig:
-    return AudienceConfig.model_validate({
-        "name": "mem_test_v1", "owner": "t", "purpose": "t",
-        "source": {"query": "unused"}, "holdout": {"percent": 10, "salt": salt},
-        "destinations": [{"type": "warehouse"}],
-    })
+    return AudienceConfig.model_validate(
+        {
+            "name": "mem_test_v1",
+            "owner": "t",
+            "purpose": "t",
+            "source": {"query": "unused"},
+            "holdout": {"percent": 10, "salt": salt},
+            "destinations": [{"type": "warehouse"}],
+        }
+    )
 
 
 def stage(tmp_path, count: int, cfg: AudienceConfig, run_id: int = 1):

@@ -22,9 +22,7 @@ def destination_class(type_name: str) -> type[Destination]:
     try:
         return REGISTRY[type_name]
     except KeyError:
-        raise KeyError(
-            f"unknown destination type {type_name!r}; known types: {', '.join(sorted(REGISTRY))}"
-        ) from None
+        raise KeyError(f"unknown destination type {type_name!r}; known types: {', '.join(sorted(REGISTRY))}") from None
 
 
 # Imported for their @register side effect; keep alphabetical.

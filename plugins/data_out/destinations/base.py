@@ -11,8 +11,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, ClassVar, Literal, NamedTuple
+from enum import StrEnum
+from typing import ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,7 +21,7 @@ from data_out.connections import ConnectionInfo
 IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     ADD = "add"
     REMOVE = "remove"
 
@@ -123,5 +123,5 @@ class Destination(ABC):
         """Members the destination itself reports, for run records and reconciliation."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections; called once at the end of a task."""

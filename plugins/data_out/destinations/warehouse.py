@@ -97,9 +97,7 @@ class WarehouseDestination(Destination):
                 by_table.setdefault(table.name, (table, []))[1].append(row.member_key)
             for table, keys in by_table.values():
                 if op is Op.ADD:
-                    conn.execute(
-                        insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys]
-                    )
+                    conn.execute(insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys])
                 else:
                     conn.execute(delete(table).where(table.c.member_key.in_(keys)))
         return BatchResult(received=len(rows))
@@ -107,4 +105,6 @@ class WarehouseDestination(Destination):
     def size(self) -> int:
         tables = {"all": (self.members, self.holdout), "holdout": (self.holdout,), "targeted": (self.members,)}
         with self.engine.connect() as conn:
-            return sum(int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in tables[self.settings.include])
+            return sum(
+                int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in tables[self.settings.include]
+            )

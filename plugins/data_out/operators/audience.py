@@ -117,7 +117,9 @@ class PushDestinationOperator(AudienceStepOperator):
 
     def step(self, context: Any) -> dict[str, Any]:
         planned = context["ti"].xcom_pull(task_ids=self.plan_task_id)
-        r = self.runner().push(planned["sync_id"], self.destination, self.holder(context), self.override_reason(context))
+        r = self.runner().push(
+            planned["sync_id"], self.destination, self.holder(context), self.override_reason(context)
+        )
         return {"added": r.added, "removed": r.removed, "rejected": r.rejected, "batches": r.batches}
 
 
@@ -133,7 +135,6 @@ class FinishRunOperator(AudienceStepOperator):
         run_id = context["ti"].xcom_pull(task_ids=self.stage_task_id, key="run_id")
         if run_id is None:
             raise AirflowFailException(
-                f"audience {self.audience}: the run did not start (see the stage task's log), "
-                "so nothing was synced"
+                f"audience {self.audience}: the run did not start (see the stage task's log), so nothing was synced"
             )
         return self.runner().finish(run_id, self.holder(context))
