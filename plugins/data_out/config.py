@@ -88,6 +88,9 @@ class Identifiers(_Model):
     phone: str | None = None
     external_id: str | None = None
     default_region: str = Field("US", description="ISO country for phone numbers written without +")
+    extra: dict[Literal["FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN"], str] = Field(
+        default_factory=dict, description="Meta's optional match keys -> source columns"
+    )
 
     @field_validator("default_region")
     @classmethod
@@ -98,7 +101,7 @@ class Identifiers(_Model):
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Identifiers:
-        if not (self.email or self.phone or self.external_id):
+        if not (self.email or self.phone or self.external_id or self.extra):
             raise ValueError("map at least one of email, phone, external_id to a source column")
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    delete,
     exists,
     false,
     func,
@@ -30,12 +32,14 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    update,
 )
 
 from data_out import state
 from data_out.config import AudienceConfig
-from data_out.destinations.base import IDENTITY_COLUMNS, Destination, GuardSettings, Op
+from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, GuardSettings, MemberRow, Op
 from data_out.holdout import holdout_threshold
+from data_out.sync import record_rejects
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +123,9 @@ class Planner:
         self.dest = dest
         self.label = label
 
-    def plan(self, sync_id: int, *, guard: GuardSettings, override_reason: str | None = None) -> Plan:
+    def plan(
+        self, sync_id: int, *, guard: GuardSettings, override_reason: str | None = None, mode: str = "incremental"
+    ) -> Plan:
         """Write the diff as pending batches, unless batches of an unfinished earlier sync are waiting.
 
         Those are pushed first with their original idempotency keys (see ``sync.py``), and the pusher
@@ -138,15 +144,29 @@ class Planner:
                 )
                 plan.guard = "deferred: resuming unfinished batches"
             else:
-                self._write_plan(conn, plan, guard, override_reason)
+                self._write_plan(conn, plan, guard, override_reason, mode)
         plan.seconds = round(time.monotonic() - started, 3)
         return plan
 
-    def _write_plan(self, conn: Connection, plan: Plan, guard: GuardSettings, override_reason: str | None) -> None:
+    def _write_plan(
+        self, conn: Connection, plan: Plan, guard: GuardSettings, override_reason: str | None, mode: str
+    ) -> None:
+        """``incremental`` sends the difference; ``full_resync`` re-sends every desired member as an add."""
         a, p = state.ack, state.pending
         aud, label = self.cfg.name, self.label
         d = desired_select(self.cfg, self.dest).subquery("d")
-        k = select(a).where(a.c.audience == aud, a.c.destination == label).subquery("k")
+        k_all = select(a).where(a.c.audience == aud, a.c.destination == label).subquery("k_all")
+        k = select(a).where(a.c.audience == aud, a.c.destination == label, a.c.rejected.is_(False)).subquery("k")
+        # Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
+        # destination never held them. A changed identity is then planned as a fresh add below.
+        conn.execute(
+            delete(a).where(
+                a.c.audience == aud,
+                a.c.destination == label,
+                a.c.rejected.is_(True),
+                ~exists().where(d.c.member_key == a.c.member_key, ~_differs(d, a)),
+            )
+        )
         B = self.dest.batch_rows
         ident = [c for c in IDENTITY_COLUMNS]
 
@@ -180,7 +200,9 @@ class Planner:
                 "batch_no"
             ),
             *[d.c[c] for c in ident],
-        ).where(~exists().where(k.c.member_key == d.c.member_key, ~_differs(d, k)))
+        )
+        if mode != "full_resync":
+            adds = adds.where(~exists().where(k_all.c.member_key == d.c.member_key, ~_differs(d, k_all)))
         conn.execute(insert(p).from_select(cols, adds))
         plan.adds = state.scalar_int(conn, select(func.count()).where(mine, p.c.op == Op.ADD.value))
         plan.changed = state.scalar_int(
@@ -188,7 +210,13 @@ class Planner:
             select(func.count()).where(
                 mine,
                 p.c.op == Op.ADD.value,
-                exists().where(a.c.audience == aud, a.c.destination == label, a.c.member_key == p.c.member_key),
+                exists().where(
+                    a.c.audience == aud,
+                    a.c.destination == label,
+                    a.c.member_key == p.c.member_key,
+                    a.c.rejected.is_(False),
+                    _differs(p, a),
+                ),
             ),
         )
         plan.guard = self._guard(plan, guard, override_reason)  # raises before commit: plan rolled back
@@ -238,3 +266,57 @@ class Planner:
             f"shrink is deliberate, trigger the DAG again with conf "
             f'{{"guard_override_reason": "<why>"}} to let one run through.'
         )
+
+
+class Replacer:
+    """Full replace through the destination's own replace API (Meta ``usersreplace``, Google ``removeAll``)."""
+
+    def __init__(self, engine: Engine, cfg: AudienceConfig, dest: Destination, label: str) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.dest = dest
+        self.label = label
+
+    def _batches(self) -> Iterator[list[MemberRow]]:
+        d = desired_select(self.cfg, self.dest).order_by(state.member.c.member_key)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=self.dest.batch_rows).execute(d)
+            for part in result.partitions(self.dest.batch_rows):
+                yield [MemberRow(*row) for row in part]
+
+    def replace(self, sync_id: int) -> tuple[BatchResult, int]:
+        a, aud, label = state.ack, self.cfg.name, self.label
+        with self.engine.connect() as conn:
+            desired = state.scalar_int(
+                conn, select(func.count()).select_from(desired_select(self.cfg, self.dest).subquery())
+            )
+        outcome = self.dest.replace(self._batches(), desired, idempotency_key(aud, label, sync_id, 0))
+        now = state.utcnow()
+        d = desired_select(self.cfg, self.dest).subquery("d")
+        with self.engine.begin() as conn:
+            # whatever was pending is superseded by the replace
+            for t in (state.pending, state.batch):
+                conn.execute(delete(t).where(t.c.audience == aud, t.c.destination == label))
+            conn.execute(delete(a).where(a.c.audience == aud, a.c.destination == label))
+            conn.execute(
+                insert(a).from_select(
+                    ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at"],
+                    select(
+                        literal(aud),
+                        literal(label),
+                        d.c.member_key,
+                        *[d.c[c] for c in IDENTITY_COLUMNS],
+                        literal(False),
+                        literal(now, a.c.acked_at.type),
+                    ),
+                )
+            )
+            keys = list(outcome.rejected)
+            for i in range(0, len(keys), 5_000):
+                conn.execute(
+                    update(a)
+                    .where(a.c.audience == aud, a.c.destination == label, a.c.member_key.in_(keys[i : i + 5_000]))
+                    .values(rejected=True)
+                )
+            record_rejects(conn, sync_id, aud, label, Op.ADD, outcome.rejected, now)
+        return outcome, desired

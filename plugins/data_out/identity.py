@@ -20,7 +20,7 @@ import phonenumbers
 
 #: Bumped whenever a rule below changes, so that cached normalisations in the state database are
 #: recomputed instead of trusted (it is part of the row fingerprint, see ``staging.py``).
-NORMALIZATION_VERSION = "1"
+NORMALIZATION_VERSION = "2"
 
 MISSING = "missing"
 INVALID = "invalid"
@@ -58,16 +58,19 @@ def _as_text(raw: Any) -> str | None:
     return str(raw)
 
 
+#: What Meta's SDK strips from both ends of every key before lower-casing (``format_params``); Google
+#: Ads documents whitespace trimming only, and the two agree on every valid address.
+_EMAIL_STRIP = " \t\r\n\0\x0b."
+
+
 def normalize_email(raw: Any) -> Normalized:
-    """Trim, lower-case (Unicode NFC first), drop one trailing dot of the domain, then validate."""
+    """Strip whitespace and stray dots from both ends, lower-case, then validate the shape."""
     text = _as_text(raw)
     if text is None:
         return Normalized(None, INVALID)
-    text = unicodedata.normalize("NFC", text).strip().lower()
+    text = text.strip(_EMAIL_STRIP).lower()
     if not text:
         return Normalized(None, MISSING)
-    if text.endswith("."):
-        text = text[:-1]
     if len(text) > MAX_EMAIL_LENGTH or not _EMAIL_RE.match(text):
         return Normalized(None, INVALID)
     return Normalized(text)
@@ -108,6 +111,28 @@ def normalize_external_id(raw: Any) -> Normalized:
     if len(text) > MAX_EXTERNAL_ID_LENGTH or any(unicodedata.category(c) == "Cc" for c in text):
         return Normalized(None, INVALID)
     return Normalized(text)
+
+
+#: Meta's optional match keys and how its SDK (``CustomAudience.normalize_key``) normalises them, after
+#: the same strip-and-lower every key gets. All of them are sent SHA-256 hashed.
+META_EXTRA_KEYS = ("FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN")
+
+
+def normalize_meta_field(key: str, raw: Any) -> str | None:
+    """Normalise a name/location value the way Meta's SDK does; ``None`` when nothing usable is left."""
+    text = _as_text(raw)
+    if not text:
+        return None
+    text = text.strip(_EMAIL_STRIP).lower()
+    if key in {"FN", "LN", "FI", "CT", "ST"}:
+        text = re.sub(r"[^a-z]", "", text)
+    elif key == "ZIP":
+        text = text.split("-")[0].strip()
+    elif key == "COUNTRY":
+        text = re.sub(r"[^a-z]", "", text)[:2]
+    elif key == "GEN":
+        text = text.strip()[:1]
+    return text or None
 
 
 def sha256_hex(value: str) -> str:

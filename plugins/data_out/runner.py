@@ -21,7 +21,7 @@ from data_out.config import LoadedAudience, LoadResult
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
 from data_out.destinations.base import Destination
-from data_out.diff import GuardTripped, Plan, Planner
+from data_out.diff import GuardTripped, Plan, Planner, Replacer
 from data_out.sources.warehouse import SqlSource, window_params
 from data_out.staging import Stager, StageStats
 from data_out.sync import Pusher, PushResult
@@ -51,7 +51,7 @@ class AudienceRunner:
     def source_for(self, loaded: LoadedAudience, as_of: dt.datetime) -> SqlSource:
         cfg = loaded.config
         ids = cfg.identifiers
-        required = [c for c in (cfg.member_key, ids.email, ids.phone, ids.external_id) if c]
+        required = [c for c in (cfg.member_key, ids.email, ids.phone, ids.external_id, *ids.extra.values()) if c]
         return SqlSource(
             engine_for(self.resolve(cfg.source.conn_id)),
             loaded.sql_text(),
@@ -118,27 +118,38 @@ class AudienceRunner:
         self._update_run(run_id, stage_seconds=fields.pop("seconds"), **fields)
         return stats
 
-    def plan(self, run_id: int, label: str, holder: str, override_reason: str | None = None) -> Plan:
-        lease.check(self.engine, self.cfg.name, holder)
+    def _open_sync(self, run_id: int, label: str, mode: str) -> int:
         settings = self.cfg.destination(label)
         with self.engine.begin() as conn:
-            sync_id = int(
+            return int(
                 conn.execute(
                     insert(state.sync).values(
                         run_id=run_id,
                         audience=self.cfg.name,
                         destination=label,
                         destination_type=settings.type,
+                        mode=mode,
                         status="planning",
                         started_at=state.utcnow(),
                     )
                 ).inserted_primary_key[0]
             )
+
+    def _plan(self, dest: Destination, label: str, sync_id: int, override_reason: str | None, mode: str) -> Plan:
+        guard = self.cfg.destination(label).guard or self.cfg.guard
+        return Planner(self.engine, self.cfg, dest, label).plan(
+            sync_id, guard=guard, override_reason=override_reason, mode=mode
+        )
+
+    def plan(
+        self, run_id: int, label: str, holder: str, override_reason: str | None = None, mode: str = "incremental"
+    ) -> Plan:
+        """Plan one destination's diff (``incremental`` or ``full_resync``) and record it."""
+        lease.check(self.engine, self.cfg.name, holder)
+        sync_id = self._open_sync(run_id, label, mode)
         try:
             with self._destination(label) as dest:
-                plan = Planner(self.engine, self.cfg, dest, label).plan(
-                    sync_id, guard=settings.guard or self.cfg.guard, override_reason=override_reason
-                )
+                plan = self._plan(dest, label, sync_id, override_reason, mode)
         except Exception as exc:
             status = "guarded" if isinstance(exc, GuardTripped) else "failed"
             self._update_sync(
@@ -149,44 +160,24 @@ class AudienceRunner:
                 finished_at=state.utcnow(),
             )
             raise
-        self._update_sync(
-            sync_id,
-            status="planned",
-            desired=plan.desired,
-            unmatchable=plan.unmatchable,
-            planned_adds=plan.adds,
-            planned_removes=plan.removes,
-            changed=plan.changed,
-            resumed_batches=plan.resumed_batches,
-            guard=plan.guard,
-            plan_seconds=plan.seconds,
-        )
+        self._update_sync(sync_id, status="planned", resumed_batches=plan.resumed_batches, **_plan_fields(plan))
         return plan
 
     def push(self, sync_id: int, label: str, holder: str, override_reason: str | None = None) -> PushResult:
         lease.check(self.engine, self.cfg.name, holder)
         result = PushResult()
-        settings = self.cfg.destination(label)
         try:
             with self._destination(label) as dest:
                 pusher = Pusher(self.engine, self.cfg.name, label, dest)
                 progress = lambda r: self._update_sync(sync_id, **_push_fields(r))  # noqa: E731
                 with self.engine.connect() as conn:
-                    resumed = conn.scalar(select(state.sync.c.resumed_batches).where(state.sync.c.id == sync_id))
+                    resumed, mode = conn.execute(
+                        select(state.sync.c.resumed_batches, state.sync.c.mode).where(state.sync.c.id == sync_id)
+                    ).one()
                 pusher.drain(sync_id, result, progress)
                 if resumed:  # the old batches are done; now plan and push this run's own diff
-                    plan = Planner(self.engine, self.cfg, dest, label).plan(
-                        sync_id, guard=settings.guard or self.cfg.guard, override_reason=override_reason
-                    )
-                    self._update_sync(
-                        sync_id,
-                        desired=plan.desired,
-                        unmatchable=plan.unmatchable,
-                        planned_adds=plan.adds,
-                        planned_removes=plan.removes,
-                        changed=plan.changed,
-                        guard=plan.guard,
-                    )
+                    plan = self._plan(dest, label, sync_id, override_reason, mode)
+                    self._update_sync(sync_id, **_plan_fields(plan))
                     pusher.drain(sync_id, result, progress)
                 size = dest.size()
                 acked = pusher.acked_size()
@@ -206,15 +197,59 @@ class AudienceRunner:
         )
         return result
 
-    def finish(self, run_id: int, holder: str) -> dict[str, Any]:
-        """Close the run record, release the lease, and raise ``RunFailed`` if any step failed."""
+    def replace(self, run_id: int, label: str, holder: str) -> PushResult:
+        """Swap the destination's whole audience for the desired members through its replace API.
+
+        Unfinished incremental batches are superseded and dropped. Acknowledged state is rewritten only
+        after the destination confirmed the replace, minus the rows it rejected.
+        """
+        lease.check(self.engine, self.cfg.name, holder)
+        sync_id = self._open_sync(run_id, label, "replace")
+        result = PushResult()
+        started = dt.datetime.now(dt.UTC)
+        try:
+            with self._destination(label) as dest:
+                if not dest.supports_replace:
+                    raise ValueError(f"{dest.type_name} has no replace API; use mode full_resync for {label}")
+                outcome, desired = Replacer(self.engine, self.cfg, dest, label).replace(sync_id)
+                result.added = desired - len(outcome.rejected)
+                result.rejected = len(outcome.rejected)
+                result.received = outcome.received or 0
+                result.matched = outcome.matched
+                result.batches = 1
+                size = dest.size()
+        except Exception as exc:
+            self._update_sync(sync_id, status="failed", error=_error_text(exc), finished_at=state.utcnow())
+            raise
+        result.seconds = round((dt.datetime.now(dt.UTC) - started).total_seconds(), 3)
+        self._update_sync(
+            sync_id,
+            status="success",
+            finished_at=state.utcnow(),
+            desired=desired,
+            planned_adds=desired,
+            destination_size=size,
+            acked_size=result.added,
+            guard="not applicable: replace",
+            **_push_fields(result),
+        )
+        return result
+
+    def finish(self, run_id: int, holder: str, expected: list[str] | None = None) -> dict[str, Any]:
+        """Close the run record, release the lease, and raise ``RunFailed`` if any step failed.
+
+        ``expected`` names the destinations this run was meant to sync (default: all of them).
+        """
         s = state.sync
         with self.engine.connect() as conn:
             run_row = conn.execute(select(state.run).where(state.run.c.id == run_id)).mappings().one()
-            syncs = conn.execute(select(s.c.destination, s.c.status, s.c.error).where(s.c.run_id == run_id)).all()
-        labels = [d.label for d in self.cfg.destinations]
-        done = {d: st for d, st, _ in syncs}
-        problems = [f"{d}: {st}: {err}" for d, st, err in syncs if st != "success"]
+            rows = conn.execute(
+                select(s.c.destination, s.c.status, s.c.error).where(s.c.run_id == run_id).order_by(s.c.id)
+            ).all()
+        syncs = {d: (st, err) for d, st, err in rows}  # the latest attempt per destination counts
+        labels = expected if expected is not None else [d.label for d in self.cfg.destinations]
+        done = set(syncs)
+        problems = [f"{d}: {st}: {err}" for d, (st, err) in syncs.items() if st != "success"]
         problems += [f"{lbl}: did not run" for lbl in labels if lbl not in done and run_row["status"] != "failed"]
         if run_row["status"] == "failed":
             problems.insert(0, f"staging failed: {run_row['error']}")
@@ -227,22 +262,46 @@ class AudienceRunner:
             raise RunFailed(f"audience {self.cfg.name} run {run_id} failed: " + "; ".join(problems))
         return {"run_id": run_id, "status": status}
 
-    def run(self, holder: str, as_of: dt.datetime, override_reason: str | None = None) -> int:
+    def run(
+        self,
+        holder: str,
+        as_of: dt.datetime,
+        override_reason: str | None = None,
+        mode: str = "incremental",
+        destinations: list[str] | None = None,
+    ) -> int:
         """All steps in one process; destinations fail independently, as under Airflow."""
         run_id = self.start(holder, as_of)
         try:
             self.stage(run_id, holder)
             for d in self.cfg.destinations:
+                if destinations is not None and d.label not in destinations:
+                    continue
                 try:
-                    plan = self.plan(run_id, d.label, holder, override_reason)
+                    if mode == "replace":
+                        self.replace(run_id, d.label, holder)
+                        continue
+                    plan = self.plan(run_id, d.label, holder, override_reason, mode)
                     self.push(plan.sync_id, d.label, holder, override_reason)
                 except Exception:  # recorded in do_sync; finish() reports it
                     log.exception("%s/%s failed", self.cfg.name, d.label)
         except Exception:
             log.exception("%s: staging failed", self.cfg.name)
         finally:
-            self.finish(run_id, holder)
+            self.finish(run_id, holder, destinations)
         return run_id
+
+
+def _plan_fields(plan: Plan) -> dict[str, Any]:
+    return {
+        "desired": plan.desired,
+        "unmatchable": plan.unmatchable,
+        "planned_adds": plan.adds,
+        "planned_removes": plan.removes,
+        "changed": plan.changed,
+        "guard": plan.guard,
+        "plan_seconds": plan.seconds,
+    }
 
 
 def _push_fields(r: PushResult) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Raw identifiers exist only in the batch being processed; nothing raw is written 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, s
 from data_out import state
 from data_out.config import AudienceConfig
 from data_out.holdout import bucket_for, holdout_threshold
-from data_out.identity import NORMALIZATION_VERSION, identity_forms
+from data_out.identity import NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
 from data_out.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,16 @@ def raw_fingerprint(context: bytes, values: Iterable[Any]) -> str:
 def _fingerprint_context(cfg: AudienceConfig) -> bytes:
     ids = cfg.identifiers
     salt = cfg.holdout.salt if cfg.holdout else ""
-    parts = [NORMALIZATION_VERSION, ids.default_region, ids.email or "", ids.phone or "", ids.external_id or "", salt]
+    extra = ",".join(f"{k}={v}" for k, v in sorted(ids.extra.items()))
+    parts = [
+        NORMALIZATION_VERSION,
+        ids.default_region,
+        ids.email or "",
+        ids.phone or "",
+        ids.external_id or "",
+        extra,
+        salt,
+    ]
     return "\x1f".join(parts).encode()
 
 
@@ -174,16 +184,21 @@ class Stager:
                 out.append(row)
             conn.execute(insert(state.stage), out)
 
-    def _normalise(self, key: str, raw: tuple[Any, Any, Any]) -> dict[str, Any]:
+    def _normalise(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
         ids = self.cfg.identifiers
-        f = identity_forms(*raw, default_region=ids.default_region)
+        f = identity_forms(*raw[:3], default_region=ids.default_region)
+        extra = {}
+        for (name, _), value in zip(sorted(ids.extra.items()), raw[3:], strict=True):
+            norm = normalize_meta_field(name, value)
+            if norm:
+                extra[name] = sha256_hex(norm)
         return {
             "bucket": bucket_for(self.cfg.holdout.salt, key) if self.cfg.holdout else None,
             "email_sha256": f.email_sha256,
             "phone_e164_sha256": f.phone_e164_sha256,
             "phone_digits_sha256": f.phone_digits_sha256,
             "external_id": f.external_id,
-            "extra": None,
+            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
             # an identifier the audience does not map is not "missing", it is not asked for
             "email_issue": f.email_issue if ids.email else None,
             "phone_issue": f.phone_issue if ids.phone else None,

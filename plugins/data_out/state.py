@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     func,
     insert,
     select,
@@ -120,6 +121,9 @@ ack = Table(
     Column("destination", _DEST, primary_key=True),
     Column("member_key", _KEY, primary_key=True),
     *_identity(),
+    # a rejected add is remembered (with the identity that was refused) so it is not re-sent every run;
+    # it is retried when the member's identifiers change
+    Column("rejected", Boolean, nullable=False, default=False, server_default=false()),
     Column("acked_at", DateTime(timezone=True), nullable=False),
 )
 

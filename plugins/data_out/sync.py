@@ -14,13 +14,14 @@ rerun converges without duplicate adds or lost removes.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from data_out import state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
@@ -39,8 +40,24 @@ class PushResult:
     seconds: float = 0.0
 
 
-def _hash_key(member_key: str) -> str:
-    return hashlib.sha256(member_key.encode("utf-8")).hexdigest()
+def record_rejects(
+    conn: Connection, sync_id: int, audience: str, label: str, op: Op, rejected: dict[str, str], now: dt.datetime
+) -> None:
+    """Row-level rejects with the member key hashed: the table must never hold a raw identifier."""
+    rows = [
+        {
+            "sync_id": sync_id,
+            "audience": audience,
+            "destination": label,
+            "op": op.value,
+            "at": now,
+            "member_key_sha256": hashlib.sha256(k.encode("utf-8")).hexdigest(),
+            "reason": reason[:500],
+        }
+        for k, reason in rejected.items()
+    ]
+    for i in range(0, len(rows), 5_000):
+        conn.execute(insert(state.reject), rows[i : i + 5_000])
 
 
 class Pusher:
@@ -109,42 +126,34 @@ class Pusher:
         accepted = [r for r in rows if r.member_key not in outcome.rejected]
         now = state.utcnow()
         with self.engine.begin() as conn:
-            keys = [r.member_key for r in accepted]
-            # Both ops first drop the member's acknowledged row: a remove ends it, an add replaces it
-            # (an identifier change is planned as remove-old then add-new, in separate batches).
-            for chunk in _chunks(keys, 5_000):
+            # An add replaces the member's acknowledged row (accepted, or remembered as rejected so it is
+            # not re-sent every run); a remove ends it unless the destination refused the removal, which
+            # is then retried next run: a removal is never dropped.
+            touched = [r.member_key for r in (rows if op is Op.ADD else accepted)]
+            for chunk in _chunks(touched, 5_000):
                 conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
-            if op is Op.ADD and accepted:
+            if op is Op.ADD and rows:
                 conn.execute(
                     insert(a),
                     [
-                        {"audience": self.audience, "destination": self.label, "acked_at": now, **r._asdict()}
-                        for r in accepted
-                    ],
-                )
-            if outcome.rejected:
-                conn.execute(
-                    insert(state.reject),
-                    [
                         {
-                            "sync_id": sync_id,
                             "audience": self.audience,
                             "destination": self.label,
-                            "op": op.value,
-                            "member_key_sha256": _hash_key(k),
-                            "reason": reason[:500],
-                            "at": now,
+                            "acked_at": now,
+                            "rejected": r.member_key in outcome.rejected,
+                            **r._asdict(),
                         }
-                        for k, reason in outcome.rejected.items()
+                        for r in rows
                     ],
                 )
+            record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
 
     def acked_size(self) -> int:
         a = state.ack
         with self.engine.connect() as conn:
-            return state.scalar_int(conn, select(func.count()).where(self._mine(a)))
+            return state.scalar_int(conn, select(func.count()).where(self._mine(a), a.c.rejected.is_(False)))
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

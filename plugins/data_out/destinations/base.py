@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Literal, NamedTuple
@@ -105,6 +105,8 @@ class Destination(ABC):
     activation: ClassVar[bool] = True
     #: acknowledged-state column -> member snapshot column it is filled from
     identity_columns: ClassVar[Mapping[str, str]] = {}
+    #: whether ``replace`` swaps the whole audience in one vendor-side operation
+    supports_replace: ClassVar[bool] = False
 
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         self.audience = audience
@@ -118,6 +120,10 @@ class Destination(ABC):
     @abstractmethod
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
         """Apply one batch. Must be safe to call again with the same key (the far side dedupes)."""
+
+    def replace(self, batches: Iterator[list[MemberRow]], total: int, idempotency_key: str) -> BatchResult:
+        """Replace the whole audience with ``batches`` (``total`` rows); only where ``supports_replace``."""
+        raise DestinationError(f"{self.type_name} has no replace API; use a full resync instead", retryable=False)
 
     def size(self) -> int | None:
         """Members the destination itself reports, for run records and reconciliation."""

@@ -1,0 +1,183 @@
+"""Meta Custom Audiences stand-in (Graph API ``/{version}/{audience_id}/users`` and ``usersreplace``).
+
+Enforces: bearer token, form-encoded ``payload`` JSON with ``schema`` and ``data``, known schema keys,
+rows as long as the schema, SHA-256 hex for hashed keys (EXTERN_ID and MADID unhashed), at most 10,000
+rows a request, Meta's error envelope ({"error": {"code", "error_subcode", "message"}}) including the
+rate-limit code 80004 and the blocked-audience error, replace sessions, approximate counts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs
+
+from sandbox.standins.base import HttpError, Request, Response, StandIn, bearer, require_hex64
+
+MAX_ROWS = 10_000
+KEYS = {
+    "EMAIL",
+    "PHONE",
+    "EXTERN_ID",
+    "FN",
+    "LN",
+    "FI",
+    "CT",
+    "ST",
+    "ZIP",
+    "COUNTRY",
+    "GEN",
+    "DOBY",
+    "DOBM",
+    "DOBD",
+    "MADID",
+}
+UNHASHED = {"EXTERN_ID", "MADID"}
+BLOCKED_SUBCODE = 1713230
+
+
+def meta_error(code: int, message: str, subcode: int | None = None, status: int = 400) -> HttpError:
+    err: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "standin"}
+    if subcode:
+        err["error_subcode"] = subcode
+    return HttpError(status, {"error": err})
+
+
+class MetaStandIn(StandIn):
+    name = "meta"
+    rate_per_second = 200.0
+    burst = 50
+
+    def __init__(self, token: str = "meta-test-token", auto_create: bool = True) -> None:
+        self.token = token
+        self.auto_create = auto_create
+        self.audiences: dict[str, set[tuple[str, ...]]] = {}
+        self.blocked: set[str] = set()
+        self.invalid_hashes: set[str] = set()  # received but not matchable: counted in num_invalid_entries
+        self.sessions: dict[tuple[str, int], dict[str, Any]] = {}
+        super().__init__()
+
+    def setup_routes(self) -> None:
+        v = r"/v\d+\.\d+"
+        self.route("POST", f"{v}/(?P<aud>[\\w-]+)/users", self.add)
+        self.route("DELETE", f"{v}/(?P<aud>[\\w-]+)/users", self.remove)
+        self.route("POST", f"{v}/(?P<aud>[\\w-]+)/usersreplace", self.replace)
+        self.route("GET", f"{v}/(?P<aud>[\\w-]+)", self.read)
+
+    def check_auth(self, req: Request) -> None:
+        try:
+            bearer(req, self.token)
+        except HttpError:
+            raise meta_error(190, "Invalid OAuth 2.0 Access Token", status=401) from None
+
+    def rate_limited(self) -> Response:
+        return meta_error(80004, "There have been too many calls to this ad-account.").response
+
+    def server_error(self, status: int) -> Response:
+        if status == 429:
+            return self.rate_limited()
+        return meta_error(2, "Service temporarily unavailable", status=status).response
+
+    def _audience(self, aud: str) -> set[tuple[str, ...]]:
+        if aud in self.blocked:
+            raise meta_error(
+                100, "This audience is blocked from updates (it may be in use by a policy review).", BLOCKED_SUBCODE
+            )
+        if aud not in self.audiences:
+            if not self.auto_create:
+                raise meta_error(100, f"Unsupported post request. Object with ID '{aud}' does not exist")
+            self.audiences[aud] = set()
+        return self.audiences[aud]
+
+    def _rows(self, req: Request) -> tuple[list[tuple[str, ...]], int]:
+        form = parse_qs(req.body.decode("utf-8"))
+        if "payload" not in form:
+            raise meta_error(100, "(#100) The parameter payload is required")
+        payload = json.loads(form["payload"][0])
+        schema = payload.get("schema")
+        data = payload.get("data")
+        if not isinstance(schema, list) or not schema or any(k not in KEYS for k in schema):
+            raise meta_error(100, f"(#100) Invalid schema {schema!r}")
+        if not isinstance(data, list) or not data:
+            raise meta_error(100, "(#100) data must be a non-empty list")
+        if len(data) > MAX_ROWS:
+            raise meta_error(100, f"(#100) At most {MAX_ROWS} users can be sent in one request")
+        rows, invalid = [], 0
+        for row in data:
+            if not isinstance(row, list) or len(row) != len(schema):
+                raise meta_error(100, "(#100) Each data row must have one value per schema key")
+            for key, value in zip(schema, row, strict=True):
+                if value and key not in UNHASHED:
+                    require_hex64(value, key)  # raises 400 as Meta does for unhashed PII
+            if not any(row) or any(v in self.invalid_hashes for v in row):
+                invalid += 1
+                continue
+            rows.append(tuple(f"{k}={v}" for k, v in zip(schema, row, strict=True) if v))
+        return rows, invalid
+
+    def _answer(self, aud: str, received: int, invalid: int, session_id: int = 0) -> Response:
+        return Response(
+            200,
+            {
+                "audience_id": aud,
+                "session_id": session_id,
+                "num_received": received,
+                "num_invalid_entries": invalid,
+                "invalid_entry_samples": {},
+            },
+        )
+
+    def add(self, req: Request, m: re.Match[str]) -> Response:
+        members = self._audience(m["aud"])
+        rows, invalid = self._rows(req)
+        members.update(rows)
+        return self._answer(m["aud"], len(rows) + invalid, invalid)
+
+    def remove(self, req: Request, m: re.Match[str]) -> Response:
+        members = self._audience(m["aud"])
+        rows, invalid = self._rows(req)
+        members.difference_update(rows)
+        return self._answer(m["aud"], len(rows) + invalid, invalid)
+
+    def replace(self, req: Request, m: re.Match[str]) -> Response:
+        aud = m["aud"]
+        self._audience(aud)
+        form = parse_qs(req.body.decode("utf-8"))
+        session = json.loads(form["session"][0])
+        sid, seq = int(session["session_id"]), int(session["batch_seq"])
+        rows, invalid = self._rows(req)
+        state = self.sessions.setdefault((aud, sid), {"next": 1, "rows": set()})
+        if seq != state["next"]:
+            raise meta_error(100, f"(#100) batch_seq {seq} out of order, expected {state['next']}")
+        state["rows"].update(rows)
+        state["next"] += 1
+        if session.get("last_batch_flag"):
+            self.audiences[aud] = set(state["rows"])
+            del self.sessions[(aud, sid)]
+        return self._answer(aud, len(rows) + invalid, invalid, sid)
+
+    def read(self, req: Request, m: re.Match[str]) -> Response:
+        n = len(self._audience(m["aud"]))
+        return Response(200, {"id": m["aud"], "approximate_count_lower_bound": n, "approximate_count_upper_bound": n})
+
+    def state(self) -> Any:
+        return {aud: sorted(list(r) for r in rows) for aud, rows in self.audiences.items()}
+
+    def reset_state(self) -> None:
+        self.audiences.clear()
+        self.blocked.clear()
+        self.invalid_hashes.clear()
+        self.sessions.clear()
+
+    def admin(self, req: Request, action: str) -> Response:
+        body = req.json() or {}
+        if action == "drop_members":  # members lost behind the product's back
+            members = self.audiences.get(body["audience_id"], set())
+            for row in sorted(members)[: int(body.get("count", 1))]:
+                members.discard(row)
+            return Response(200, {"size": len(members)})
+        if action == "block":
+            self.blocked.add(body["audience_id"])
+            return Response(200, {"ok": True})
+        return super().admin(req, action)

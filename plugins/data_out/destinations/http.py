@@ -1,0 +1,196 @@
+"""Shared HTTP transport for API destinations: base URL and auth from the connection, bounded retries.
+
+Retries follow one rule set for every vendor: connection errors, timeouts, 429 and 5xx are retried with
+exponential backoff and jitter, never sooner than the server's ``Retry-After``, for a bounded number of
+attempts; anything the vendor's ``classify`` calls fatal (other 4xx) fails the batch at once with the
+vendor's message, scrubbed of anything that looks like an email or a phone number.
+
+Connection extras understood by every HTTP destination (all optional):
+``timeout`` (seconds, default 30), ``max_attempts`` (default 5), ``backoff_initial`` (seconds, default 1),
+``backoff_max`` (default 60), ``max_retry_after`` (longest Retry-After honoured in-task, default 300).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+from urllib.parse import urljoin
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from data_out.connections import ConnectionInfo
+from data_out.destinations.base import DestinationError
+
+log = logging.getLogger(__name__)
+
+_EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+T = TypeVar("T")
+
+
+def scrub(text: str, limit: int = 500) -> str:
+    """Remove anything that looks like an email or a phone number from a vendor message."""
+    return _PHONE.sub("<number>", _EMAIL.sub("<email>", text))[:limit]
+
+
+class Verdict(Enum):
+    OK = "ok"
+    RETRY = "retry"
+    FATAL = "fatal"
+
+
+def default_classify(resp: requests.Response) -> Verdict:
+    if resp.status_code < 300:
+        return Verdict.OK
+    if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code == 408:
+        return Verdict.RETRY
+    return Verdict.FATAL
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    timeout: float = 30.0
+    max_attempts: int = 5
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    max_retry_after: float = 300.0
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> RetryPolicy:
+        fields = {k: type(getattr(cls, k))(extra[k]) for k in cls.__dataclass_fields__ if k in extra}
+        return cls(**fields)
+
+
+class HttpClient:
+    """A requests session bound to one vendor's base URL, auth headers and retry policy."""
+
+    def __init__(
+        self,
+        vendor: str,
+        conn: ConnectionInfo,
+        *,
+        default_base_url: str,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        classify: Callable[[requests.Response], Verdict] = default_classify,
+        describe_error: Callable[[requests.Response], str] | None = None,
+    ) -> None:
+        self.vendor = vendor
+        self.base_url = base_url(conn, default_base_url)
+        self.policy = RetryPolicy.from_extra(dict(conn.extra))
+        self.session = requests.Session()
+        self.session.headers.update(headers or {})
+        if auth:
+            self.session.auth = auth
+        self.classify = classify
+        self.describe_error = describe_error or (lambda r: r.text)
+        self.attempts = 0  # requests sent, for run figures and tests
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(multiplier=self.policy.backoff_initial, max=self.policy.backoff_max)(state)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None) or 0.0
+        if retry_after > self.policy.max_retry_after:
+            raise DestinationError(
+                f"{self.vendor}: asked to wait {retry_after:.0f}s before retrying, longer than max_retry_after "
+                f"({self.policy.max_retry_after:.0f}s); the task will be retried later",
+                retryable=True,
+            )
+        return max(backoff, retry_after)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        url = urljoin(self.base_url.rstrip("/") + "/", path.lstrip("/"))
+        retrying = Retrying(
+            stop=stop_after_attempt(self.policy.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+        )
+        try:
+            return retrying(self._once, method, url, path, **kwargs)
+        except _Retryable as exc:
+            raise DestinationError(
+                f"{self.vendor}: {method} {path} still failing after {self.policy.max_attempts} attempts: {exc}",
+                retryable=True,
+            ) from None
+
+    def _once(self, method: str, url: str, path: str, **kwargs: Any) -> requests.Response:
+        self.attempts += 1
+        started = time.monotonic()
+        try:
+            resp = self.session.request(method, url, timeout=self.policy.timeout, **kwargs)
+        except requests.Timeout:
+            raise _Retryable(f"no response within {self.policy.timeout:.0f}s") from None
+        except requests.ConnectionError as exc:
+            raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+        log.debug("%s %s %s -> %d in %.2fs", self.vendor, method, path, resp.status_code, time.monotonic() - started)
+        verdict = self.classify(resp)
+        if verdict is Verdict.OK:
+            return resp
+        message = scrub(f"HTTP {resp.status_code}: {self.describe_error(resp)}")
+        if verdict is Verdict.RETRY:
+            log.warning("%s %s %s: %s; will retry", self.vendor, method, path, message)
+            raise _Retryable(message, _retry_after(resp))
+        raise DestinationError(f"{self.vendor}: {method} {path} refused: {message}", retryable=False)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def base_url(conn: ConnectionInfo, default: str) -> str:
+    """``host`` may be a full URL (``http://127.0.0.1:8080``) or a host name with optional port."""
+    host = (conn.host or "").strip()
+    if not host:
+        return default
+    if "://" in host:
+        return host if not conn.port else f"{host.rstrip('/')}:{conn.port}"
+    scheme = str(conn.extra.get("scheme") or "https")
+    return f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+
+
+def split_by_size(items: Sequence[T], size_of: Callable[[T], int], max_total: int) -> list[list[T]]:
+    """Split ``items`` in order into chunks whose summed size stays within ``max_total``.
+
+    Deterministic, so a replayed batch splits the same way and each part keeps its idempotency key.
+    An item larger than ``max_total`` on its own is returned alone; the caller rejects it.
+    """
+    chunks: list[list[T]] = []
+    current: list[T] = []
+    total = 0
+    for item in items:
+        size = size_of(item)
+        if current and total + size > max_total:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def part_key(key: str, index: int, parts: int) -> str:
+    """Idempotency key of one request of a batch that needed ``parts`` requests."""
+    return key if parts == 1 else f"{key}-{index}"

@@ -1,0 +1,180 @@
+"""Meta Custom Audiences: add and remove through ``/{audience_id}/users``, full replace via ``usersreplace``.
+
+Connection (type ``data_out_meta``): ``host`` the Graph API base URL (default https://graph.facebook.com),
+``password`` the system-user access token. Per audience: ``audience_id``, ``match_keys``, ``api_version``.
+
+Keys are normalised as Meta's own SDK does (``CustomAudience.format_params``/``normalize_key``) and sent
+SHA-256 hashed; EXTERN_ID is sent unhashed (trimmed, lower-cased). The phone is digits with the country
+code and no ``+``. Meta does not say which rows were invalid, only how many: ``num_invalid_entries``
+feeds the run's match figures rather than row-level rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import requests
+from pydantic import Field, field_validator
+
+from data_out.destinations import register
+from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
+from data_out.destinations.http import HttpClient, Verdict, default_classify
+from data_out.identity import META_EXTRA_KEYS
+
+MAX_ROWS = 10_000
+RATE_LIMIT_CODES = {4, 17, 32, 613, 80003, 80004}
+TRANSIENT_CODES = {1, 2}
+BLOCKED = (100, 1713230)
+
+MatchKey = Literal["EMAIL", "PHONE", "EXTERN_ID", "FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN"]
+
+
+class MetaSettings(DestinationSettings):
+    type: Literal["meta"]
+    audience_id: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$")
+    match_keys: list[MatchKey] = Field(default_factory=lambda: ["EMAIL", "PHONE"], min_length=1)
+    api_version: str = Field("v21.0", pattern=r"^v\d+\.\d+$")
+
+    @field_validator("match_keys")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("list each match key once")
+        return v
+
+
+def _error(resp: requests.Response) -> tuple[int | None, int | None, str]:
+    try:
+        err = resp.json().get("error", {})
+    except ValueError:
+        return None, None, resp.text[:300]
+    return err.get("code"), err.get("error_subcode"), str(err.get("message", ""))
+
+
+def classify(resp: requests.Response) -> Verdict:
+    if resp.status_code < 300:
+        return Verdict.OK
+    code, _, _ = _error(resp)
+    if code in RATE_LIMIT_CODES or code in TRANSIENT_CODES:
+        return Verdict.RETRY
+    return default_classify(resp)
+
+
+def describe(resp: requests.Response) -> str:
+    code, subcode, message = _error(resp)
+    if (code, subcode) == BLOCKED:
+        return (
+            f"the custom audience is blocked from updates (code {code}/{subcode}): {message}. "
+            "Check it in Ads Manager; nothing was changed"
+        )
+    if code == 190:
+        return f"the access token was refused (code 190): {message}. Renew the token in the connection"
+    return f"code {code}" + (f"/{subcode}" if subcode else "") + f": {message}"
+
+
+@register
+class MetaDestination(Destination):
+    type_name = "meta"
+    settings_model = MetaSettings
+    default_conn_id = "data_out_meta"
+    max_batch_rows = MAX_ROWS
+    supports_replace = True
+
+    settings: MetaSettings
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.client = HttpClient(
+            "meta",
+            self.connection,
+            default_base_url="https://graph.facebook.com",
+            headers={"Authorization": f"Bearer {self.connection.password or ''}"},
+            classify=classify,
+            describe_error=describe,
+        )
+        self.path = f"/{self.settings.api_version}/{self.settings.audience_id}"
+
+    @property
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+        keys = set(self.settings.match_keys)
+        cols = {}
+        if "EMAIL" in keys:
+            cols["email_sha256"] = "email_sha256"
+        if "PHONE" in keys:
+            cols["phone_sha256"] = "phone_digits_sha256"  # Meta: digits with country code, no "+"
+        if "EXTERN_ID" in keys:
+            cols["external_id"] = "external_id"
+        if keys & set(META_EXTRA_KEYS):
+            cols["extra"] = "extra"
+        return cols
+
+    def _row(self, r: MemberRow) -> list[str]:
+        extra = json.loads(r.extra) if r.extra else {}
+        values = {
+            "EMAIL": r.email_sha256,
+            "PHONE": r.phone_sha256,
+            "EXTERN_ID": r.external_id.strip(" \t\r\n\0\x0b.").lower() if r.external_id else None,
+        }
+        return [values.get(k) or extra.get(k) or "" for k in self.settings.match_keys]
+
+    def _payload(self, rows: Sequence[MemberRow]) -> str:
+        return json.dumps({"schema": list(self.settings.match_keys), "data": [self._row(r) for r in rows]})
+
+    def _result(self, resp: requests.Response) -> BatchResult:
+        body = resp.json()
+        received = int(body.get("num_received", 0))
+        invalid = int(body.get("num_invalid_entries", 0))
+        return BatchResult(received=received, matched=received - invalid)
+
+    def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
+        resp = self.client.request(
+            "POST" if op is Op.ADD else "DELETE",
+            f"{self.path}/users",
+            data={"payload": self._payload(rows)},
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        return self._result(resp)
+
+    def replace(self, batches: Iterator[list[MemberRow]], total: int, idempotency_key: str) -> BatchResult:
+        """One ``usersreplace`` session: Meta swaps the audience only when the last batch arrives."""
+        if total == 0:
+            raise DestinationError(
+                "meta: usersreplace cannot leave an audience empty; run an incremental sync to remove everyone",
+                retryable=False,
+            )
+        session_id = secrets.randbits(52)
+        result = BatchResult(received=0, matched=0)
+        seq, current = 0, next(batches, [])
+        while True:
+            following = next(batches, None)
+            seq += 1
+            session = {
+                "session_id": session_id,
+                "batch_seq": seq,
+                "last_batch_flag": following is None,
+                "estimated_num_total": total,
+            }
+            resp = self.client.request(
+                "POST",
+                f"{self.path}/usersreplace",
+                data={"payload": self._payload(current), "session": json.dumps(session)},
+                headers={"Idempotency-Key": f"{idempotency_key}-{seq}"},
+            )
+            part = self._result(resp)
+            result.received = (result.received or 0) + (part.received or 0)
+            result.matched = (result.matched or 0) + (part.matched or 0)
+            if following is None:
+                return result
+            current = following
+
+    def size(self) -> int | None:
+        resp = self.client.request(
+            "GET", self.path, params={"fields": "approximate_count_lower_bound,approximate_count_upper_bound"}
+        )
+        return int(resp.json().get("approximate_count_lower_bound", 0))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,114 @@
+"""TikTok Ads custom audiences through segment mapping (``/open_api/v1.3/segment/mapping/``).
+
+Connection (type ``data_out_tiktok``): ``host`` the API base URL (default
+https://business-api.tiktok.com), ``password`` the access token. Per audience: ``advertiser_id``,
+``segment_id``, ``id_schema`` (EMAIL_SHA256 and/or PHONE_SHA256) and ``batch_size``.
+
+TikTok answers errors with HTTP 200 and a non-zero ``code``: 40100 (too many requests) and 5xxxx are
+retried, every other code fails the batch with TikTok's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import requests
+from pydantic import Field
+
+from data_out.destinations import register
+from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op
+from data_out.destinations.http import HttpClient, Verdict, default_classify
+
+RETRY_CODES = {40100, 40016}
+
+
+class TikTokSettings(DestinationSettings):
+    type: Literal["tiktok"]
+    advertiser_id: str = Field(pattern=r"^\d+$")
+    segment_id: str = Field(pattern=r"^\w+$")
+    id_schema: list[Literal["EMAIL_SHA256", "PHONE_SHA256"]] = Field(
+        default_factory=lambda: ["EMAIL_SHA256", "PHONE_SHA256"], min_length=1
+    )
+
+
+def _code(resp: requests.Response) -> int | None:
+    try:
+        return int(resp.json().get("code"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def classify(resp: requests.Response) -> Verdict:
+    if resp.status_code >= 300:
+        return default_classify(resp)
+    code = _code(resp)
+    if code == 0:
+        return Verdict.OK
+    return Verdict.RETRY if code in RETRY_CODES or (code or 0) >= 50000 else Verdict.FATAL
+
+
+def _describe(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        return f"code {body.get('code')}: {body.get('message')}"
+    except ValueError:
+        return resp.text[:300]
+
+
+@register
+class TikTokDestination(Destination):
+    type_name = "tiktok"
+    settings_model = TikTokSettings
+    default_conn_id = "data_out_tiktok"
+    max_batch_rows = 10_000
+
+    settings: TikTokSettings
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.client = HttpClient(
+            "tiktok",
+            self.connection,
+            default_base_url="https://business-api.tiktok.com",
+            headers={"Access-Token": self.connection.password or ""},
+            classify=classify,
+            describe_error=_describe,
+        )
+
+    @property
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+        cols = {}
+        if "EMAIL_SHA256" in self.settings.id_schema:
+            cols["email_sha256"] = "email_sha256"
+        if "PHONE_SHA256" in self.settings.id_schema:
+            cols["phone_sha256"] = "phone_e164_sha256"
+        return cols
+
+    def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
+        s = self.settings
+        values = {"EMAIL_SHA256": lambda r: r.email_sha256, "PHONE_SHA256": lambda r: r.phone_sha256}
+        batch = [[{"id": values[k](r) or "", "audience_ids": [s.segment_id]} for k in s.id_schema] for r in rows]
+        body = {
+            "advertiser_ids": [s.advertiser_id],
+            "action": "add" if op is Op.ADD else "delete",
+            "id_schema": list(s.id_schema),
+            "batch_data": batch,
+        }
+        self.client.request(
+            "POST", "/open_api/v1.3/segment/mapping/", json=body, headers={"Idempotency-Key": idempotency_key}
+        )
+        return BatchResult(received=len(rows))
+
+    def size(self) -> int | None:
+        s = self.settings
+        resp = self.client.request(
+            "GET",
+            "/open_api/v1.3/dmp/custom_audience/get/",
+            params={"advertiser_id": s.advertiser_id, "custom_audience_ids": f'["{s.segment_id}"]'},
+        )
+        found = resp.json().get("data", {}).get("list", [])
+        return int(found[0]["audience_details"]["cover_num"]) if found else None
+
+    def close(self) -> None:
+        self.client.close()
