@@ -20,10 +20,11 @@ export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEM
 
 .PHONY: install airflow-db demo demo-churn test lint clean
 
-$(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-test.txt -c constraints.txt
+	$(BIN)/pip install --quiet --no-deps -e .  # the provider entry point: Data Out's connection types
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,12 +3,15 @@
 Uses the embedded default: SQLite state and warehouse files under ``.demo/`` (see the Makefile for the
 connections). The sample warehouse is generated once and kept, and every run evaluates the audiences
 at the sample's ``as_of``, so a second ``make demo`` shows the true incremental diff: zero when nothing
-changed. ``make demo-churn`` adds two hours of carts and orders to the sample to see real adds and removes.
+changed. The Meta and Google Ads destinations are local stand-ins served by this process (their state
+is kept in ``.demo/standins/``). ``make demo-churn`` adds two hours of carts and orders to the sample
+to see real adds and removes.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import sys
@@ -25,6 +28,9 @@ from data_out.connections import engine_for  # noqa: E402
 from data_out.hooks.state import connection_info  # noqa: E402
 from data_out.report import run_report, sync_rows  # noqa: E402
 from sandbox import sample_warehouse  # noqa: E402
+from sandbox.standins import connection_env, serve  # noqa: E402
+
+DEMO_STANDINS = ["meta", "google_ads"]
 
 
 def _quiet() -> None:
@@ -54,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"added activity up to {as_of:%Y-%m-%d %H:%M} UTC")
     print(f"evaluating audiences as of {as_of:%Y-%m-%d %H:%M} UTC")
 
+    state_dir = Path(os.environ.get("DATA_OUT_DEMO_DIR", ROOT / ".demo")) / "standins"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with serve(DEMO_STANDINS, state_dir) as running:
+        os.environ.update(connection_env(running))  # the audiences' Meta and Google Ads connections
+        print("stand-ins: " + ", ".join(f"{name} at {r.url}" for name, r in running.items()))
+        return _run_dags(as_of)
+
+
+def _run_dags(as_of: dt.datetime) -> int:
     from airflow.dag_processing.dagbag import DagBag
 
     _quiet()

@@ -28,6 +28,8 @@ def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
             s.c.destination_size,
             s.c.guard,
             s.c.error.label("sync_error"),
+            s.c.plan_seconds,
+            s.c.push_seconds,
         )
         .select_from(r.outerjoin(s, s.c.run_id == r.c.id))
         .where(r.c.id.in_(list(run_ids)))
@@ -40,7 +42,8 @@ def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
         row["invalid"] = sum(n for k, n in issues.items() if k.endswith("_invalid"))
         row["missing"] = sum(n for k, n in issues.items() if k.endswith("_missing"))
         end = row["finished_at"] or row["started_at"]
-        row["duration_s"] = round((end - row["started_at"]).total_seconds(), 2)
+        row["run_s"] = round((end - row["started_at"]).total_seconds(), 2)
+        row["sync_s"] = round((row["plan_seconds"] or 0) + (row["push_seconds"] or 0), 2)
     return rows
 
 
@@ -57,7 +60,7 @@ def run_report(rows: list[dict[str, Any]]) -> str:
         "no usable id",
         "rejected",
         "dest size",
-        "duration s",
+        "sync s",
     ]
     table = [
         [
@@ -72,7 +75,7 @@ def run_report(rows: list[dict[str, Any]]) -> str:
             row["unmatchable"],
             row["rejected"],
             row["destination_size"],
-            row["duration_s"],
+            row["sync_s"],
         ]
         for row in rows
     ]

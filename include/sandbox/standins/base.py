@@ -15,6 +15,7 @@ Servers listen on loopback only.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import threading
@@ -78,6 +79,7 @@ class StandIn:
     max_body_bytes = 10 * 1024 * 1024
     rate_per_second: float | None = None  # None: no rate limit
     burst = 20
+    persistent: tuple[str, ...] = ()  # attributes kept across restarts by save()/load() (the demo)
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -114,6 +116,20 @@ class StandIn:
 
     def admin(self, req: Request, action: str) -> Response:
         return Response(404, {"error": f"unknown admin action {action}"})
+
+    def save(self, path: str) -> None:
+        with self.lock, open(path, "wb") as f:
+            pickle.dump({a: getattr(self, a) for a in self.persistent}, f)
+
+    def load(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                data = pickle.load(f)  # noqa: S301 - our own sandbox file
+        except FileNotFoundError:
+            return
+        with self.lock:
+            for attr, value in data.items():
+                setattr(self, attr, value)
 
     # -- machinery ---------------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler) -> None:

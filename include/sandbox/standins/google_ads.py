@@ -28,6 +28,7 @@ class GoogleAdsStandIn(StandIn):
     name = "google_ads"
     rate_per_second = 100.0
     burst = 50
+    persistent = ("lists",)
 
     def __init__(
         self, token: str = "google-test-token", developer_token: str = "dev-token", polls_until_done: int = 2

@@ -48,6 +48,7 @@ class MetaStandIn(StandIn):
     name = "meta"
     rate_per_second = 200.0
     burst = 50
+    persistent = ("audiences",)
 
     def __init__(self, token: str = "meta-test-token", auto_create: bool = True) -> None:
         self.token = token

@@ -25,6 +25,7 @@ class SegmentStandIn(StandIn):
     max_body_bytes = MAX_REQUEST
     rate_per_second = 200.0
     burst = 50
+    persistent = ("traits", "message_ids")
 
     def __init__(self, write_key: str = "segment-write-key") -> None:
         self.write_key = write_key

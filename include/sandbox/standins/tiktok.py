@@ -24,6 +24,7 @@ class TikTokStandIn(StandIn):
     name = "tiktok"
     rate_per_second = 100.0
     burst = 30
+    persistent = ("segments",)
 
     def __init__(self, token: str = "tiktok-test-token", advertiser_id: str = "7000000001") -> None:
         self.token = token

@@ -35,6 +35,7 @@ def verify(secret: str, header: str | None, body: bytes, now: float | None = Non
 class WebhookStandIn(StandIn):
     name = "webhook"
     max_body_bytes = 5 * 1024 * 1024
+    persistent = ("members",)
 
     def __init__(self, secret: str = "webhook-secret") -> None:
         self.secret = secret

@@ -31,7 +31,7 @@ class DataOutStateHook(BaseHook):
 
     conn_name_attr = "data_out_state_conn_id"
     default_conn_name = "data_out_state"
-    conn_type = "postgres"
+    conn_type = "postgres"  # or sqlite: a plain database connection, no type of its own
     hook_name = "Data Out state database"
 
     def __init__(self, data_out_state_conn_id: str = default_conn_name, **kwargs: Any) -> None:

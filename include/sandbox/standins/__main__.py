@@ -1,0 +1,3 @@
+from sandbox.standins import main
+
+main()
