@@ -88,7 +88,7 @@ class StandIn:
         self.responses: dict[str, Response] = {}
         self.log: list[tuple[str, str, int]] = []  # (method, path, status)
         self.seen = 0  # requests received (admin calls excluded), numbering fault plans
-        self.payloads: list[Any] = []  # every accepted request body, for leak scans
+        self.payloads: list[bytes] = []  # every request body received, for leak scans
         self._tokens = float(self.burst)
         self._refilled = time.monotonic()
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
@@ -161,6 +161,7 @@ class StandIn:
     def _dispatch_locked(self, req: Request) -> Response:
         f = self.faults
         self.seen += 1
+        self.payloads.append(req.body)
         if f.down_after is not None:
             if f.down_after <= 0:
                 f.down = True
@@ -188,7 +189,6 @@ class StandIn:
                         self.applied[key] += 1
                         self.responses[key] = resp
                     if resp.status < 300:
-                        self.payloads.append(req.body)
                         if self.seen in f.lose_response:  # applied, but the answer never arrives
                             return self.server_error(503)
                     return resp

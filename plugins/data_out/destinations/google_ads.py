@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
-from data_out.destinations.http import HttpClient, scrub, split_by_size
+from data_out.destinations.http import HttpClient, split_by_size
+from data_out.redact import scrub
 
 MAX_IDENTIFIERS_PER_REQUEST = 100_000
 Consent = Literal["GRANTED", "DENIED", "UNSPECIFIED"]

@@ -13,7 +13,6 @@ Connection extras understood by every HTTP destination (all optional):
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,17 +25,11 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError
+from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
 
-_EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
 T = TypeVar("T")
-
-
-def scrub(text: str, limit: int = 500) -> str:
-    """Remove anything that looks like an email or a phone number from a vendor message."""
-    return _PHONE.sub("<number>", _EMAIL.sub("<email>", text))[:limit]
 
 
 class Verdict(Enum):

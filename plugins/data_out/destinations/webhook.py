@@ -23,7 +23,8 @@ from pydantic import Field
 
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op
-from data_out.destinations.http import HttpClient, scrub
+from data_out.destinations.http import HttpClient
+from data_out.redact import scrub
 
 FIELD_COLUMNS = {
     "email_sha256": ("email_sha256", "email_sha256"),

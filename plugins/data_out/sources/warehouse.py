@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from data_out.redact import scrub
 from data_out.sources.base import Row, SourceError
 
 
@@ -45,8 +46,8 @@ class SqlSource:
                 for part in result.mappings().partitions(batch_size):
                     yield list(part)
         except SQLAlchemyError as exc:
-            # The driver's message can quote the statement and its parameters, never row values.
-            detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:500]
+            # A driver message can quote a row value ("invalid input syntax for type integer: ..."): scrub it.
+            detail = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0])
             raise SourceError(f"{self.label}: the query failed: {detail}") from None
 
 
