@@ -9,6 +9,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# The same project-local Airflow the Makefile prepares, also when pytest is run by hand (before any
+# test module imports airflow and reads its configuration).
+_ROOT = Path(__file__).resolve().parents[1]
+for _key, _value in {
+    "AIRFLOW_HOME": _ROOT / ".airflow",
+    "AIRFLOW__CORE__DAGS_FOLDER": _ROOT / "dags",
+    "AIRFLOW__CORE__PLUGINS_FOLDER": _ROOT / "plugins",
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+}.items():
+    os.environ.setdefault(_key, str(_value))
+
 from sqlalchemy import Engine, create_engine, text
 
 from data_out import connections

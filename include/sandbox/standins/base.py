@@ -188,9 +188,8 @@ class StandIn:
                     if key and resp.status < 300:
                         self.applied[key] += 1
                         self.responses[key] = resp
-                    if resp.status < 300:
-                        if self.seen in f.lose_response:  # applied, but the answer never arrives
-                            return self.server_error(503)
+                    if resp.status < 300 and self.seen in f.lose_response:
+                        return self.server_error(503)  # applied, but the answer never arrives
                     return resp
             return Response(404, {"error": f"no route {req.method} {req.path}"})
         except HttpError as exc:
