@@ -258,3 +258,30 @@ def test_meta_invalid_entries_feed_the_match_figures(tmp_path: Path):
         env.run("t/1")
     sync = env.last_sync()
     assert (sync["received"], sync["matched"]) == (len(sent), len(sent) - 1)
+
+
+def test_slow_responses_past_the_timeout_fail_cleanly_then_catch_up(tmp_path: Path):
+    case = CASES["meta"]
+    standin = case.make()
+    db = ConnectionInfo("db", "sqlite", host=str(tmp_path / "db.sqlite"))
+    engine = engine_for(db)
+    ensure_schema(engine)
+    rows = [person(i) for i in range(6)]
+    with Running(standin) as running:
+        env = Env(case, standin, running.url, tmp_path, People(engine), engine)
+        env.write(batch_size=100)
+        env.people.set(rows)
+        case_extra = dict(case.extra)
+        case.extra.update(timeout=0.2, max_attempts=2)
+        try:
+            standin.faults.delay = 0.5
+            with pytest.raises(RunFailed, match="no response within"):
+                env.run("t/1")
+            assert env.last_sync()["status"] == "failed"
+            standin.faults.delay = 0
+            env.run("t/2")
+        finally:
+            case.extra.clear()
+            case.extra.update(case_extra)
+    assert env.held() == env.expected(rows)
+    assert max(standin.applied.values()) == 1
