@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -21,16 +22,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include")]
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from data_out import state  # noqa: E402
+from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import engine_for  # noqa: E402
 from data_out.hooks.state import connection_info  # noqa: E402
-from data_out.report import run_report, sync_rows  # noqa: E402
+from data_out.report import recon_report, run_report, sync_rows  # noqa: E402
 from sandbox import sample_warehouse  # noqa: E402
+from sandbox.smtp_sink import SmtpSink, bodies  # noqa: E402
 from sandbox.standins import connection_env, serve  # noqa: E402
 
 DEMO_STANDINS = ["meta", "google_ads"]
+PLANTED_AUDIENCE = "cio_cart_abandon_6h_v1"
+PLANTED_LOSS = 200
 
 
 def _quiet() -> None:
@@ -65,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     with serve(DEMO_STANDINS, state_dir) as running:
         os.environ.update(connection_env(running))  # the audiences' Meta and Google Ads connections
         print("stand-ins: " + ", ".join(f"{name} at {r.url}" for name, r in running.items()))
-        return _run_dags(as_of)
+        return _run_dags(as_of, running)
 
 
-def _run_dags(as_of: dt.datetime) -> int:
+def _run_dags(as_of: dt.datetime, running: dict) -> int:
     from airflow.dag_processing.dagbag import DagBag
 
     _quiet()
@@ -91,10 +96,35 @@ def _run_dags(as_of: dt.datetime) -> int:
         run_ids = [r for (r,) in conn.execute(select(state.run.c.id).where(state.run.c.started_at >= started))]
     print()
     print(run_report(sync_rows(state_engine, run_ids)))
+    if not failed:
+        _reconcile_with_planted_drift(bag, as_of, running, state_engine)
     if bag.import_errors or failed:
         print(f"\nFAILED: {', '.join(failed) or 'import errors'}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reconcile_with_planted_drift(bag, as_of: dt.datetime, running: dict, state_engine) -> None:  # type: ignore[no-untyped-def]
+    """Lose members at the Meta stand-in behind Data Out's back, then run the reconciliation DAG."""
+    cart = load_audiences().audiences[PLANTED_AUDIENCE].config.destination("meta")
+    members = running["meta"].standin.audiences[cart.audience_id]
+    with running["meta"].standin.lock:
+        for row in sorted(members)[:PLANTED_LOSS]:
+            members.discard(row)
+    print(
+        f"\nplanted drift: removed {PLANTED_LOSS} members of {PLANTED_AUDIENCE} from the Meta stand-in "
+        "behind Data Out's back; running the reconciliation DAG"
+    )
+    with SmtpSink() as sink:
+        os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = json.dumps(sink.connection_json())
+        dr = bag.get_dag("data_out_reconciliation").test(run_conf={"as_of": as_of.isoformat()})
+    print(f"  data_out_reconciliation                  {getattr(dr, 'state', None)!s}\n")
+    with state_engine.connect() as conn:
+        recon_id = conn.scalar(select(func.max(state.recon_run.c.id)))
+    print(recon_report(state_engine, recon_id))
+    for msg in sink.messages:
+        text, _ = bodies(msg)
+        print(f"\n--- email captured by the local SMTP sink ---\nTo: {msg['To']}\nSubject: {msg['Subject']}\n\n{text}")
 
 
 if __name__ == "__main__":

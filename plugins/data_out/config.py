@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from data_out.destinations import REGISTRY
-from data_out.destinations.base import DestinationSettings, GuardSettings
+from data_out.destinations.base import DestinationSettings, DriftSettings, GuardSettings
 from data_out.identity import is_valid_region
 
 AUDIENCES_DIR_ENV = "DATA_OUT_AUDIENCES_DIR"
@@ -111,15 +111,6 @@ class Holdout(_Model):
     salt: str = Field(min_length=4, description="change only to reshuffle the holdout on purpose")
 
 
-class Drift(_Model):
-    """Thresholds for the daily reconciliation; per-destination overrides live on the destination."""
-
-    max_gap_pct: float = Field(5.0, ge=0)
-    max_day_over_day_pct: float = Field(30.0, ge=0)
-    min_match_rate: float = Field(0.3, ge=0, le=1)
-    baseline_runs: int = Field(7, ge=1)
-
-
 class Alerts(_Model):
     recipients: list[str] = Field(default_factory=list)
 
@@ -152,7 +143,7 @@ class AudienceConfig(_Model):
     exclusions: list[str] = Field(default_factory=list)
     destinations: list[_destination_union()] = Field(min_length=1)  # type: ignore[valid-type]
     guard: GuardSettings = GuardSettings()
-    drift: Drift = Drift()
+    drift: DriftSettings = DriftSettings()
     alerts: Alerts = Alerts()
     tags: list[str] = Field(default_factory=list)
 
@@ -192,6 +183,13 @@ class AudienceConfig(_Model):
     @property
     def dag_id(self) -> str:
         return f"audience__{self.name}"
+
+    def drift_for(self, label: str) -> DriftSettings:
+        """Audience thresholds with the destination's own overrides applied on top."""
+        override = self.destination(label).drift
+        if override is None:
+            return self.drift
+        return self.drift.model_copy(update=override.model_dump(exclude_unset=True))
 
     def destination(self, label: str) -> DestinationSettings:
         for d in self.destinations:

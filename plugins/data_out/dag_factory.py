@@ -16,6 +16,7 @@ from data_out.operators.audience import (
     PlanDestinationOperator,
     PushDestinationOperator,
     StageAudienceOperator,
+    notify_sync_failure,
 )
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -55,6 +56,7 @@ def build_audience_dag(loaded: LoadedAudience, module_doc: str | None = None) ->
         "retries": 2,
         "retry_delay": dt.timedelta(minutes=2),
         "retry_exponential_backoff": True,
+        "on_failure_callback": notify_sync_failure,
     }
     schedule = c.schedule if c.status == "active" else None  # paused: runs only when triggered
     with DAG(

@@ -101,6 +101,10 @@ def desired_select(cfg: AudienceConfig, dest: Destination, *, matchable: bool = 
     return select(m.c.member_key, *cols).where(*conditions)
 
 
+def count_desired(conn: Connection, cfg: AudienceConfig, dest: Destination) -> int:
+    return state.scalar_int(conn, select(func.count()).select_from(desired_select(cfg, dest).subquery()))
+
+
 def _differs(a: Any, b: Any) -> Any:
     return or_(*[a.c[c].is_distinct_from(b.c[c]) for c in IDENTITY_COLUMNS])
 
@@ -287,9 +291,7 @@ class Replacer:
     def replace(self, sync_id: int) -> tuple[BatchResult, int]:
         a, aud, label = state.ack, self.cfg.name, self.label
         with self.engine.connect() as conn:
-            desired = state.scalar_int(
-                conn, select(func.count()).select_from(desired_select(self.cfg, self.dest).subquery())
-            )
+            desired = count_desired(conn, self.cfg, self.dest)
         outcome = self.dest.replace(self._batches(), desired, idempotency_key(aud, label, sync_id, 0))
         now = state.utcnow()
         d = desired_select(self.cfg, self.dest).subquery("d")

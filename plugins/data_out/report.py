@@ -86,3 +86,33 @@ def run_report(rows: list[dict[str, Any]]) -> str:
         if (row["sync_status"] or row["status"]) != "success"
     ]
     return out + ("\n\nProblems:\n" + "\n".join(problems) if problems else "")
+
+
+def recon_report(engine: Engine, recon_id: int) -> str:
+    """Breaches, repairs and a count of the rest for one reconciliation run."""
+    r = state.recon
+    with engine.connect() as conn:
+        rows = conn.execute(select(r).where(r.c.recon_id == recon_id).order_by(r.c.id)).mappings().all()
+    shown = [row for row in rows if row["status"] == "breach" or row["repaired"]]
+    table = [
+        [
+            row["audience"],
+            row["destination"],
+            row["check"],
+            row["value"],
+            row["threshold"],
+            "repaired" if row["repaired"] else row["status"],
+            row["detail"],
+        ]
+        for row in shown
+    ]
+    counts = {s: sum(row["status"] == s for row in rows) for s in ("ok", "breach", "skipped")}
+    head = (
+        f"reconciliation #{recon_id}: {len(rows)} checks, {counts['ok']} ok, {counts['breach']} breached, "
+        f"{counts['skipped']} skipped (no baseline yet or not reported), "
+        f"{sum(bool(row['repaired']) for row in rows)} repaired"
+    )
+    if not table:
+        return head
+    headers = ["audience", "destination", "check", "value", "threshold", "status", "detail"]
+    return head + "\n" + tabulate(table, headers=headers, tablefmt="github")

@@ -66,7 +66,7 @@ class AudienceRunner:
         return cls(self.cfg.name, settings, self.resolve(settings.conn_id or cls.default_conn_id))
 
     @contextmanager
-    def _destination(self, label: str) -> Iterator[Destination]:
+    def destination_ctx(self, label: str) -> Iterator[Destination]:
         dest = self.destination(label)
         try:
             yield dest
@@ -148,7 +148,7 @@ class AudienceRunner:
         lease.check(self.engine, self.cfg.name, holder)
         sync_id = self._open_sync(run_id, label, mode)
         try:
-            with self._destination(label) as dest:
+            with self.destination_ctx(label) as dest:
                 plan = self._plan(dest, label, sync_id, override_reason, mode)
         except Exception as exc:
             status = "guarded" if isinstance(exc, GuardTripped) else "failed"
@@ -167,7 +167,7 @@ class AudienceRunner:
         lease.check(self.engine, self.cfg.name, holder)
         result = PushResult()
         try:
-            with self._destination(label) as dest:
+            with self.destination_ctx(label) as dest:
                 pusher = Pusher(self.engine, self.cfg.name, label, dest)
                 progress = lambda r: self._update_sync(sync_id, **_push_fields(r))  # noqa: E731
                 with self.engine.connect() as conn:
@@ -208,7 +208,7 @@ class AudienceRunner:
         result = PushResult()
         started = dt.datetime.now(dt.UTC)
         try:
-            with self._destination(label) as dest:
+            with self.destination_ctx(label) as dest:
                 if not dest.supports_replace:
                     raise ValueError(f"{dest.type_name} has no replace API; use mode full_resync for {label}")
                 outcome, desired = Replacer(self.engine, self.cfg, dest, label).replace(sync_id)

@@ -221,6 +221,67 @@ reject = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
+recon_run = Table(
+    "do_recon_run",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("dag_run_id", String(250)),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("breaches", Integer),
+    Column("repaired", Integer),
+    Column("emails", Integer),
+)
+
+recon_measure = Table(
+    "do_recon_measure",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("recon_id", _Id, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("audience", _AUD, nullable=False),
+    Column("destination", _DEST, nullable=False),
+    Column("desired", BigInteger),
+    Column("acked", BigInteger),
+    Column("destination_size", BigInteger),
+    Index("ix_do_recon_measure", "audience", "destination", "id"),
+)
+
+recon = Table(
+    "do_recon",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("recon_id", _Id, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("audience", _AUD, nullable=False),
+    Column("destination", _DEST, nullable=False),  # "*" for audience-wide and global checks
+    Column("check", String(64), nullable=False),
+    Column("value", Float),
+    Column("threshold", Float),
+    Column("status", String(16), nullable=False),  # ok | breach | skipped
+    Column("detail", Text),
+    Column("repaired", Boolean, nullable=False, default=False),
+    Index("ix_do_recon_key", "audience", "destination", "check", "id"),
+)
+
+alert_state = Table(
+    "do_alert_state",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("destination", _DEST, primary_key=True),
+    Column("check", String(64), primary_key=True),
+    Column("open", Boolean, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
+metric_volume = Table(
+    "do_metric_volume",
+    metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("metric", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
 lease = Table(
     "do_lease",
     metadata,

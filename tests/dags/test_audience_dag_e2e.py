@@ -13,6 +13,7 @@ from data_out import state
 from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import engine_for
 from data_out.holdout import is_held_out
+from sandbox.smtp_sink import SmtpSink, bodies
 from tests.conftest import People, write_audience
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -38,6 +39,7 @@ def airflow_env(monkeypatch, tmp_path, pg_database):
         destinations:
           - type: warehouse
             conn_id: e2e_db
+        alerts: {recipients: [e2e-owner@example.com]}
     """,
     )
     monkeypatch.setenv(AUDIENCES_DIR_ENV, str(tmp_path))
@@ -99,8 +101,10 @@ def test_audience_dag_twice_with_a_membership_change(airflow_env):
         assert conn.execute(select(state.lease)).first() is None
 
 
-def test_a_guarded_run_fails_the_dag_run_and_is_recorded(airflow_env):
+def test_a_guarded_run_fails_the_dag_run_is_recorded_and_emailed(airflow_env, monkeypatch):
     engine = airflow_env
+    sink = SmtpSink().__enter__()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection_json()))
     people = People(engine)
     people.set([{"customer_id": f"c{i:03d}", "email": f"p{i}@example.com"} for i in range(20)])
     dag = DagBag(dag_folder=str(DAGS)).get_dag("audience__e2e_audience_v1")
@@ -109,6 +113,12 @@ def test_a_guarded_run_fails_the_dag_run_and_is_recorded(airflow_env):
     assert str(dag.test(run_conf={"as_of": AS_OF}).state) == "failed"
     last = runs(engine)[-1]
     assert last["status"] == "failed" and "mass-removal guard" in last["error"]
+    sink.__exit__()
+    [msg] = sink.messages  # one email, from the plan task; finish does not repeat it
+    text, _ = bodies(msg)
+    assert msg["Subject"] == "[Data Out] sync failed: e2e_audience_v1 (warehouse.plan)"
+    assert msg["To"] == "e2e-owner@example.com"
+    assert "mass-removal guard" in text and "Next step: If the shrink is deliberate" in text
     assert len(members(engine, "audience_e2e_audience_v1")) > 0  # nothing removed
     dr = dag.test(run_conf={"as_of": AS_OF, "guard_override_reason": "test: audience retired upstream"})
     assert str(dr.state) == "success"

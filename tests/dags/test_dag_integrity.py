@@ -30,7 +30,9 @@ def test_one_dag_per_active_audience(bag):
 def test_policies(bag):
     for dag in bag.dags.values():
         assert dag.tags and "data-out" in dag.tags, dag.dag_id
-        assert dag.doc_md and "owner" in dag.doc_md, dag.dag_id
+        assert dag.doc_md and len(dag.doc_md) > 100, dag.dag_id
+        if dag.dag_id.startswith("audience__"):
+            assert "owner" in dag.doc_md, dag.dag_id
         assert dag.max_active_runs == 1, dag.dag_id
         for task in dag.tasks:
             assert task.owner not in (None, "airflow"), task.task_id

@@ -35,6 +35,24 @@ class GuardSettings(BaseModel):
     allow_empty_source: bool = False
 
 
+class DriftSettings(BaseModel):
+    """Reconciliation thresholds. Set on the audience; a destination's ``drift`` overrides only the
+    fields it names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_gap_pct: float = Field(5.0, ge=0, description="acknowledged vs destination-reported size")
+    max_source_gap_pct: float = Field(5.0, ge=0, description="latest source snapshot vs acknowledged")
+    max_day_over_day_pct: float = Field(30.0, ge=0)
+    max_baseline_pct: float = Field(50.0, ge=0, description="vs the median of the last baseline_runs")
+    baseline_runs: int = Field(7, ge=1)
+    min_match_rate: float = Field(0.3, ge=0, le=1)
+    max_holdout_pp: float = Field(2.0, ge=0, description="observed vs configured holdout, percentage points")
+    max_reject_rate: float = Field(0.05, ge=0, le=1)
+    max_failed_sync_rate: float = Field(0.0, ge=0, le=1)
+    repair: bool = Field(True, description="rebuild the destination when its gaps breach")
+
+
 class DestinationSettings(BaseModel):
     """Fields every destination accepts in an audience file; modules subclass it with their own."""
 
@@ -46,6 +64,7 @@ class DestinationSettings(BaseModel):
     include: Literal["targeted", "holdout", "all"] = "targeted"
     batch_size: int | None = Field(None, gt=0)
     guard: GuardSettings | None = None
+    drift: DriftSettings | None = None
 
     @field_validator("name")
     @classmethod

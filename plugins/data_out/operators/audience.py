@@ -7,23 +7,30 @@ step. XCom carries ids and counts only, never identifiers.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from data_out import alerts
 from data_out.config import load_audiences
 from data_out.destinations.base import DestinationError
 from data_out.diff import GuardTripped
 from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.lease import LeaseHeld
+from data_out.redact import scrub
 from data_out.runner import AudienceRunner, RunFailed
+
+log = logging.getLogger(__name__)
+SMTP_CONN_ENV = "DATA_OUT_SMTP_CONN_ID"
 
 #: errors that a retry cannot fix: fail the task at once with the message
 FATAL = (GuardTripped, LeaseHeld, RunFailed, KeyError, ValueError)
 
 
-def _as_of(context: Any) -> dt.datetime:
+def as_of_from_context(context: Any) -> dt.datetime:
     """The point in time the source query is evaluated at: the ``as_of`` param, else the data interval end."""
     explicit = (context.get("params") or {}).get("as_of")
     if explicit:
@@ -82,7 +89,7 @@ class StageAudienceOperator(AudienceStepOperator):
 
     def step(self, context: Any) -> dict[str, Any]:
         runner, holder = self.runner(), self.holder(context)
-        run_id = runner.start(holder, _as_of(context))
+        run_id = runner.start(holder, as_of_from_context(context))
         # pushed before staging so that finish can close the run and free the lease even if it fails
         context["ti"].xcom_push(key="run_id", value=run_id)
         stats = runner.stage(run_id, holder)
@@ -138,3 +145,50 @@ class FinishRunOperator(AudienceStepOperator):
                 f"audience {self.audience}: the run did not start (see the stage task's log), so nothing was synced"
             )
         return self.runner().finish(run_id, self.holder(context))
+
+
+_NEXT_STEPS = [
+    (
+        "mass-removal guard",
+        "If the shrink is deliberate, trigger the DAG with conf "
+        '{"guard_override_reason": "<why>"}; otherwise fix the source first.',
+    ),
+    ("the query failed", "Fix the audience's SQL named in the reason, then clear the stage task."),
+    ("does not load", "Fix the audience file named in the reason (see the import error), then clear the task."),
+    ("lease", "Another run holds this audience: wait for it to finish, or clear that run first."),
+    (
+        "refused",
+        "The vendor refused the request: fix the connection or the audience setting the reason names, "
+        "then clear the failed task. Nothing was marked as synced.",
+    ),
+    (
+        "still failing after",
+        "The vendor was unavailable; unfinished batches are resumed by the next run "
+        "with their original idempotency keys. Clear the task to retry now.",
+    ),
+    ("no response within", "The vendor was unavailable; unfinished batches are resumed by the next run."),
+]
+
+
+def next_step(reason: str) -> str:
+    for needle, step in _NEXT_STEPS:
+        if needle in reason:
+            return step
+    return "See the task log for the traceback; the run record (do_run/do_sync) has the counts so far."
+
+
+def notify_sync_failure(context: Any) -> None:
+    """``on_failure_callback`` of the audience DAGs: email the reason and the next step, never raise."""
+    try:
+        ti = context["ti"]
+        audience = str(ti.dag_id).removeprefix("audience__")
+        reason = scrub(str(context.get("exception") or "unknown error"), limit=1500)
+        if ti.task_id == "finish" and " failed: " in reason and reason.startswith(f"audience {audience} run "):
+            return  # finish only mirrors a failure whose own task already sent the email
+        loaded = load_audiences().audiences.get(audience)
+        recipients = list(loaded.config.alerts.recipients) if loaded else []
+        email = alerts.failure_email(audience, ti.task_id, reason, next_step(reason), recipients)
+        alerts.send(connection_info(os.environ.get(SMTP_CONN_ENV, "smtp_default")), email)
+        log.info("sent the failure email for %s/%s", audience, ti.task_id)
+    except Exception:  # an alert that cannot be sent must not hide the original failure
+        log.warning("could not send the sync failure email", exc_info=True)

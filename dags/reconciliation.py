@@ -1,0 +1,37 @@
+"""Daily reconciliation of every active audience and destination (Airflow DAG ``data_out_reconciliation``).
+
+Compares the latest source snapshot, the acknowledged state and the size each destination reports;
+checks day-over-day drift and the median of recent runs, match rate, holdout share, reject and failed
+sync rates and message-metric volumes against the thresholds in each audience file; rebuilds a
+destination from the warehouse when its gap breaches; then emails new breaches, repairs and recoveries
+through the ``smtp_default`` connection. Results are in the state tables ``do_recon`` and
+``do_recon_measure``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, Param
+
+from data_out.operators.reconcile import NotifyOperator, ReconcileOperator
+
+with DAG(
+    dag_id="data_out_reconciliation",
+    schedule="0 6 * * *",
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "data-platform", "retries": 1, "retry_delay": dt.timedelta(minutes=5)},
+    tags=["data-out", "reconciliation"],
+    doc_md=__doc__,
+    params={
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="Evaluate (and repair) as of this UTC time; default: the run's end.",
+        )
+    },
+):
+    ReconcileOperator(task_id="reconcile") >> NotifyOperator(task_id="notify")
