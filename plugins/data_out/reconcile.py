@@ -193,7 +193,10 @@ class Reconciler:
             results = self._checks(loaded, label, m)
             gaps = {r.check for r in results if r.breached and r.check in {"destination_gap_pct", "source_gap_pct"}}
             repaired = False
-            if gaps and repair and cfg.drift_for(label).repair:
+            if repair and not gaps and self._rebuild_due(cfg.name, label, cfg.drift_for(label).rebuild_every_days):
+                log.info("%s/%s: scheduled rebuild is due", cfg.name, label)
+                self._repair(runner, label, result)
+            elif gaps and repair and cfg.drift_for(label).repair:
                 repaired = self._repair(runner, label, result)
                 if repaired:
                     before = {r.check: r for r in results}
@@ -212,6 +215,24 @@ class Reconciler:
             result.findings += [Finding(cfg.name, label, r, repaired and r.check in gaps) for r in results]
         if (h := self._holdout(loaded)) is not None:
             result.findings.append(Finding(cfg.name, ALL, h))
+
+    def _rebuild_due(self, audience: str, label: str, every_days: int | None) -> bool:
+        if not every_days:
+            return False
+        s = state.sync
+        with self.engine.connect() as conn:
+            last = conn.scalar(
+                select(func.max(s.c.started_at)).where(
+                    s.c.audience == audience,
+                    s.c.destination == label,
+                    s.c.status == "success",
+                    s.c.mode.in_(["full_resync", "replace"]),
+                )
+            )
+        if last is None:
+            return True
+        last = last if last.tzinfo else last.replace(tzinfo=dt.UTC)
+        return self.now - last >= dt.timedelta(days=every_days)
 
     def _repair(self, runner: AudienceRunner, label: str, result: ReconResult) -> bool:
         """Rebuild from the warehouse: stage afresh, then re-send everything the destination should hold."""

@@ -214,3 +214,15 @@ def test_one_failing_audience_does_not_stop_the_others(alerting_only: World, tmp
     errors = [f for f in result.findings if f.result.check == "reconcile_error"]
     assert [f.audience for f in errors] == ["broken_dest_v1"]
     assert gap(result).result.status == "ok"
+
+
+def test_a_scheduled_rebuild_runs_when_the_last_one_is_too_old(alerting_only: World):
+    w = alerting_only
+    path = w.tmp / "aud" / f"{AUD}.yaml"
+    path.write_text(
+        path.read_text().replace("drift: {max_gap_pct: 5}", "drift: {max_gap_pct: 5, rebuild_every_days: 7}")
+    )
+    w.sync("t/1")
+    first = w.reconcile()
+    assert first.repaired == [(AUD, "meta")]  # never rebuilt before: due
+    assert w.reconcile(NOW + dt.timedelta(days=1)).repaired == []  # just rebuilt: not due again

@@ -51,6 +51,9 @@ class DriftSettings(BaseModel):
     max_reject_rate: float = Field(0.05, ge=0, le=1)
     max_failed_sync_rate: float = Field(0.0, ge=0, le=1)
     repair: bool = Field(True, description="rebuild the destination when its gaps breach")
+    rebuild_every_days: int | None = Field(
+        None, ge=1, description="also rebuild on a schedule: when the last full resync is older than this"
+    )
 
 
 class DestinationSettings(BaseModel):
