@@ -3,7 +3,7 @@
 Uses the embedded default: SQLite state and warehouse files under ``.demo/`` (see the Makefile for the
 connections). The sample warehouse is generated once and kept, and every run evaluates the audiences
 at the sample's ``as_of``, so a second ``make demo`` shows the true incremental diff: zero when nothing
-changed. The Meta and Google Ads destinations are local stand-ins served by this process (their state
+changed. The Meta, Google Ads, Segment and webhook destinations are local stand-ins served by this process (their state
 is kept in ``.demo/standins/``). ``make demo-churn`` adds two hours of carts and orders to the sample
 to see real adds and removes.
 """
@@ -29,11 +29,12 @@ from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import engine_for  # noqa: E402
 from data_out.hooks.state import connection_info  # noqa: E402
 from data_out.report import recon_report, run_report, sync_rows  # noqa: E402
-from sandbox import sample_warehouse  # noqa: E402
+from data_out.state import ensure_schema  # noqa: E402
+from sandbox import metrics_demo, sample_warehouse  # noqa: E402
 from sandbox.smtp_sink import SmtpSink, bodies  # noqa: E402
 from sandbox.standins import connection_env, serve  # noqa: E402
 
-DEMO_STANDINS = ["meta", "google_ads"]
+DEMO_STANDINS = ["meta", "google_ads", "segment", "webhook"]
 PLANTED_AUDIENCE = "cio_cart_abandon_6h_v1"
 PLANTED_LOSS = 200
 
@@ -82,6 +83,9 @@ def _run_dags(as_of: dt.datetime, running: dict) -> int:
         print(f"IMPORT ERROR in {path}:\n{err}")
     dags = {dag_id: dag for dag_id, dag in bag.dags.items() if dag_id.startswith("audience__")}
     state_engine = engine_for(connection_info("data_out_state"))
+    ensure_schema(state_engine)
+    metrics_demo.run(bag, state_engine, engine_for(connection_info("data_out_warehouse")), as_of)
+    print()
     failed = []
     started = state.utcnow()
     for dag_id, dag in sorted(dags.items()):

@@ -146,8 +146,8 @@ def build_emails(items: list[AlertItem], recipients_for: dict[str, list[str]], r
 
 _TITLES = {NEW: "New breaches", REPAIRED: "Detected and repaired", RECOVERED: "Recovered", CONTINUING: "Still open"}
 _NEXT = {
-    NEW: "Check the destination and the audience's last runs (`data-out history <audience>`); a gap the "
-    "repair could not close needs a look at the vendor's UI.",
+    NEW: "Check the destination and the audience's recent runs (state tables do_run and do_sync); a gap "
+    "the repair could not close needs a look at the vendor's UI.",
     REPAIRED: "The destination was rebuilt from the warehouse by a full resync; nothing to do unless it recurs.",
     RECOVERED: "Nothing to do.",
     CONTINUING: "Already announced; listed for context.",

@@ -19,7 +19,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -81,6 +83,24 @@ class SqlSource(_Model):
         return v
 
 
+class CustomerIOSource(_Model):
+    """Membership of a Customer.io segment, read page by page through the App API."""
+
+    type: Literal["customerio"]
+    conn_id: str = "data_out_customerio"
+    segment_id: int = Field(ge=1)
+    page_size: int = Field(1000, ge=1, le=30_000)
+
+
+def _source_tag(v: Any) -> str:
+    return (v.get("type") or "sql") if isinstance(v, dict) else getattr(v, "type", "sql")
+
+
+Source = Annotated[
+    Annotated[SqlSource, Tag("sql")] | Annotated[CustomerIOSource, Tag("customerio")], Discriminator(_source_tag)
+]
+
+
 class Identifiers(_Model):
     """Source column for each identifier; ``null`` when the source has none."""
 
@@ -136,7 +156,7 @@ class AudienceConfig(_Model):
     purpose: str = Field(min_length=1)
     status: Literal["active", "paused", "retired"] = "active"
     schedule: str | None = "@daily"
-    source: SqlSource
+    source: Source
     member_key: str = "customer_id"
     identifiers: Identifiers = Identifiers()
     holdout: Holdout | None = None
@@ -146,6 +166,12 @@ class AudienceConfig(_Model):
     drift: DriftSettings = DriftSettings()
     alerts: Alerts = Alerts()
     tags: list[str] = Field(default_factory=list)
+    role: Literal["targeting", "suppression"] = Field(
+        "targeting", description="suppression lists are shipped to exclude people, never to target them"
+    )
+    suppress_everywhere: bool = Field(
+        False, description="a do-not-contact list: excluded from every audience with an activation destination"
+    )
 
     @field_validator("name")
     @classmethod
@@ -163,6 +189,12 @@ class AudienceConfig(_Model):
         if v is not None and v not in SCHEDULE_PRESETS and not croniter.is_valid(v):
             raise ValueError(f"{v!r} is neither a cron expression nor one of {sorted(SCHEDULE_PRESETS)}")
         return v
+
+    @model_validator(mode="after")
+    def _suppress_everywhere_is_a_suppression(self) -> AudienceConfig:
+        if self.suppress_everywhere and self.role != "suppression":
+            raise ValueError("suppress_everywhere needs role: suppression")
+        return self
 
     @model_validator(mode="after")
     def _destinations_unique_and_safe(self) -> AudienceConfig:
@@ -205,6 +237,7 @@ class LoadedAudience:
 
     def sql_text(self) -> str:
         src = self.config.source
+        assert isinstance(src, SqlSource), "only SQL sources have SQL"
         if src.query:
             return src.query
         assert src.sql_file is not None
@@ -301,12 +334,13 @@ def load_file(path: Path) -> LoadedAudience:
                 path, "name", f"name {cfg.name!r} differs from the file name", f"rename the file to {cfg.name}.yaml"
             )
         )
-    if cfg.source.sql_file and not (path.parent / cfg.source.sql_file).is_file():
+    sql_file = getattr(cfg.source, "sql_file", None)
+    if sql_file and not (path.parent / sql_file).is_file():
         problems.append(
             ConfigError(
                 path,
                 "source.sql_file",
-                f"{cfg.source.sql_file!r} does not exist",
+                f"{sql_file!r} does not exist",
                 "point it at a .sql file beside the audience",
             )
         )
@@ -319,6 +353,19 @@ class ConfigFileError(Exception):
     def __init__(self, errors: list[ConfigError]) -> None:
         super().__init__("; ".join(str(e) for e in errors))
         self.errors = errors
+
+
+def _apply_global_suppressions(result: LoadResult) -> None:
+    """Add every ``suppress_everywhere`` audience to the exclusions of every activation audience."""
+    dnc = sorted(n for n, a in result.audiences.items() if a.config.suppress_everywhere)
+    for loaded in result.audiences.values():
+        cfg = loaded.config
+        activation = any(REGISTRY[d.type].activation for d in cfg.destinations)
+        if cfg.role == "suppression" or not activation:
+            continue
+        missing = [n for n in dnc if n not in cfg.exclusions]
+        if missing:
+            loaded.config = cfg.model_copy(update={"exclusions": [*cfg.exclusions, *missing]})
 
 
 def load_audiences(directory: Path | None = None) -> LoadResult:
@@ -343,6 +390,7 @@ def load_audiences(directory: Path | None = None) -> LoadResult:
             result.errors.append(ConfigError(path, "name", f"also used by {other}", "give each audience a unique name"))
             continue
         result.audiences[loaded.config.name] = loaded
+    _apply_global_suppressions(result)
     # Exclusions must point at audiences that load: a missing suppression must stop the audience,
     # not silently target people it was meant to protect.
     changed = True

@@ -14,6 +14,7 @@ def get_provider_info() -> dict[str, Any]:
         "data_out_tiktok": "TikTokHook",
         "data_out_segment": "SegmentHook",
         "data_out_webhook": "WebhookHook",
+        "data_out_customerio": "CustomerIOHook",
     }
     return {
         "package-name": "data-out-airflow",

@@ -17,11 +17,13 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from data_out import lease, state
-from data_out.config import LoadedAudience, LoadResult
+from data_out.config import CustomerIOSource, LoadedAudience, LoadResult
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
 from data_out.destinations.base import Destination
 from data_out.diff import GuardTripped, Plan, Planner, Replacer
+from data_out.sources.base import Source
+from data_out.sources.customerio import CustomerIOSource as CustomerIOSourceReader
 from data_out.sources.warehouse import SqlSource, window_params
 from data_out.staging import Stager, StageStats
 from data_out.sync import Pusher, PushResult
@@ -48,16 +50,24 @@ class AudienceRunner:
         self.resolve = resolve
 
     # -- building blocks -------------------------------------------------------------------------
-    def source_for(self, loaded: LoadedAudience, as_of: dt.datetime) -> SqlSource:
+    def source_for(self, loaded: LoadedAudience, as_of: dt.datetime) -> Source:
         cfg = loaded.config
+        src = cfg.source
+        if isinstance(src, CustomerIOSource):
+            return CustomerIOSourceReader(
+                self.resolve(src.conn_id),
+                src.segment_id,
+                src.page_size,
+                label=f"audience {cfg.name} (Customer.io segment {src.segment_id})",
+            )
         ids = cfg.identifiers
         required = [c for c in (cfg.member_key, ids.email, ids.phone, ids.external_id, *ids.extra.values()) if c]
         return SqlSource(
-            engine_for(self.resolve(cfg.source.conn_id)),
+            engine_for(self.resolve(src.conn_id)),
             loaded.sql_text(),
-            window_params(as_of, cfg.source.windows),
+            window_params(as_of, src.windows),
             required,
-            label=f"audience {cfg.name} ({cfg.source.sql_file or 'inline query'})",
+            label=f"audience {cfg.name} ({src.sql_file or 'inline query'})",
         )
 
     def destination(self, label: str) -> Destination:

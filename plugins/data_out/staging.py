@@ -48,6 +48,7 @@ _UNCHANGED: dict[str, Any] = {
 @dataclass
 class StageStats:
     source_rows: int = 0
+    source_reported: int | None = None  # what the source itself says it holds (Customer.io customer_count)
     members: int = 0
     duplicate_keys: int = 0
     missing_keys: int = 0  # rows without a usable member key: counted, never silently dropped
@@ -127,6 +128,7 @@ class Stager:
             conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))
         for rows in source.iter_batches(self.batch_size):
             self._stage_batch(rows, stats)
+        stats.source_reported = getattr(source, "reported_count", None)
         with self.engine.begin() as conn:
             stats.duplicate_keys = self._drop_duplicates(conn)
             self._merge(conn)

@@ -163,6 +163,7 @@ run = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("source_rows", BigInteger),
+    Column("source_reported", BigInteger),
     Column("members", BigInteger),
     Column("duplicate_keys", BigInteger),
     Column("missing_keys", BigInteger),
@@ -272,6 +273,37 @@ alert_state = Table(
     Column("check", String(64), primary_key=True),
     Column("open", Boolean, nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
+)
+
+metric_event = Table(
+    "do_metric_event",
+    metadata,
+    Column("event_id", String(64), primary_key=True),  # Customer.io retries for days: idempotent by event_id
+    Column("metric", String(16), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("customer_id", _KEY),
+    Column("cio_id", String(64)),
+    Column("email_sha256", _HASH),
+    Column("delivery_id", String(128)),
+    Column("campaign_id", BigInteger),
+    Column("campaign_name", String(200)),
+    Column("broadcast_id", BigInteger),
+    Column("action_id", BigInteger),
+    Column("link_id", BigInteger),
+    Column("href", String(500)),
+    Index("ix_do_metric_event_received", "received_at"),
+    Index("ix_do_metric_event_day", "day", "metric"),
+)
+
+task_route = Table(
+    "do_task_route",
+    metadata,
+    Column("dedupe_key", String(64), primary_key=True),
+    Column("route", String(32), primary_key=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=False),
 )
 
 metric_volume = Table(

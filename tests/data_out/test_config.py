@@ -36,10 +36,15 @@ def test_the_shipped_audiences_load():
         "lapsed_75d_v1",
         "replenishment_21_35d_v1",
         "recent_purchasers_7d_v1",
+        "cio_cart_msg_exposed_12h_v1",
+        "clicked_3d_no_order_v1",
+        "unengaged_45d_v1",
+        "do_not_contact_v1",
     }
     cart = result.audiences["cio_cart_abandon_6h_v1"].config
     assert cart.source.windows == {"cart_since": dt.timedelta(hours=6)}
-    assert cart.exclusions == ["recent_purchasers_7d_v1"]
+    # its own suppressions, then the do-not-contact list every targeting audience gets
+    assert cart.exclusions == ["recent_purchasers_7d_v1", "cio_cart_msg_exposed_12h_v1", "do_not_contact_v1"]
     assert "SELECT" in result.audiences["lapsed_75d_v1"].sql_text()
 
 

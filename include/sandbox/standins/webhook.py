@@ -41,9 +41,12 @@ class WebhookStandIn(StandIn):
         self.secret = secret
         self.members: dict[str, dict[str, dict[str, Any]]] = {}
         self.reject: dict[str, str] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}  # send tasks by dedupe key
+        self.task_deliveries = 0  # task rows received in total (duplicates included)
         super().__init__()
 
     def setup_routes(self) -> None:
+        self.route("POST", "/hooks/send-tasks", self.send_tasks)
         self.route("POST", "/hooks/(?P<name>[\\w-]+)", self.receive)
 
     def check_auth(self, req: Request) -> None:
@@ -65,9 +68,20 @@ class WebhookStandIn(StandIn):
                 audience.pop(key, None)
         return Response(200, {"accepted": len(body["members"]) - len(rejected), "rejected": rejected})
 
+    def send_tasks(self, req: Request, m: re.Match[str]) -> Response:
+        body = req.json()
+        if body.get("kind") != "send_tasks" or not isinstance(body.get("tasks"), list):
+            raise HttpError(400, {"error": "expected {kind: send_tasks, tasks: [...]}"})
+        for task in body["tasks"]:
+            self.task_deliveries += 1
+            self.tasks[task["dedupe_key"]] = task
+        return Response(200, {"accepted": len(body["tasks"])})
+
     def state(self) -> Any:
         return {aud: sorted(members) for aud, members in self.members.items()}
 
     def reset_state(self) -> None:
         self.members.clear()
         self.reject.clear()
+        self.tasks.clear()
+        self.task_deliveries = 0

@@ -84,3 +84,14 @@ class WebhookHook(DataOutDestinationHook):
     host_placeholder = "https://crm.internal.example.com"
     password_label = "Signing secret"
     extra_placeholders = _RETRY_EXTRAS
+
+
+class CustomerIOHook(DataOutDestinationHook):
+    """Customer.io App API (a source, not a destination; same connection shape)."""
+
+    default_conn_name = "data_out_customerio"
+    conn_type = "data_out_customerio"
+    hook_name = "Data Out: Customer.io App API"
+    host_placeholder = "https://api.customer.io (or extra region: eu)"
+    password_label = "App API key"
+    extra_placeholders = {"region": "us", "requests_per_second": 10, **_RETRY_EXTRAS}

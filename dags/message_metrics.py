@@ -1,0 +1,36 @@
+"""Message metrics into send tasks (Airflow DAG ``data_out_message_metrics``), hourly.
+
+For each data interval: load Customer.io's exports already in the warehouse, turn the metric events
+that arrived in the interval (webhooks land through the ``/data-out/customerio`` receiver) into send
+tasks with deterministic dedupe keys, write them to the warehouse send log, route them to Segment and to
+the send-task webhook as ``include/metrics/routing.yaml`` says, and recount daily volumes per metric for
+the reconciliation's drift checks. Every step is idempotent per interval, so retries, replays and
+``airflow backfill create --dag-id data_out_message_metrics --from-date ... --to-date ...`` never
+duplicate a task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+from data_out.operators.metrics import MetricsStepOperator
+
+with DAG(
+    dag_id="data_out_message_metrics",
+    # data intervals, not trigger times: each run owns [data_interval_start, data_interval_end)
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(minutes=2)},
+    tags=["data-out", "metrics"],
+    doc_md=__doc__,
+):
+    load = MetricsStepOperator(task_id="load_exports", step="load_exports")
+    log = MetricsStepOperator(task_id="write_send_log", step="write_send_log")
+    segment = MetricsStepOperator(task_id="route_segment", step="route_segment")
+    webhook = MetricsStepOperator(task_id="route_webhook", step="route_webhook")
+    volumes = MetricsStepOperator(task_id="count_volumes", step="count_volumes")
+    load >> log >> [segment, webhook] >> volumes
