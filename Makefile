@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: install airflow-db demo demo-churn test lint clean
+.PHONY: install airflow-db demo demo-churn test lint history clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ test: airflow-db
 lint: install
 	$(BIN)/ruff check plugins dags include tests
 	$(BIN)/ruff format --check plugins dags include tests
+
+# make history AUDIENCE=cio_cart_abandon_6h_v1 [LAST=10]: the last runs of an audience as a table
+history: install
+	$(BIN)/python -m data_out.history $(AUDIENCE) --last $(or $(LAST),10)
 
 clean:
 	rm -rf $(DEMO_DIR) $(AIRFLOW_HOME)

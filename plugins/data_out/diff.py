@@ -74,8 +74,15 @@ def _group_filter(cfg: AudienceConfig, include: str, m: Any) -> Any:
     return literal(True)
 
 
-def desired_select(cfg: AudienceConfig, dest: Destination, *, matchable: bool = True) -> Select:
-    """Members this destination should hold, projected onto the acknowledged-state columns."""
+def desired_select(
+    cfg: AudienceConfig, dest: Destination, *, matchable: bool = True, snapshot: str | None = None, empty: bool = False
+) -> Select:
+    """Members this destination should hold, projected onto the acknowledged-state columns.
+
+    ``snapshot`` reads another snapshot key than the audience's own (a dry run stages under a shadow
+    key); ``empty`` desires nobody (an audience being retired).
+    """
+    key = snapshot or cfg.name
     m, x = state.member, state.exclusion
     include = dest.settings.include
     thr = holdout_threshold(cfg.holdout.percent) if cfg.holdout else 0
@@ -91,10 +98,12 @@ def desired_select(cfg: AudienceConfig, dest: Destination, *, matchable: bool = 
             expr = cast(null(), state.ack.c[col].type)  # typed NULL: Postgres will not compare text to bool
         cols.append(expr.label(col))
     conditions = [
-        m.c.audience == cfg.name,
-        ~exists().where(x.c.audience == cfg.name, x.c.member_key == m.c.member_key),
+        m.c.audience == key,
+        ~exists().where(x.c.audience == key, x.c.member_key == m.c.member_key),
         _group_filter(cfg, include, m),
     ]
+    if empty:
+        conditions.append(false())
     if dest.identity_columns:
         has_any = or_(*[m.c[src].is_not(None) for src in dest.identity_columns.values()])
         conditions.append(has_any if matchable else ~has_any)
@@ -120,12 +129,68 @@ def has_pending(conn: Connection, audience: str, destination: str) -> int:
     return state.scalar_int(conn, select(func.count()).where(b.c.audience == audience, b.c.destination == destination))
 
 
+@dataclass
+class DiffQuery:
+    """The diff of one destination as SQL pieces: desired ``d``, acknowledged ``k`` (and with rejects)."""
+
+    d: Any
+    k: Any
+    k_all: Any
+    removes: Any  # condition over k
+    adds: Any  # condition over d
+
+
 class Planner:
-    def __init__(self, engine: Engine, cfg: AudienceConfig, dest: Destination, label: str) -> None:
+    """Plans one destination's diff. Modes: ``incremental``, ``full_resync`` (re-send everyone desired),
+    ``retire`` (desire nobody: remove every acknowledged member once)."""
+
+    def __init__(
+        self, engine: Engine, cfg: AudienceConfig, dest: Destination, label: str, snapshot: str | None = None
+    ) -> None:
         self.engine = engine
         self.cfg = cfg
         self.dest = dest
         self.label = label
+        self.snapshot = snapshot
+
+    def diff(self, mode: str) -> DiffQuery:
+        a, aud, label = state.ack, self.cfg.name, self.label
+        d = desired_select(self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire").subquery("d")
+        k_all = select(a).where(a.c.audience == aud, a.c.destination == label).subquery("k_all")
+        k = select(a).where(a.c.audience == aud, a.c.destination == label, a.c.rejected.is_(False)).subquery("k")
+        removes = ~exists().where(d.c.member_key == k.c.member_key, ~_differs(d, k))
+        adds = (
+            literal(True)
+            if mode == "full_resync"
+            else ~exists().where(k_all.c.member_key == d.c.member_key, ~_differs(d, k_all))
+        )
+        return DiffQuery(d, k, k_all, removes, adds)
+
+    def preview(self, mode: str, samples: int = 5) -> dict[str, Any]:
+        """What ``plan`` would write, computed read-only: counts and a few hashed sample keys."""
+        q = self.diff(mode)
+        with self.engine.connect() as conn:
+
+            def count(stmt: Any) -> int:
+                return state.scalar_int(conn, select(func.count()).select_from(stmt.subquery()))
+
+            def sample(col: Any, cond: Any) -> list[str]:
+                keys = conn.execute(select(col).where(cond).order_by(col).limit(samples)).scalars()
+                return [hashlib.sha256(k.encode()).hexdigest()[:16] for k in keys]
+
+            out = {
+                "desired": count(select(q.d)),
+                "acked": count(select(q.k)),
+                "adds": count(select(q.d).where(q.adds)),
+                "removes": count(select(q.k).where(q.removes)),
+                "changed": count(select(q.d).join(q.k, q.k.c.member_key == q.d.c.member_key).where(_differs(q.d, q.k))),
+                "unmatchable": count(desired_select(self.cfg, self.dest, matchable=False, snapshot=self.snapshot))
+                if self.dest.identity_columns
+                else 0,
+                "sample_adds": sample(q.d.c.member_key, q.adds),
+                "sample_removes": sample(q.k.c.member_key, q.removes),
+            }
+        return out
 
     def plan(
         self, sync_id: int, *, guard: GuardSettings, override_reason: str | None = None, mode: str = "incremental"
@@ -158,9 +223,8 @@ class Planner:
         """``incremental`` sends the difference; ``full_resync`` re-sends every desired member as an add."""
         a, p = state.ack, state.pending
         aud, label = self.cfg.name, self.label
-        d = desired_select(self.cfg, self.dest).subquery("d")
-        k_all = select(a).where(a.c.audience == aud, a.c.destination == label).subquery("k_all")
-        k = select(a).where(a.c.audience == aud, a.c.destination == label, a.c.rejected.is_(False)).subquery("k")
+        q = self.diff(mode)
+        d, k = q.d, q.k
         # Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
         # destination never held them. A changed identity is then planned as a fresh add below.
         conn.execute(
@@ -188,7 +252,7 @@ class Planner:
             k.c.member_key,
             cast((func.row_number().over(order_by=k.c.member_key) - 1) // B, Integer).label("batch_no"),
             *[k.c[c] for c in ident],
-        ).where(~exists().where(d.c.member_key == k.c.member_key, ~_differs(d, k)))
+        ).where(q.removes)
         cols = ["audience", "destination", "op", "member_key", "batch_no", *ident]
         conn.execute(insert(p).from_select(cols, removes))
         mine = and_(p.c.audience == aud, p.c.destination == label)
@@ -204,9 +268,7 @@ class Planner:
                 "batch_no"
             ),
             *[d.c[c] for c in ident],
-        )
-        if mode != "full_resync":
-            adds = adds.where(~exists().where(k_all.c.member_key == d.c.member_key, ~_differs(d, k_all)))
+        ).where(q.adds)
         conn.execute(insert(p).from_select(cols, adds))
         plan.adds = state.scalar_int(conn, select(func.count()).where(mine, p.c.op == Op.ADD.value))
         plan.changed = state.scalar_int(
@@ -223,7 +285,11 @@ class Planner:
                 ),
             ),
         )
-        plan.guard = self._guard(plan, guard, override_reason)  # raises before commit: plan rolled back
+        # a retirement is an explicit exit: the guard's question ("is the source broken?") does not apply
+        if mode != "retire":
+            plan.guard = self._guard(plan, guard, override_reason)  # raises before commit: plan rolled back
+        else:
+            plan.guard = "not applicable: retiring the audience"
 
         batches = conn.execute(
             select(p.c.batch_no, p.c.op, func.count()).where(mine).group_by(p.c.batch_no, p.c.op).order_by(p.c.batch_no)

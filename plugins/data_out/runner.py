@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from data_out import lease, state
 from data_out.config import CustomerIOSource, LoadedAudience, LoadResult
@@ -244,6 +244,75 @@ class AudienceRunner:
             **_push_fields(result),
         )
         return result
+
+    def dry_run(
+        self, holder: str, as_of: dt.datetime, mode: str = "incremental", destinations: list[str] | None = None
+    ) -> int:
+        """Compute what a sync would do and change nothing: the source is staged under a shadow key,
+        diffed read-only against the real acknowledged state, then the shadow is dropped. The report
+        (counts and hashed sample keys per destination) is kept in ``do_sync.preview``."""
+        shadow = f"dry:{self.cfg.name}"[:64]
+        run_id = self.start(holder, as_of)
+        try:
+            shadow_cfg = self.cfg.model_copy(update={"name": shadow})
+            exclusions = {
+                name: (self.source_for(self.audiences.get(name), as_of), self.audiences.get(name).config.member_key)
+                for name in self.cfg.exclusions
+            }
+            stats = Stager(self.engine, shadow_cfg, run_id).stage(self.source_for(self.loaded, as_of), exclusions)
+            fields = stats.as_dict()
+            self._update_run(run_id, stage_seconds=fields.pop("seconds"), **fields)
+            for d in self.cfg.destinations:
+                if destinations is not None and d.label not in destinations:
+                    continue
+                sync_id = self._open_sync(run_id, d.label, f"dry_{mode}"[:16])
+                with self.destination_ctx(d.label) as dest:
+                    preview = Planner(self.engine, self.cfg, dest, d.label, snapshot=shadow).preview(mode)
+                preview["held_out"] = stats.held_out
+                preview["identifier_issues"] = stats.identifier_issues
+                self._update_sync(
+                    sync_id,
+                    status="success",
+                    finished_at=state.utcnow(),
+                    desired=preview["desired"],
+                    planned_adds=preview["adds"],
+                    planned_removes=preview["removes"],
+                    changed=preview["changed"],
+                    unmatchable=preview["unmatchable"],
+                    preview=preview,
+                    guard="dry run: nothing was changed",
+                )
+        finally:
+            with self.engine.begin() as conn:
+                for t in (state.member, state.exclusion):
+                    conn.execute(delete(t).where(t.c.audience == shadow))
+            self._update_run(run_id, status="dry_run", finished_at=state.utcnow())
+            lease.release(self.engine, self.cfg.name, holder)
+        return run_id
+
+    def retire(self, holder: str) -> int:
+        """An explicit exit: remove every acknowledged member from every destination, once, and record it."""
+        run_id = self.start(holder, state.utcnow())
+        try:
+            self._update_run(run_id, members=0)
+            for d in self.cfg.destinations:
+                try:
+                    plan = self.plan(run_id, d.label, holder, "audience retired", mode="retire")
+                    self.push(plan.sync_id, d.label, holder, "audience retired")
+                except Exception:  # recorded in do_sync; finish() reports it and the next attempt resumes
+                    log.exception("%s/%s: retirement failed", self.cfg.name, d.label)
+        finally:
+            self.finish(run_id, holder)
+        with self.engine.begin() as conn:
+            for t in (state.member, state.exclusion):
+                conn.execute(delete(t).where(t.c.audience == self.cfg.name))
+            conn.execute(delete(state.lifecycle).where(state.lifecycle.c.audience == self.cfg.name))
+            conn.execute(
+                insert(state.lifecycle).values(
+                    audience=self.cfg.name, status="retired", at=state.utcnow(), run_id=run_id
+                )
+            )
+        return run_id
 
     def finish(self, run_id: int, holder: str, expected: list[str] | None = None) -> dict[str, Any]:
         """Close the run record, release the lease, and raise ``RunFailed`` if any step failed.

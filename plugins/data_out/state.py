@@ -41,12 +41,14 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -203,6 +205,7 @@ sync = Table(
     Column("destination_size", BigInteger),
     Column("acked_size", BigInteger),
     Column("guard", Text),  # the guard's decision, including an override and its reason
+    Column("preview", JSON),  # dry runs: what would have been done, with hashed sample keys
     Column("plan_seconds", Float),
     Column("push_seconds", Float),
     Column("error", Text),
@@ -314,6 +317,15 @@ metric_volume = Table(
     Column("count", BigInteger, nullable=False),
 )
 
+lifecycle = Table(
+    "do_lifecycle",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("status", String(16), nullable=False),  # retired: every member left every destination
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("run_id", _Id),
+)
+
 lease = Table(
     "do_lease",
     metadata,
@@ -329,17 +341,47 @@ def utcnow() -> dt.datetime:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create missing tables and record the schema version; safe to call from every task."""
+    """Create missing tables, add missing columns, record the schema version; safe from every task.
+
+    Schema changes so far are additive (new tables, new nullable or defaulted columns), applied here
+    with ``ALTER TABLE ... ADD COLUMN`` on SQLite and Postgres alike. A change that is not additive must
+    come with an explicit step in ``_MIGRATIONS`` and a version bump.
+    """
     metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
     with engine.begin() as conn:
         current = conn.scalar(select(func.max(schema_version.c.version)))
-        if current is None:
-            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION, applied_at=utcnow()))
-        elif current > SCHEMA_VERSION:
+        if current is not None and current > SCHEMA_VERSION:
             raise RuntimeError(
                 f"the state database is at schema version {current}, newer than this code "
                 f"({SCHEMA_VERSION}); upgrade the data_out package on this worker"
             )
+        for version in range((current or 0) + 1, SCHEMA_VERSION + 1):
+            for step in _MIGRATIONS.get(version, ()):
+                conn.execute(text(step))
+            conn.execute(insert(schema_version).values(version=version, applied_at=utcnow()))
+
+
+#: explicit, non-additive steps per schema version (none yet)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            existing = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in existing:
+                    continue
+                ddl = f"{column.type.compile(engine.dialect)}"
+                if not column.nullable:
+                    if column.server_default is None:
+                        raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} without a default")
+                    arg = column.server_default.arg
+                    default = arg.compile(dialect=engine.dialect) if hasattr(arg, "compile") else arg
+                    ddl += f" NOT NULL DEFAULT {default}"
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}'))
 
 
 def insert_ignore(engine_or_dialect: Any, table: Table) -> Insert:

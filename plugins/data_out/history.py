@@ -1,0 +1,113 @@
+"""Run history for humans: the last runs of an audience, one row per destination sync.
+
+    python -m data_out.history cio_cart_abandon_6h_v1 --last 10
+
+(with ``PYTHONPATH=plugins`` and the ``data_out_state`` connection in the environment, as ``make
+history AUDIENCE=...`` sets up). The operations DAG prints the same table in its task log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sqlalchemy import Engine, select
+from tabulate import tabulate
+
+from data_out import state
+
+
+def history_rows(engine: Engine, audience: str, last: int = 10) -> list[dict[str, Any]]:
+    r, s = state.run, state.sync
+    with engine.connect() as conn:
+        run_ids = conn.execute(select(r.c.id).where(r.c.audience == audience).order_by(r.c.id.desc()).limit(last))
+        ids = list(run_ids.scalars())
+        if not ids:
+            return []
+        stmt = (
+            select(
+                r.c.id,
+                r.c.started_at,
+                r.c.status,
+                r.c.members,
+                r.c.held_out,
+                r.c.stage_seconds,
+                s.c.destination,
+                s.c.mode,
+                s.c.status.label("sync_status"),
+                s.c.planned_adds,
+                s.c.planned_removes,
+                s.c.added,
+                s.c.removed,
+                s.c.rejected,
+                s.c.destination_size,
+                s.c.plan_seconds,
+                s.c.push_seconds,
+                s.c.guard,
+                s.c.error,
+            )
+            .select_from(r.outerjoin(s, s.c.run_id == r.c.id))
+            .where(r.c.id.in_(ids))
+            .order_by(r.c.id.desc(), s.c.id)
+        )
+        return [dict(m) for m in conn.execute(stmt).mappings()]
+
+
+def history_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs recorded"
+    headers = [
+        "run",
+        "started (UTC)",
+        "run status",
+        "members",
+        "held out",
+        "destination",
+        "mode",
+        "sync status",
+        "planned +/-",
+        "done +/-",
+        "rejected",
+        "dest size",
+        "secs",
+        "guard / error",
+    ]
+    table = []
+    for x in rows:
+        secs = sum(v or 0 for v in (x["stage_seconds"], x["plan_seconds"], x["push_seconds"]))
+        note = x["error"] or x["guard"] or ""
+        table.append(
+            [
+                x["id"],
+                f"{x['started_at']:%Y-%m-%d %H:%M}",
+                x["status"],
+                x["members"],
+                x["held_out"],
+                x["destination"] or "-",
+                x["mode"] or "-",
+                x["sync_status"] or "-",
+                f"+{x['planned_adds'] or 0}/-{x['planned_removes'] or 0}",
+                f"+{x['added'] or 0}/-{x['removed'] or 0}",
+                x["rejected"] or 0,
+                x["destination_size"],
+                round(secs, 2),
+                (note[:60] + "...") if len(note) > 60 else note,
+            ]
+        )
+    return tabulate(table, headers=headers, tablefmt="github")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("audience")
+    ap.add_argument("--last", type=int, default=10, help="how many runs (default 10)")
+    args = ap.parse_args(argv)
+    from data_out.hooks.state import DataOutStateHook
+
+    print(history_table(history_rows(DataOutStateHook().get_conn(), args.audience, args.last)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
