@@ -58,6 +58,15 @@ def pg_database(pg_admin: Engine) -> Iterator[ConnectionInfo]:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def airflow_conn(info: ConnectionInfo) -> str:
+    """The JSON form of an ``AIRFLOW_CONN_*`` variable for a database connection."""
+    import json
+
+    return json.dumps(
+        {"conn_type": info.conn_type, "host": info.host, "port": info.port, "login": info.login, "schema": info.schema}
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> ConnectionInfo:
     """State and warehouse on the same kind of database: runs each test on SQLite and on Postgres."""

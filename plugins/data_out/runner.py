@@ -70,6 +70,13 @@ class AudienceRunner:
             label=f"audience {cfg.name} ({src.sql_file or 'inline query'})",
         )
 
+    def exclusion_sources(self, as_of: dt.datetime) -> dict[str, tuple[Source, str]]:
+        """Each excluded audience's source, evaluated at the same point in time, with its member-key column."""
+        return {
+            name: (self.source_for(self.audiences.get(name), as_of), self.audiences.get(name).config.member_key)
+            for name in self.cfg.exclusions
+        }
+
     def destination(self, label: str) -> Destination:
         settings = self.cfg.destination(label)
         cls = destination_class(settings.type)
@@ -116,11 +123,9 @@ class AudienceRunner:
         lease.check(self.engine, self.cfg.name, holder)
         as_of = self._as_of(run_id)
         try:
-            exclusions = {
-                name: (self.source_for(self.audiences.get(name), as_of), self.audiences.get(name).config.member_key)
-                for name in self.cfg.exclusions
-            }
-            stats = Stager(self.engine, self.cfg, run_id).stage(self.source_for(self.loaded, as_of), exclusions)
+            stats = Stager(self.engine, self.cfg, run_id).stage(
+                self.source_for(self.loaded, as_of), self.exclusion_sources(as_of)
+            )
         except Exception as exc:
             self._update_run(run_id, status="failed", error=_error_text(exc), finished_at=state.utcnow())
             raise
@@ -255,11 +260,9 @@ class AudienceRunner:
         run_id = self.start(holder, as_of)
         try:
             shadow_cfg = self.cfg.model_copy(update={"name": shadow})
-            exclusions = {
-                name: (self.source_for(self.audiences.get(name), as_of), self.audiences.get(name).config.member_key)
-                for name in self.cfg.exclusions
-            }
-            stats = Stager(self.engine, shadow_cfg, run_id).stage(self.source_for(self.loaded, as_of), exclusions)
+            stats = Stager(self.engine, shadow_cfg, run_id).stage(
+                self.source_for(self.loaded, as_of), self.exclusion_sources(as_of)
+            )
             fields = stats.as_dict()
             self._update_run(run_id, stage_seconds=fields.pop("seconds"), **fields)
             for d in self.cfg.destinations:

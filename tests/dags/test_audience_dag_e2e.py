@@ -14,7 +14,7 @@ from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import engine_for
 from data_out.holdout import is_held_out
 from sandbox.smtp_sink import SmtpSink, bodies
-from tests.conftest import People, write_audience
+from tests.conftest import People, airflow_conn, write_audience
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 AS_OF = "2026-11-01T12:00:00+00:00"
@@ -43,15 +43,9 @@ def airflow_env(monkeypatch, tmp_path, pg_database):
     """,
     )
     monkeypatch.setenv(AUDIENCES_DIR_ENV, str(tmp_path))
-    conn = {
-        "conn_type": "postgres",
-        "host": pg_database.host,
-        "port": pg_database.port,
-        "login": pg_database.login,
-        "schema": pg_database.schema,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", json.dumps(conn))
-    monkeypatch.setenv("AIRFLOW_CONN_E2E_DB", json.dumps(conn))
+    conn = airflow_conn(pg_database)
+    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", conn)
+    monkeypatch.setenv("AIRFLOW_CONN_E2E_DB", conn)
     return engine_for(pg_database)
 
 

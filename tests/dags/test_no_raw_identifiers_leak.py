@@ -18,7 +18,7 @@ from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import engine_for
 from data_out.identity import normalize_email, normalize_phone
 from sandbox.standins import CREDENTIALS, serve
-from tests.conftest import People, write_audience
+from tests.conftest import People, airflow_conn, write_audience
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 pytestmark = [pytest.mark.airflow, pytest.mark.postgres]
@@ -70,15 +70,9 @@ def test_a_full_run_with_a_failure_leaks_no_raw_identifier(monkeypatch, tmp_path
     """,
     )
     monkeypatch.setenv(AUDIENCES_DIR_ENV, str(tmp_path))
-    db = {
-        "conn_type": "postgres",
-        "host": pg_database.host,
-        "port": pg_database.port,
-        "login": pg_database.login,
-        "schema": pg_database.schema,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", json.dumps(db))
-    monkeypatch.setenv("AIRFLOW_CONN_LEAK_DB", json.dumps(db))
+    db = airflow_conn(pg_database)
+    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", db)
+    monkeypatch.setenv("AIRFLOW_CONN_LEAK_DB", db)
     with serve(["meta", "google_ads", "webhook", "tiktok"]) as running:
         for name, r in running.items():
             creds = dict(CREDENTIALS[name])

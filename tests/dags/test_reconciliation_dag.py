@@ -12,7 +12,7 @@ from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import engine_for
 from sandbox.smtp_sink import SmtpSink, bodies
 from sandbox.standins import CREDENTIALS, serve
-from tests.conftest import People, write_audience
+from tests.conftest import People, airflow_conn, write_audience
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 pytestmark = [pytest.mark.airflow, pytest.mark.postgres]
@@ -34,15 +34,9 @@ def test_reconciliation_dag_repairs_and_emails_planted_drift(monkeypatch, tmp_pa
     """,
     )
     monkeypatch.setenv(AUDIENCES_DIR_ENV, str(tmp_path))
-    db = {
-        "conn_type": "postgres",
-        "host": pg_database.host,
-        "port": pg_database.port,
-        "login": pg_database.login,
-        "schema": pg_database.schema,
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", json.dumps(db))
-    monkeypatch.setenv("AIRFLOW_CONN_RECON_DB", json.dumps(db))
+    db = airflow_conn(pg_database)
+    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", db)
+    monkeypatch.setenv("AIRFLOW_CONN_RECON_DB", db)
     with SmtpSink() as sink, serve(["meta"]) as running:
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(sink.connection_json()))
         meta = running["meta"]

@@ -21,6 +21,19 @@ from tests.data_out.test_runner import AS_OF, person
 T = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
+def work(**overrides: object) -> dict:
+    """A validated work item for the test audience, as the operations DAG's plan task produces."""
+    return {
+        "audience": "test_targets_v1",
+        "destinations": None,
+        "mode": "incremental",
+        "dry_run": False,
+        "guard_override_reason": None,
+        "as_of": None,
+        **overrides,
+    }
+
+
 def snapshot(engine) -> dict[str, list]:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         return {
