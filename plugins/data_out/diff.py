@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 
-from data_out import state
+from data_out import faults, state
 from data_out.config import AudienceConfig
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, GuardSettings, MemberRow, Op
 from data_out.holdout import holdout_threshold
@@ -312,6 +312,7 @@ class Planner:
                 ],
             )
         plan.batches = len(batches)
+        faults.point("plan.written")  # inside the plan transaction, before it commits
 
     def _guard(self, plan: Plan, guard: GuardSettings, override_reason: str | None) -> str:
         pure_removes = plan.removes - plan.changed

@@ -25,7 +25,7 @@ from data_out.diff import GuardTripped, Plan, Planner, Replacer
 from data_out.sources.base import Source
 from data_out.sources.customerio import CustomerIOSource as CustomerIOSourceReader
 from data_out.sources.warehouse import SqlSource, window_params
-from data_out.staging import Stager, StageStats
+from data_out.staging import DEFAULT_BATCH_SIZE, Stager, StageStats
 from data_out.sync import Pusher, PushResult
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,16 @@ def _error_text(exc: BaseException) -> str:
 
 
 class AudienceRunner:
-    def __init__(self, state_engine: Engine, audiences: LoadResult, name: str, resolve: Resolver) -> None:
+    def __init__(
+        self,
+        state_engine: Engine,
+        audiences: LoadResult,
+        name: str,
+        resolve: Resolver,
+        stage_batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         self.engine = state_engine
+        self.stage_batch_size = stage_batch_size
         self.audiences = audiences
         self.loaded: LoadedAudience = audiences.get(name)
         self.cfg = self.loaded.config
@@ -123,7 +131,7 @@ class AudienceRunner:
         lease.check(self.engine, self.cfg.name, holder)
         as_of = self._as_of(run_id)
         try:
-            stats = Stager(self.engine, self.cfg, run_id).stage(
+            stats = Stager(self.engine, self.cfg, run_id, self.stage_batch_size).stage(
                 self.source_for(self.loaded, as_of), self.exclusion_sources(as_of)
             )
         except Exception as exc:
@@ -260,7 +268,7 @@ class AudienceRunner:
         run_id = self.start(holder, as_of)
         try:
             shadow_cfg = self.cfg.model_copy(update={"name": shadow})
-            stats = Stager(self.engine, shadow_cfg, run_id).stage(
+            stats = Stager(self.engine, shadow_cfg, run_id, self.stage_batch_size).stage(
                 self.source_for(self.loaded, as_of), self.exclusion_sources(as_of)
             )
             fields = stats.as_dict()

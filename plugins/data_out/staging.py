@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select
 
-from data_out import state
+from data_out import faults, state
 from data_out.config import AudienceConfig
 from data_out.holdout import bucket_for, holdout_threshold
 from data_out.identity import NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
@@ -128,12 +128,14 @@ class Stager:
             conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))
         for rows in source.iter_batches(self.batch_size):
             self._stage_batch(rows, stats)
+            faults.point("stage.batch")
         stats.source_reported = getattr(source, "reported_count", None)
         with self.engine.begin() as conn:
             stats.duplicate_keys = self._drop_duplicates(conn)
             self._merge(conn)
             self._replace_exclusions(conn, exclusions)
             self._count(conn, stats)
+            faults.point("stage.merge")  # inside the merge transaction: a crash here rolls it all back
         stats.seconds = round(time.monotonic() - started, 3)
         log.info(
             "staged audience %s: %d source rows, %d members, %d recomputed, %d duplicate keys, "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
-from data_out import state
+from data_out import faults, state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,11 @@ class Pusher:
         with self.engine.begin() as conn:
             conn.execute(update(b).where(self._mine(b), b.c.batch_no == batch_no).values(attempts=b.c.attempts + 1))
         rows = self._rows(batch_no)
+        faults.point("push.before")
         outcome = self.dest.push(op, rows, key)
+        faults.point("push.accepted")  # the destination applied the batch; state does not know yet
         self._commit(sync_id, batch_no, op, rows, outcome)
+        faults.point("push.committed")
         rejected = len(outcome.rejected)
         result.batches += 1
         result.rejected += rejected
