@@ -9,20 +9,11 @@ file is set to ``retired``.
 
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import get_current_context, task
 
-from airflow.sdk import DAG, get_current_context, task
+from data_out.dag_factory import platform_dag
 
-with DAG(
-    dag_id="data_out_lifecycle",
-    schedule="@hourly",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
-    tags=["data-out", "lifecycle"],
-    doc_md=__doc__,
-):
+with platform_dag("data_out_lifecycle", "@hourly", __doc__, tags=["lifecycle"]):
 
     @task
     def retire_audiences() -> list[str]:

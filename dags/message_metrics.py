@@ -11,22 +11,17 @@ duplicate a task.
 
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import CronDataIntervalTimetable
 
-from airflow.sdk import DAG, CronDataIntervalTimetable
-
+from data_out.dag_factory import platform_dag
 from data_out.operators.metrics import MetricsStepOperator
 
-with DAG(
-    dag_id="data_out_message_metrics",
+with platform_dag(
+    "data_out_message_metrics",
     # data intervals, not trigger times: each run owns [data_interval_start, data_interval_end)
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(minutes=2)},
-    tags=["data-out", "metrics"],
-    doc_md=__doc__,
+    CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    __doc__,
+    tags=["metrics"],
 ):
     load = MetricsStepOperator(task_id="load_exports", step="load_exports")
     log = MetricsStepOperator(task_id="write_send_log", step="write_send_log")

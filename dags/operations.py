@@ -12,23 +12,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from data_out.config import load_audiences
+from data_out.dag_factory import platform_dag
 from data_out.operations import MODES, InvalidRequest, backfill_metrics, run_item, validate
 
 AUDIENCE_NAMES = sorted(load_audiences().audiences)
 
-with DAG(
-    dag_id="data_out_operations",
-    schedule=None,
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
+with platform_dag(
+    "data_out_operations",
+    None,
+    __doc__,
+    tags=["operations"],
     default_args={"owner": "data-platform", "retries": 1, "retry_delay": dt.timedelta(minutes=1)},
-    tags=["data-out", "operations"],
-    doc_md=__doc__,
     params={
         "audiences": Param(
             [],

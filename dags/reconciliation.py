@@ -10,28 +10,23 @@ through the ``smtp_default`` connection. Results are in the state tables ``do_re
 
 from __future__ import annotations
 
-import datetime as dt
+from airflow.sdk import Param
 
-from airflow.sdk import DAG, Param
-
+from data_out.dag_factory import platform_dag
 from data_out.operators.reconcile import NotifyOperator, ReconcileOperator
 
-with DAG(
-    dag_id="data_out_reconciliation",
-    schedule="0 6 * * *",
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"owner": "data-platform", "retries": 1, "retry_delay": dt.timedelta(minutes=5)},
-    tags=["data-out", "reconciliation"],
-    doc_md=__doc__,
+with platform_dag(
+    "data_out_reconciliation",
+    "0 6 * * *",
+    __doc__,
+    tags=["reconciliation"],
     params={
         "as_of": Param(
             None,
             type=["null", "string"],
             format="date-time",
             description="Evaluate (and repair) as of this UTC time; default: the run's end.",
-        )
+        ),
     },
 ):
     ReconcileOperator(task_id="reconcile") >> NotifyOperator(task_id="notify")

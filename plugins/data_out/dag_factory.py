@@ -37,6 +37,23 @@ RUN_PARAMS = {
 }
 
 
+def platform_dag(dag_id: str, schedule: Any, doc: str | None, **kwargs: Any) -> DAG:
+    """The settings every Data Out DAG that is not an audience DAG shares (owner, start, one run at a time)."""
+    default_args = {"owner": "data-platform", "retries": 2, "retry_delay": dt.timedelta(minutes=2)}
+    default_args.update(kwargs.pop("default_args", {}))
+    return DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args,
+        tags=["data-out", *kwargs.pop("tags", [])],
+        doc_md=doc,
+        **kwargs,
+    )
+
+
 def _doc(loaded: LoadedAudience, module_doc: str | None) -> str:
     c = loaded.config
     dests = "\n".join(f"- `{d.label}` ({d.type}, include: {d.include})" for d in c.destinations)

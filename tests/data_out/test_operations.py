@@ -62,14 +62,7 @@ def test_a_dry_run_changes_nothing_and_predicts_the_real_run(audiences_dir, reso
     rows = [person(i) for i in range(40)]
     people.set(rows)
     aud = load_audiences(audiences_dir)
-    item = {
-        "audience": "test_targets_v1",
-        "destinations": None,
-        "mode": "incremental",
-        "dry_run": False,
-        "guard_override_reason": None,
-        "as_of": None,
-    }
+    item = work()
     run_item(state_engine, aud, resolver, item, "t/1", AS_OF)
     people.set(rows[8:] + [person(300 + i) for i in range(6)] + [person(0, email="changed@example.com")])
 
@@ -99,14 +92,7 @@ def test_a_dry_run_changes_nothing_and_predicts_the_real_run(audiences_dir, reso
 def test_full_resync_mode_through_the_operations_path(audiences_dir, resolver, state_engine, people, store):
     people.set([person(i) for i in range(15)])
     aud = load_audiences(audiences_dir)
-    item = {
-        "audience": "test_targets_v1",
-        "destinations": ["memory"],
-        "mode": "incremental",
-        "dry_run": False,
-        "guard_override_reason": None,
-        "as_of": None,
-    }
+    item = work(destinations=["memory"])
     run_item(state_engine, aud, resolver, item, "t/1", AS_OF)
     full = dict(store.audience("aud-1"))
     store.audience("aud-1").clear()  # the vendor lost everything
@@ -119,14 +105,7 @@ def test_retirement_removes_every_member_once_and_stops_scheduling(
 ):
     people.set([person(i) for i in range(20)])
     aud = load_audiences(audiences_dir)
-    item = {
-        "audience": "test_targets_v1",
-        "destinations": None,
-        "mode": "incremental",
-        "dry_run": False,
-        "guard_override_reason": None,
-        "as_of": None,
-    }
+    item = work()
     run_item(state_engine, aud, resolver, item, "t/1", AS_OF)
     assert store.audience("aud-1")
     path = audiences_dir / "test_targets_v1.yaml"
