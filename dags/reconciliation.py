@@ -10,9 +10,7 @@ through the ``smtp_default`` connection. Results are in the state tables ``do_re
 
 from __future__ import annotations
 
-from airflow.sdk import Param
-
-from data_out.dag_factory import platform_dag
+from data_out.dag_factory import as_of_param, platform_dag
 from data_out.operators.reconcile import NotifyOperator, ReconcileOperator
 
 with platform_dag(
@@ -20,13 +18,6 @@ with platform_dag(
     "0 6 * * *",
     __doc__,
     tags=["reconciliation"],
-    params={
-        "as_of": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            description="Evaluate (and repair) as of this UTC time; default: the run's end.",
-        ),
-    },
+    params={"as_of": as_of_param("Evaluate (and repair) as of this UTC time; default: the run's end.")},
 ):
     ReconcileOperator(task_id="reconcile") >> NotifyOperator(task_id="notify")

@@ -21,13 +21,14 @@ from data_out.operators.audience import (
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
+
+def as_of_param(description: str) -> Param:
+    """The optional ``as_of`` every Data Out DAG accepts: evaluate at this UTC time instead of the run's."""
+    return Param(None, type=["null", "string"], format="date-time", description=description)
+
+
 RUN_PARAMS = {
-    "as_of": Param(
-        None,
-        type=["null", "string"],
-        format="date-time",
-        description="Evaluate the source as of this UTC time (ISO 8601). Default: the run's data interval end.",
-    ),
+    "as_of": as_of_param("Evaluate the source as of this UTC time (ISO 8601). Default: the run's data interval end."),
     "guard_override_reason": Param(
         None,
         type=["null", "string"],

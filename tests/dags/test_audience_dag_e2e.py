@@ -59,6 +59,16 @@ def runs(engine):
         return conn.execute(select(state.run).order_by(state.run.c.id)).mappings().all()
 
 
+def run_and_check(dag, engine, rows: list[dict]) -> set[str]:  # type: ignore[no-untyped-def]
+    """Run the DAG; the members and holdout tables must hold exactly the rows split by holdout."""
+    assert str(dag.test(run_conf={"as_of": AS_OF}).state) == "success"
+    keys = {r["customer_id"] for r in rows}
+    held = {k for k in keys if is_held_out("e2e-salt", k, 10)}
+    assert members(engine, "audience_e2e_audience_v1") == keys - held
+    assert members(engine, "audience_e2e_audience_v1_holdout") == held
+    return held
+
+
 def test_audience_dag_twice_with_a_membership_change(airflow_env):
     engine = airflow_env
     people = People(engine)
@@ -66,23 +76,13 @@ def test_audience_dag_twice_with_a_membership_change(airflow_env):
     people.set(rows)
     dag = DagBag(dag_folder=str(DAGS)).get_dag("audience__e2e_audience_v1")
 
-    dr = dag.test(run_conf={"as_of": AS_OF})
-    assert str(dr.state) == "success"
-    keys = {r["customer_id"] for r in rows}
-    held = {k for k in keys if is_held_out("e2e-salt", k, 10)}
-    assert members(engine, "audience_e2e_audience_v1") == keys - held
-    assert members(engine, "audience_e2e_audience_v1_holdout") == held
+    held = run_and_check(dag, engine, rows)
     [first] = runs(engine)
     assert (first["status"], first["members"], first["held_out"]) == ("success", 60, len(held))
 
     rows = rows[10:] + [{"customer_id": f"n{i:03d}", "email": f"n{i}@example.com"} for i in range(5)]
     people.set(rows)
-    dr = dag.test(run_conf={"as_of": AS_OF})
-    assert str(dr.state) == "success"
-    keys = {r["customer_id"] for r in rows}
-    held = {k for k in keys if is_held_out("e2e-salt", k, 10)}
-    assert members(engine, "audience_e2e_audience_v1") == keys - held
-    assert members(engine, "audience_e2e_audience_v1_holdout") == held
+    run_and_check(dag, engine, rows)
     second = runs(engine)[-1]
     assert second["status"] == "success" and second["recomputed"] == 5
     with engine.connect() as conn:

@@ -214,11 +214,17 @@ class MetricsPipeline:
         table = send_log_table(self.routing.send_log_table)
         table.metadata.create_all(wh, checkfirst=True)
         wanted = set(self.routing.warehouse)
-        rows = [t for t in self.tasks(start, end) if t["status"] in wanted]
-        with wh.begin() as conn:
-            for i in range(0, len(rows), 5000):
-                conn.execute(state.insert_ignore(wh, table), rows[i : i + 5000])
-        return len(rows)
+        written, buffer = 0, []
+        with wh.begin() as conn:  # streamed: a long backfill window never sits in memory whole
+            for t in self.tasks(start, end):
+                if t["status"] in wanted:
+                    buffer.append(t)
+                if len(buffer) == 5000:
+                    conn.execute(state.insert_ignore(wh, table), buffer)
+                    written, buffer = written + len(buffer), []
+            if buffer:
+                conn.execute(state.insert_ignore(wh, table), buffer)
+        return written + len(buffer)
 
     # -- routes ------------------------------------------------------------------------------------
     def _undelivered(self, route: str, tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
