@@ -1,11 +1,18 @@
 """Stage a source snapshot into the state database and merge it into the audience's member snapshot.
 
-The source is streamed in batches. For each row a fingerprint of its raw values is compared with the
-stored snapshot: unchanged rows are staged by key and fingerprint only, and only new or changed rows are
-normalised, hashed and bucketed. The merge into ``do_member`` is three set-based statements in one
-transaction, so the snapshot switches atomically and memory never grows with audience size.
+Every source row gets a fingerprint of its raw identifier values (and of everything that shapes their
+normalisation). Only new or changed rows are normalised, hashed and bucketed; unchanged rows keep the
+identity already stored in ``do_member``. Two ways to get there, with the same result:
 
-Raw identifiers exist only in the batch being processed; nothing raw is written or logged.
+* **in the database** (``staging_sql.py``): the source query runs in the state database itself
+  (Postgres). Fingerprints are computed and compared in SQL and only the delta reaches Python. This is
+  what keeps a 10M-member audience fast and small.
+* **in Python** (everywhere else: another database, Customer.io, SQLite): the source is streamed in
+  batches, fingerprints are compared batch by batch, and the merge into ``do_member`` is three
+  set-based statements in one transaction, so the snapshot switches atomically.
+
+Memory never grows with audience size. Raw identifiers exist only in the batch being processed;
+nothing raw is written or logged.
 """
 
 from __future__ import annotations
@@ -14,22 +21,24 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, literal, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from data_out import faults, state
 from data_out.config import AudienceConfig
 from data_out.holdout import bucket_for, holdout_threshold
-from data_out.identity import NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
-from data_out.sources.base import Source
+from data_out.identity import INVALID, MISSING, NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
+from data_out.sources.base import Source, member_key
+from data_out.sources.warehouse import query_failed
+from data_out.staging_sql import InDatabase, InDatabaseStaging
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 5_000
-MAX_MEMBER_KEY_LENGTH = 256
 _ISSUE_COLUMNS = ("email_issue", "phone_issue", "external_id_issue")
 _UNCHANGED: dict[str, Any] = {
     "computed": False,
@@ -43,6 +52,8 @@ _UNCHANGED: dict[str, Any] = {
     "phone_issue": None,
     "external_id_issue": None,
 }
+#: above this share of the snapshot changed, Postgres' statistics are refreshed before the diff is planned
+_ANALYZE_SHARE = 0.05
 
 
 @dataclass
@@ -57,27 +68,31 @@ class StageStats:
     held_out: int = 0
     identifier_issues: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    path: str = "python"  # "database" when staged in the state database (see staging_sql.py)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        fields.pop("path")  # not a run-record column; logged instead
+        return fields
 
 
 def _encode(value: Any) -> bytes:
+    """One value of the fingerprint. Text is tagged with its byte length, so "ab","c" != "a","bc"."""
     if value is None:
-        return b"N"
+        return b"\x1eN"
     if isinstance(value, bytes | bytearray | memoryview):
-        return b"B" + bytes(value)
-    return b"S" + str(value).encode("utf-8", "surrogatepass")
+        raw = bytes(value)
+        return b"\x1eB%d:" % len(raw) + raw
+    raw = str(value).encode("utf-8", "surrogatepass")
+    return b"\x1eS%d:" % len(raw) + raw
 
 
 def raw_fingerprint(context: bytes, values: Iterable[Any]) -> str:
-    """128-bit BLAKE2b over the raw identifier values and everything that shapes their normalisation."""
-    h = hashlib.blake2b(context, digest_size=16)
-    for v in values:
-        enc = _encode(v)
-        h.update(len(enc).to_bytes(4, "big"))
-        h.update(enc)
-    return h.hexdigest()
+    """MD5 hex over the context and the raw identifier values: change detection, not security.
+
+    ``staging_sql.InDatabase.fingerprint_expr`` computes the same value in SQL; keep them in step.
+    """
+    return hashlib.md5(context + b"".join(_encode(v) for v in values), usedforsecurity=False).hexdigest()
 
 
 def _fingerprint_context(cfg: AudienceConfig) -> bytes:
@@ -85,6 +100,7 @@ def _fingerprint_context(cfg: AudienceConfig) -> bytes:
     salt = cfg.holdout.salt if cfg.holdout else ""
     extra = ",".join(f"{k}={v}" for k, v in sorted(ids.extra.items()))
     parts = [
+        "fp2",  # the fingerprint's own format; bump with any change to _encode
         NORMALIZATION_VERSION,
         ids.default_region,
         ids.email or "",
@@ -96,20 +112,6 @@ def _fingerprint_context(cfg: AudienceConfig) -> bytes:
     return "\x1f".join(parts).encode()
 
 
-def _member_key(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    if isinstance(raw, bytes | bytearray | memoryview):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    key = str(raw).strip()
-    if not key or len(key) > MAX_MEMBER_KEY_LENGTH:
-        return None
-    return key
-
-
 class Stager:
     """Builds one run's snapshot of one audience. The caller holds the audience's lease."""
 
@@ -119,28 +121,29 @@ class Stager:
         self.run_id = run_id
         self.batch_size = batch_size
         self._context = _fingerprint_context(cfg)
+        ids = cfg.identifiers
+        #: the raw columns a row's identity depends on, in fingerprint order (None: not mapped)
+        self.value_columns: list[str | None] = [
+            ids.email,
+            ids.phone,
+            ids.external_id,
+            *(column for _, column in sorted(ids.extra.items())),
+        ]
 
     def stage(self, source: Source, exclusions: dict[str, tuple[Source, str]]) -> StageStats:
         """Stage ``source``; ``exclusions`` maps an excluded audience to its source and member-key column."""
         started = time.monotonic()
         stats = StageStats()
-        with self.engine.begin() as conn:  # leftovers of a crashed run of this audience
-            conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))
-        for rows in source.iter_batches(self.batch_size):
-            self._stage_batch(rows, stats)
-            faults.point("stage.batch")
+        in_db = InDatabase.for_source(self.engine, source, self.cfg.member_key, self.value_columns)
+        if in_db is None or not self._stage_in_database(in_db, exclusions, stats):
+            self._stage_in_python(source, exclusions, stats)
         stats.source_reported = getattr(source, "reported_count", None)
-        with self.engine.begin() as conn:
-            stats.duplicate_keys = self._drop_duplicates(conn)
-            self._merge(conn)
-            self._replace_exclusions(conn, exclusions)
-            self._count(conn, stats)
-            faults.point("stage.merge")  # inside the merge transaction: a crash here rolls it all back
         stats.seconds = round(time.monotonic() - started, 3)
         log.info(
-            "staged audience %s: %d source rows, %d members, %d recomputed, %d duplicate keys, "
+            "staged audience %s (%s): %d source rows, %d members, %d recomputed, %d duplicate keys, "
             "%d rows without a member key, %d excluded, %d held out",
             self.cfg.name,
+            stats.path,
             stats.source_rows,
             stats.members,
             stats.recomputed,
@@ -151,20 +154,85 @@ class Stager:
         )
         return stats
 
+    # -- in the database ---------------------------------------------------------------------------
+    def _stage_in_database(
+        self, plan: InDatabase, exclusions: dict[str, tuple[Source, str]], stats: StageStats
+    ) -> bool:
+        """Stage inside one REPEATABLE READ transaction; ``False`` if this source must take the Python path."""
+        staging = InDatabaseStaging(plan, self.cfg.name, self._context, self.batch_size)
+        label = plan.source.label
+        with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+            try:
+                why_not = plan.usable(conn)
+                if why_not:
+                    log.info("audience %s: staging in Python because %s", self.cfg.name, why_not)
+                    return False
+                conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))  # Python leftovers
+                delta = staging.find_delta(conn)
+                staging.drop_stale(conn)
+                for part in staging.stream_changed(conn):
+                    rows = self._normalised_rows(part)
+                    staging.copy_members(conn, rows)
+                    stats.recomputed += len(rows)
+                    faults.point("stage.batch")
+            except SQLAlchemyError as exc:
+                raise query_failed(label, exc) from None
+            self._replace_exclusions(conn, exclusions, staging)
+            self._count(conn, stats)
+            faults.point("stage.merge")  # inside the transaction: a crash here rolls it all back
+        stats.path = "database"
+        stats.duplicate_keys = delta.duplicate_keys
+        stats.missing_keys = delta.missing_keys
+        stats.source_rows = stats.members + delta.duplicate_rows + delta.missing_keys
+        if delta.duplicate_keys:
+            self._warn_duplicates(delta.duplicate_keys)
+        self._refresh_statistics(delta.to_compute + delta.gone, stats.members)
+        return True
+
+    def _normalised_rows(self, part: list[Any]) -> list[dict[str, Any]]:
+        """``do_member`` rows for one batch of (key, fingerprint, n, *raw values); identical duplicates once."""
+        out, seen = [], set()
+        for key, fp, n, *raw in part:
+            if n > 1:  # a duplicated key whose rows are identical: the first one stands for all
+                if key in seen:
+                    continue
+                seen.add(key)
+            row = self._normalise(key, tuple(raw))
+            row.update(audience=self.cfg.name, member_key=key, raw_fp=fp)
+            out.append(row)
+        return out
+
+    def _refresh_statistics(self, changed: int, members: int) -> None:
+        """After a large change the planner's row estimates are stale; the diff plan depends on them."""
+        if self.engine.dialect.name == "postgresql" and changed > max(10_000, members * _ANALYZE_SHARE):
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE do_member")
+
+    # -- in Python ---------------------------------------------------------------------------------
+    def _stage_in_python(self, source: Source, exclusions: dict[str, tuple[Source, str]], stats: StageStats) -> None:
+        with self.engine.begin() as conn:  # leftovers of a crashed run of this audience
+            conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))
+        for rows in source.iter_batches(self.batch_size):
+            self._stage_batch(rows, stats)
+            faults.point("stage.batch")
+        with self.engine.begin() as conn:
+            stats.duplicate_keys = self._drop_duplicates(conn)
+            changed = self._merge(conn)
+            self._replace_exclusions(conn, exclusions, None)
+            self._count(conn, stats)
+            faults.point("stage.merge")  # inside the merge transaction: a crash here rolls it all back
+        self._refresh_statistics(changed, stats.members)
+
     def _stage_batch(self, rows: list[Any], stats: StageStats) -> None:
-        cfg, ids = self.cfg, self.cfg.identifiers
+        cfg = self.cfg
         keyed = []
         for r in rows:
             stats.source_rows += 1
-            key = _member_key(r[cfg.member_key])
+            key = member_key(r[cfg.member_key])
             if key is None:
                 stats.missing_keys += 1
                 continue
-            raw = (
-                r[ids.email] if ids.email else None,
-                r[ids.phone] if ids.phone else None,
-                r[ids.external_id] if ids.external_id else None,
-            )
+            raw = tuple(r[c] if c else None for c in self.value_columns)
             keyed.append((key, raw_fingerprint(self._context, raw), raw))
         if not keyed:
             return
@@ -187,27 +255,6 @@ class Stager:
                     stats.recomputed += 1
                 out.append(row)
             conn.execute(insert(state.stage), out)
-
-    def _normalise(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
-        ids = self.cfg.identifiers
-        f = identity_forms(*raw[:3], default_region=ids.default_region)
-        extra = {}
-        for (name, _), value in zip(sorted(ids.extra.items()), raw[3:], strict=True):
-            norm = normalize_meta_field(name, value)
-            if norm:
-                extra[name] = sha256_hex(norm)
-        return {
-            "bucket": bucket_for(self.cfg.holdout.salt, key) if self.cfg.holdout else None,
-            "email_sha256": f.email_sha256,
-            "phone_e164_sha256": f.phone_e164_sha256,
-            "phone_digits_sha256": f.phone_digits_sha256,
-            "external_id": f.external_id,
-            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
-            # an identifier the audience does not map is not "missing", it is not asked for
-            "email_issue": f.email_issue if ids.email else None,
-            "phone_issue": f.phone_issue if ids.phone else None,
-            "external_id_issue": f.external_id_issue if ids.external_id else None,
-        }
 
     def _drop_duplicates(self, conn: Connection) -> int:
         """Keep one row per member key (lowest fingerprint, then first staged): deterministic."""
@@ -234,21 +281,25 @@ class Stager:
                 ),
             )
         )
+        self._warn_duplicates(int(dupes))
+        return int(dupes)
+
+    def _warn_duplicates(self, dupes: int) -> None:
         log.warning(
             "audience %s: %d member keys appear more than once in the source; kept one row each", self.cfg.name, dupes
         )
-        return int(dupes)
 
-    def _merge(self, conn: Connection) -> None:
+    def _merge(self, conn: Connection) -> int:
+        """Switch the snapshot to the staged rows; returns how many snapshot rows were replaced or added."""
         m, s = state.member, state.stage
-        conn.execute(
+        gone = conn.execute(
             delete(m).where(
                 m.c.audience == self.cfg.name,
                 ~exists().where(s.c.run_id == self.run_id, s.c.member_key == m.c.member_key, s.c.raw_fp == m.c.raw_fp),
             )
-        )
+        ).rowcount
         cols = [c.name for c in m.columns if c.name != "audience"]
-        conn.execute(
+        added = conn.execute(
             insert(m).from_select(
                 ["audience", *cols],
                 select(s.c.audience, *[s.c[c] for c in cols]).where(
@@ -257,33 +308,67 @@ class Stager:
                     ~exists().where(m.c.audience == self.cfg.name, m.c.member_key == s.c.member_key),
                 ),
             )
-        )
+        ).rowcount
         conn.execute(delete(s).where(s.c.run_id == self.run_id))
+        return max(gone, 0) + max(added, 0)
 
-    def _replace_exclusions(self, conn: Connection, exclusions: dict[str, tuple[Source, str]]) -> None:
+    # -- shared ------------------------------------------------------------------------------------
+    def _normalise(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
+        ids = self.cfg.identifiers
+        f = identity_forms(*raw[:3], default_region=ids.default_region)
+        extra = {}
+        for (name, _), value in zip(sorted(ids.extra.items()), raw[3:], strict=True):
+            norm = normalize_meta_field(name, value)
+            if norm:
+                extra[name] = sha256_hex(norm)
+        return {
+            "bucket": bucket_for(self.cfg.holdout.salt, key) if self.cfg.holdout else None,
+            "email_sha256": f.email_sha256,
+            "phone_e164_sha256": f.phone_e164_sha256,
+            "phone_digits_sha256": f.phone_digits_sha256,
+            "external_id": f.external_id,
+            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
+            # an identifier the audience does not map is not "missing", it is not asked for
+            "email_issue": f.email_issue if ids.email else None,
+            "phone_issue": f.phone_issue if ids.phone else None,
+            "external_id_issue": f.external_id_issue if ids.external_id else None,
+        }
+
+    def _replace_exclusions(
+        self, conn: Connection, exclusions: dict[str, tuple[Source, str]], staging: InDatabaseStaging | None
+    ) -> None:
         x = state.exclusion
         conn.execute(delete(x).where(x.c.audience == self.cfg.name))
         stmt = state.insert_ignore(conn.dialect, x)
-        for name, (source, member_key) in exclusions.items():
-            for rows in source.iter_batches(self.batch_size):
-                keys = {k for r in rows if (k := _member_key(r[member_key])) is not None}
-                if keys:
+        for name, (source, key_column) in exclusions.items():
+            in_db = InDatabase.for_source(self.engine, source, key_column, []) if staging else None
+            if staging and in_db and in_db.usable(conn) is None:
+                staging.stage_exclusion(conn, in_db)
+            else:
+                for keys in _key_batches(source, key_column, self.batch_size):
                     conn.execute(stmt, [{"audience": self.cfg.name, "member_key": k} for k in keys])
             log.info("audience %s: applied exclusion %s", self.cfg.name, name)
 
     def _count(self, conn: Connection, stats: StageStats) -> None:
+        """Every figure of the run record in one scan of the audience's snapshot."""
         m, x = state.member, state.exclusion
-        mine = m.c.audience == self.cfg.name
         is_excluded = exists().where(x.c.audience == self.cfg.name, x.c.member_key == m.c.member_key)
-        stats.members = state.scalar_int(conn, select(func.count()).where(mine))
-        stats.excluded = state.scalar_int(conn, select(func.count()).where(mine, is_excluded))
-        if self.cfg.holdout:
-            thr = holdout_threshold(self.cfg.holdout.percent)
-            stats.held_out = state.scalar_int(conn, select(func.count()).where(mine, ~is_excluded, m.c.bucket < thr))
-        issues: dict[str, int] = {}
-        for col in _ISSUE_COLUMNS:
-            for issue, n in conn.execute(
-                select(m.c[col], func.count()).where(mine, m.c[col].is_not(None)).group_by(m.c[col])
-            ):
-                issues[f"{col.removesuffix('_issue')}_{issue}"] = int(n)
-        stats.identifier_issues = issues
+        held = (m.c.bucket < holdout_threshold(self.cfg.holdout.percent)) if self.cfg.holdout else None
+        issues = [(col, issue) for col in _ISSUE_COLUMNS for issue in (MISSING, INVALID)]
+        columns = [func.count(), func.count().filter(is_excluded)]
+        columns.append(func.count().filter(and_(~is_excluded, held)) if held is not None else literal(0))
+        columns += [func.count().filter(m.c[col] == issue) for col, issue in issues]
+        row = conn.execute(select(*columns).where(m.c.audience == self.cfg.name)).one()
+        stats.members, stats.excluded, stats.held_out = (int(v or 0) for v in row[:3])
+        stats.identifier_issues = {
+            f"{col.removesuffix('_issue')}_{issue}": int(n)
+            for (col, issue), n in zip(issues, row[3:], strict=True)
+            if n
+        }
+
+
+def _key_batches(source: Source, key_column: str, batch_size: int) -> Iterator[set[str]]:
+    for rows in source.iter_batches(batch_size):
+        keys = {k for r in rows if (k := member_key(r[key_column])) is not None}
+        if keys:
+            yield keys

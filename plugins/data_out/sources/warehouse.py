@@ -46,9 +46,13 @@ class SqlSource:
                 for part in result.mappings().partitions(batch_size):
                     yield list(part)
         except SQLAlchemyError as exc:
-            # A driver message can quote a row value ("invalid input syntax for type integer: ..."): scrub it.
-            detail = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0])
-            raise SourceError(f"{self.label}: the query failed: {detail}") from None
+            raise query_failed(self.label, exc) from None
+
+
+def query_failed(label: str, exc: SQLAlchemyError) -> SourceError:
+    """A driver message can quote a row value ("invalid input syntax for type integer: ..."): scrub it."""
+    detail = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+    return SourceError(f"{label}: the query failed: {detail}")
 
 
 def window_params(as_of: dt.datetime, windows: dict[str, dt.timedelta]) -> dict[str, object]:

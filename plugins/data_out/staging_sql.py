@@ -1,0 +1,245 @@
+"""In-database staging: when the source query runs in the state database itself (Postgres).
+
+This is the co-located mode (what Hightouch calls Lightning and Census a bookkeeping schema): the state
+lives in the warehouse, so the snapshot diff never leaves it. One REPEATABLE READ transaction:
+
+1. one statement reads the source once, fingerprints every row in SQL (the same fingerprint the Python
+   path computes, see ``staging.raw_fingerprint``), groups by member key (duplicates keep the lowest
+   fingerprint) and full-joins the result with the stored snapshot. Only the differences land in a
+   temporary table: new, changed and gone members, plus the counts of duplicate and key-less rows;
+2. gone and changed members leave ``do_member`` (primary-key deletes of the delta only);
+3. a second read of the source (same snapshot, thanks to REPEATABLE READ) joins the delta and streams
+   just the new and changed rows to Python, which normalises, hashes and buckets them (the rules live in
+   ``identity.py`` and are not duplicated in SQL) and COPYs them into ``do_member``.
+
+Unchanged rows never reach Python, so a no-change sync of 10M members moves no rows over the wire. Raw
+identifiers stay in the database they already live in; only the delta's raw values pass through this
+process, one batch at a time, as on the Python path. A crash anywhere rolls the whole transaction back.
+
+The path is taken only when the fingerprint computed in SQL is guaranteed to equal Python's: the
+source and state engines are the same Postgres database (UTF-8), every column used is text, varchar,
+an integer or a uuid (whose ``::text`` is Python's ``str()``), and the column names are plain
+identifiers. Otherwise the stager falls back to the Python path, which is correct everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from data_out import state
+from data_out.sources.base import KEY_WHITESPACE, MAX_MEMBER_KEY_LENGTH, Source, SourceError
+from data_out.sources.warehouse import SqlSource
+
+log = logging.getLogger(__name__)
+
+#: Postgres type OIDs whose ``::text`` equals ``str()`` of what psycopg returns: text, varchar, int2,
+#: int4, int8, uuid. (char(n) pads, floats and timestamps format differently: those take the Python path.)
+TEXT_SAFE_TYPES = frozenset({25, 1043, 21, 23, 20, 2950})
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+NULL_TAG = "\x1eN"
+VALUE_TAG = "\x1eS"
+
+
+@dataclass
+class Delta:
+    """What the first pass found; every figure is a count of members or rows."""
+
+    to_compute: int = 0
+    gone: int = 0
+    duplicate_keys: int = 0
+    duplicate_rows: int = 0  # rows beyond the first of each duplicated key
+    missing_keys: int = 0
+
+
+def _same_database(a: Engine, b: Engine) -> bool:
+    return a.url.render_as_string(hide_password=False) == b.url.render_as_string(hide_password=False)
+
+
+def _quoted(column: str) -> str:
+    return f'src."{column}"'
+
+
+def _subquery(sql: str) -> str:
+    """The audience's query as a subquery: a trailing semicolon would end the statement early."""
+    return sql.strip().rstrip(";").strip()
+
+
+class InDatabase:
+    """Decides whether a source can be staged in the state database and builds the SQL that does it."""
+
+    def __init__(self, engine: Engine, source: SqlSource, key_column: str, value_columns: Sequence[str | None]):
+        self.engine = engine
+        self.source = source
+        self.key_column = key_column
+        self.value_columns = list(value_columns)
+        self.sql = _subquery(source.sql)
+
+    @classmethod
+    def for_source(
+        cls, engine: Engine, source: Source, key_column: str, value_columns: Sequence[str | None]
+    ) -> InDatabase | None:
+        """``None`` unless the cheap checks pass; ``usable`` then asks the database about column types."""
+        if not isinstance(source, SqlSource) or engine.dialect.name != "postgresql":
+            return None
+        if not _same_database(engine, source.engine):
+            return None
+        if not all(_IDENTIFIER.match(c) for c in [key_column, *(v for v in value_columns if v)]):
+            return None
+        return cls(engine, source, key_column, value_columns)
+
+    def params(self, **extra: Any) -> dict[str, Any]:
+        return {**self.source.params, **extra}
+
+    def usable(self, conn: Connection) -> str | None:
+        """Why this source cannot be staged in the database (``None`` if it can). Raises for missing columns."""
+        encoding = conn.execute(text("SHOW server_encoding")).scalar()
+        if str(encoding).upper() not in {"UTF8", "UTF-8"}:
+            return f"the database encoding is {encoding}, not UTF8"
+        cursor = conn.execute(text(f"SELECT * FROM ({self.sql}) AS src LIMIT 0"), self.params()).cursor
+        types = {col.name: col.type_code for col in cursor.description or ()}
+        needed = [self.key_column, *(c for c in self.value_columns if c)]
+        missing = [c for c in needed if c not in types]
+        if missing:
+            raise SourceError(
+                f"{self.source.label}: the query returns columns {list(types)} but not {missing}; "
+                "select them (or alias them) or change the column names in the audience file"
+            )
+        odd = [c for c in needed if types[c] not in TEXT_SAFE_TYPES]
+        return f"columns {odd} are not text, integer or uuid" if odd else None
+
+    def key_expr(self) -> str:
+        return f"btrim({_quoted(self.key_column)}::text, :ws)"
+
+    def fingerprint_expr(self) -> str:
+        """SQL twin of ``staging.raw_fingerprint``; equality is tested in tests/data_out/test_staging_sql.py."""
+        parts = []
+        for col in self.value_columns:
+            if col is None:
+                parts.append(":null_tag")
+                continue
+            v = f"{_quoted(col)}::text"
+            parts.append(
+                f"CASE WHEN {_quoted(col)} IS NULL THEN :null_tag "
+                f"ELSE :value_tag || octet_length({v})::text || ':' || {v} END"
+            )
+        return "md5(" + " || ".join([":fp_context", *parts]) + ")"
+
+    def fingerprint_params(self, context: bytes) -> dict[str, Any]:
+        return {
+            "fp_context": context.decode("utf-8"),
+            "null_tag": NULL_TAG,
+            "value_tag": VALUE_TAG,
+            "ws": KEY_WHITESPACE,
+        }
+
+
+class InDatabaseStaging:
+    """The three steps of the module docstring, on one connection inside one transaction."""
+
+    def __init__(self, plan: InDatabase, audience: str, context: bytes, batch_size: int) -> None:
+        self.plan = plan
+        self.audience = audience
+        self.context = context
+        self.batch_size = batch_size
+
+    def _params(self, **extra: Any) -> dict[str, Any]:
+        return self.plan.params(aud=self.audience, **self.plan.fingerprint_params(self.context), **extra)
+
+    def find_delta(self, conn: Connection) -> Delta:
+        p = self.plan
+        conn.execute(
+            text(
+                f"""
+                CREATE TEMP TABLE do_delta ON COMMIT DROP AS
+                WITH s AS (
+                    SELECT CASE WHEN length(k) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH} THEN k END AS member_key,
+                           min(fp) AS raw_fp, count(*) AS n
+                    FROM (SELECT {p.key_expr()} AS k, {p.fingerprint_expr()} AS fp
+                          FROM ({p.sql}) AS src) AS r
+                    GROUP BY 1
+                ), m AS (
+                    SELECT member_key, raw_fp FROM do_member WHERE audience = :aud
+                )
+                SELECT s.member_key AS src_key, m.member_key AS old_key,
+                       s.raw_fp AS new_fp, m.raw_fp AS old_fp, coalesce(s.n, 0) AS n
+                FROM s FULL JOIN m ON m.member_key = s.member_key
+                WHERE s.raw_fp IS DISTINCT FROM m.raw_fp OR s.n > 1 OR s.member_key IS NULL
+                """
+            ),
+            self._params(),
+        )
+        conn.execute(text("ANALYZE do_delta"))  # temp tables are never auto-analysed
+        row = conn.execute(
+            text(
+                """
+                SELECT count(*) FILTER (WHERE src_key IS NOT NULL AND new_fp IS DISTINCT FROM old_fp),
+                       count(*) FILTER (WHERE src_key IS NULL AND old_key IS NOT NULL),
+                       count(*) FILTER (WHERE src_key IS NOT NULL AND n > 1),
+                       coalesce(sum(n - 1) FILTER (WHERE src_key IS NOT NULL AND n > 1), 0),
+                       coalesce(sum(n) FILTER (WHERE src_key IS NULL AND old_key IS NULL), 0)
+                FROM do_delta
+                """
+            )
+        ).one()
+        return Delta(*(int(v) for v in row))
+
+    def drop_stale(self, conn: Connection) -> None:
+        """Gone and changed members leave the snapshot; changed ones come back from ``stream_changed``."""
+        conn.execute(
+            text(
+                """
+                DELETE FROM do_member m USING do_delta d
+                WHERE m.audience = :aud AND m.member_key = d.old_key AND d.new_fp IS DISTINCT FROM d.old_fp
+                """
+            ),
+            {"aud": self.audience},
+        )
+
+    def stream_changed(self, conn: Connection) -> Any:
+        """Raw values of new and changed members only, in batches (a server-side cursor)."""
+        p = self.plan
+        cols = ", ".join(f"{_quoted(c)} AS v{i}" if c else f"NULL AS v{i}" for i, c in enumerate(p.value_columns))
+        result = conn.execute(
+            text(
+                f"""
+                SELECT d.src_key, d.new_fp, d.n, {cols}
+                FROM ({p.sql}) AS src
+                JOIN do_delta d ON d.src_key = {p.key_expr()}
+                WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = {p.fingerprint_expr()}
+                """
+            ),
+            self._params(),
+            execution_options={"stream_results": True, "yield_per": self.batch_size},  # this statement only
+        )
+        return result.partitions(self.batch_size)
+
+    @staticmethod
+    def copy_members(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """COPY normalised rows into ``do_member``: several times faster than INSERT for large first syncs."""
+        if not rows:
+            return
+        columns = [c.name for c in state.member.columns]
+        cursor = conn.connection.driver_connection.cursor()  # the same session, inside our transaction
+        with cursor, cursor.copy(f"COPY do_member ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+
+    def stage_exclusion(self, conn: Connection, excluded: InDatabase) -> None:
+        """An excluded audience whose source is in this database: one INSERT ... SELECT."""
+        conn.execute(
+            text(
+                f"""
+                INSERT INTO do_exclusion (audience, member_key)
+                SELECT DISTINCT :aud, k FROM (SELECT {excluded.key_expr()} AS k FROM ({excluded.sql}) AS src) AS r
+                WHERE length(k) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH}
+                ON CONFLICT DO NOTHING
+                """
+            ),
+            excluded.params(aud=self.audience, ws=KEY_WHITESPACE),
+        )
