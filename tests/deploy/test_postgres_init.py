@@ -1,0 +1,95 @@
+"""deploy/postgres/initdb + ``data_out.migrate``: what the compose stack does to an empty Postgres, run for real.
+
+The script runs against the machine's PostgreSQL exactly as the postgres image runs it (``psql`` as the
+superuser, variables from the environment); then the state schema is migrated as the Data Out role.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from data_out import migrate
+from data_out.state import SCHEMA_VERSION
+from tests.deploy import ROOT
+
+INIT_SCRIPT = ROOT / "deploy" / "postgres" / "initdb" / "10-data-out-state.sh"
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def cluster(pg_admin: Engine) -> Iterator[dict[str, str]]:
+    """An empty 'metadata' database, as POSTGRES_DB is on first start; everything is dropped afterwards."""
+    if not shutil.which("psql"):
+        pytest.fail("psql (the PostgreSQL client) is needed to run the postgres image's init script")
+    tag = uuid.uuid4().hex[:10]
+    names = {
+        "POSTGRES_DB": f"do_test_{tag}_airflow",
+        "DATA_OUT_STATE_DB_NAME": f"do_test_{tag}_state",
+        "DATA_OUT_STATE_DB_USER": f"do_test_{tag}_role",
+        "DATA_OUT_STATE_DB_PASSWORD": 'it\'s a "quoted" password',
+    }
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{names["POSTGRES_DB"]}"'))
+    url = pg_admin.url
+    env = {
+        **os.environ,
+        **names,
+        "POSTGRES_USER": url.username or "postgres",
+        "PGHOST": url.host or "127.0.0.1",
+        "PGPORT": str(url.port or 5432),
+        **({"PGPASSWORD": url.password} if url.password else {}),
+    }
+    yield env
+    with pg_admin.connect() as conn:
+        for db in (names["DATA_OUT_STATE_DB_NAME"], names["POSTGRES_DB"]):
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        conn.execute(text(f'DROP ROLE IF EXISTS "{names["DATA_OUT_STATE_DB_USER"]}"'))
+
+
+def _run_init(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_init_script_then_migrate_as_the_state_role(
+    cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = _run_init(cluster)
+    assert done.returncode == 0, done.stderr
+
+    state = {
+        "conn_type": "postgres",
+        "host": cluster["PGHOST"],
+        "port": int(cluster["PGPORT"]),
+        "login": cluster["DATA_OUT_STATE_DB_USER"],
+        "password": cluster["DATA_OUT_STATE_DB_PASSWORD"],
+        "schema": cluster["DATA_OUT_STATE_DB_NAME"],
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", json.dumps(state))
+    assert migrate.main([]) == 0
+    assert f"schema version {SCHEMA_VERSION}" in capsys.readouterr().out
+    engine, version = migrate.migrate()
+    engine.dispose()
+    assert version == SCHEMA_VERSION
+
+    # the Data Out role cannot reach Airflow's metadata database
+    url = engine.url.set(database=cluster["POSTGRES_DB"])
+    outsider = create_engine(url)
+    with pytest.raises(OperationalError, match="permission denied"):
+        outsider.connect().close()
+    outsider.dispose()
+
+
+def test_init_script_refuses_one_database_for_both(cluster: dict[str, str]) -> None:
+    done = _run_init({**cluster, "DATA_OUT_STATE_DB_NAME": cluster["POSTGRES_DB"]})
+    assert done.returncode == 1
+    assert "must differ" in done.stderr
