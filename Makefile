@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: install airflow-db demo demo-churn test lint history clean
+.PHONY: install airflow-db demo demo-churn test lint history bench clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,7 +34,13 @@ $(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/migrate.log; exit 1)
 	touch $@
 
-airflow-db: $(AIRFLOW_HOME)/.migrated
+# Data Out's pools (one per destination type, deploy/pools.json): a real scheduler never runs a task
+# whose pool does not exist, and tasks may not create pools themselves in Airflow 3.
+$(AIRFLOW_HOME)/.pools: $(AIRFLOW_HOME)/.migrated deploy/pools.json
+	$(BIN)/airflow pools import deploy/pools.json > $(AIRFLOW_HOME)/pools.log 2>&1 || (cat $(AIRFLOW_HOME)/pools.log; exit 1)
+	touch $@
+
+airflow-db: $(AIRFLOW_HOME)/.pools
 
 demo: airflow-db
 	mkdir -p $(DEMO_DIR)
@@ -51,6 +57,11 @@ test: airflow-db
 lint: install
 	$(BIN)/ruff check plugins dags include tests
 	$(BIN)/ruff format --check plugins dags include tests
+
+# make bench [N=10000000] [CHURN=0.01]: the scale benchmark on the local Postgres (not part of make test);
+# ends with one "bench: ..." line. See README "Scale and benchmark".
+bench: install
+	$(BIN)/python -m bench.scale --members $(or $(N),1000000) --churn $(or $(CHURN),0.01)
 
 # make history AUDIENCE=cio_cart_abandon_6h_v1 [LAST=10]: the last runs of an audience as a table
 history: install

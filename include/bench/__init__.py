@@ -1,0 +1,1 @@
+"""Scale benchmark (``make bench``): Data Out against the pandas way and the COPY floor on one Postgres."""

@@ -1,0 +1,39 @@
+"""The benchmark itself runs end to end (at a tiny N) and ends with the one line its readers parse."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_ADMIN_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = re.compile(
+    r"^bench: members=2000 churn=0\.05 data_out_s=[\d.]+ pandas_s=[\d.]+ floor_s=[\d.]+ "
+    r"speedup_vs_pandas=[\d.]+x floor_ratio=[\d.]+x data_out_rss_mb=\d+ pandas_rss_mb=\d+$"
+)
+
+
+@pytest.mark.postgres
+def test_bench_runs_and_prints_its_line(pg_admin):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--members", "2000", "--churn", "0.05", "--pg-url", PG_ADMIN_URL],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert LINE.match(lines[-1]), lines[-1]
+    out = "\n".join(lines)
+    assert re.search(r"churn: \d+ members left, 100 joined", out)
+    # only the 100 new members were normalised by the churn run, and nothing by the no-change run
+    assert re.search(r"recomputed rows \|\s+2,000 \|\s+100 \|\s+0 \|", out), out
