@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy import text
 
 from data_out.destinations import REGISTRY
 from data_out.destinations.base import DestinationSettings, DriftSettings, GuardSettings
@@ -300,7 +301,8 @@ def _errors_from_validation(path: Path, exc: ValidationError) -> list[ConfigErro
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] not in {"missing", "extra_forbidden"} and "input" in err:
+        # a value helps; a whole section (a model-level check) is noise: the message names what is wrong
+        if err["type"] not in {"missing", "extra_forbidden"} and "input" in err and not isinstance(err["input"], dict):
             msg = f"{msg} (got {_short(err['input'])})"
         out.append(ConfigError(path, loc, msg, _fix_for(err)))
     return out
@@ -334,19 +336,53 @@ def load_file(path: Path) -> LoadedAudience:
                 path, "name", f"name {cfg.name!r} differs from the file name", f"rename the file to {cfg.name}.yaml"
             )
         )
-    sql_file = getattr(cfg.source, "sql_file", None)
-    if sql_file and not (path.parent / sql_file).is_file():
-        problems.append(
-            ConfigError(
-                path,
-                "source.sql_file",
-                f"{sql_file!r} does not exist",
-                "point it at a .sql file beside the audience",
-            )
-        )
+    problems += _query_problems(path, cfg.source)
     if problems:
         raise ConfigFileError(problems)
     return LoadedAudience(cfg, path)
+
+
+def _query_problems(path: Path, src: Any) -> list[ConfigError]:
+    """Why the source query cannot run, found at load time: an import error naming the file, not a failed run."""
+    if not isinstance(src, SqlSource):
+        return []
+    where = "source.sql_file" if src.sql_file else "source.query"
+    query = src.query or ""
+    if src.sql_file:
+        sql = path.parent / src.sql_file
+        if not sql.is_file():
+            return [
+                ConfigError(
+                    path, where, f"{src.sql_file!r} does not exist", "point it at a .sql file beside the audience"
+                )
+            ]
+        try:
+            query = sql.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            return [
+                ConfigError(
+                    path,
+                    where,
+                    f"{src.sql_file!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                    "save it as UTF-8",
+                )
+            ]
+        if not query.strip():
+            return [ConfigError(path, where, f"{src.sql_file!r} is empty", "write the audience's SELECT in it")]
+    # Every :name is a bound parameter (SQLAlchemy reads them in comments too); only as_of and the windows get values.
+    unbound = sorted(set(text(query).compile().params) - {"as_of", *src.windows})
+    if unbound:
+        names = ", ".join(f":{n}" for n in unbound)
+        return [
+            ConfigError(
+                path,
+                where,
+                f"the query uses {names}, but only :as_of and the windows ({', '.join(src.windows) or 'none'}) "
+                "get values",
+                f"add `{unbound[0]}: <duration>` to source.windows, or remove {names} from the SQL (and its comments)",
+            )
+        ]
+    return []
 
 
 class ConfigFileError(Exception):

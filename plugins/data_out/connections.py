@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
+from data_out.shards import register_sqlite
+
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
@@ -71,6 +73,7 @@ def _engine(url: URL) -> Engine:
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            register_sqlite(dbapi_conn)  # the planner's shard hash, as Postgres computes it natively
 
         return engine
     # hide_parameters: a driver error must never echo member keys or hashes into logs

@@ -1,6 +1,9 @@
 """Build one Airflow DAG per audience from its YAML file.
 
 DAG files stay thin: they call ``build_audience_dags`` and put the result in their globals.
+
+Per destination: ``plan`` -> ``push`` mapped over the key-hash shards the plan returns (one for a
+small diff) -> ``finish``. Both run in the destination type's Airflow pool (``deploy/pools.json``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, TaskGroup
 
 from data_out.config import LoadedAudience, LoadResult, load_audiences
+from data_out.destinations import destination_class
 from data_out.operators.audience import (
     FinishRunOperator,
     PlanDestinationOperator,
@@ -92,12 +96,21 @@ def build_audience_dag(loaded: LoadedAudience, module_doc: str | None = None) ->
         stage = StageAudienceOperator(task_id="stage", audience=c.name)
         finish = FinishRunOperator(task_id="finish", audience=c.name)
         for d in c.destinations:
+            # The pool caps concurrent calls per vendor across every worker and audience. The plan task
+            # takes a slot too: when it finds an interrupted run's batches it pushes them first.
+            pool = destination_class(d.type).pool
             with TaskGroup(group_id=d.label, tooltip=f"{d.type} destination"):
-                plan = PlanDestinationOperator(task_id="plan", audience=c.name, destination=d.label)
-                push = PushDestinationOperator(
-                    task_id="push", audience=c.name, destination=d.label, plan_task_id=f"{d.label}.plan"
-                )
-                stage >> plan >> push >> finish
+                plan = PlanDestinationOperator(task_id="plan", audience=c.name, destination=d.label, pool=pool)
+                push = PushDestinationOperator.partial(
+                    task_id="push",
+                    audience=c.name,
+                    destination=d.label,
+                    plan_task_id=f"{d.label}.plan",
+                    pool=pool,
+                    map_index_template="shard {{ task.shard }}",
+                ).expand(shard=plan.output)  # one mapped push per key-hash shard the plan returns
+                stage >> plan
+                push >> finish
         if not c.destinations:
             stage >> finish
     return dag

@@ -4,6 +4,12 @@ The diff is computed in SQL (anti-joins over indexed tables), numbered into batc
 ``do_pending``/``do_batch`` in one transaction before anything is pushed. Removes are planned before
 adds so that a member whose identifiers changed loses the old hashes before gaining the new ones.
 The mass-removal guard runs inside that transaction and rolls the plan back when it trips.
+
+Large diffs are split into push shards by a hash of the member key (``shards.py``), so Airflow can
+push them as parallel mapped tasks. All of one member's rows land in one shard, and within a shard
+every remove batch comes before every add batch. Batch numbers stay unique per (audience,
+destination): batch ``r`` of shard ``s`` out of ``n`` is number ``r * n + s``, and adds start at the
+round after the longest shard's removes, so ordering by number is remove-then-add overall as well.
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
+    Column,
     Connection,
     Engine,
     Integer,
+    MetaData,
     Select,
+    String,
+    Table,
     and_,
     case,
     cast,
@@ -35,10 +46,11 @@ from sqlalchemy import (
     update,
 )
 
-from data_out import faults, state
+from data_out import faults, shards, state
 from data_out.config import AudienceConfig
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, GuardSettings, MemberRow, Op
 from data_out.holdout import holdout_threshold
+from data_out.shards import member_key_hash, shard_count
 from data_out.sync import record_rejects
 
 log = logging.getLogger(__name__)
@@ -58,6 +70,7 @@ class Plan:
     removes: int = 0
     changed: int = 0
     batches: int = 0
+    shards: int = 1
     resumed_batches: int = 0
     guard: str = "passed"
     seconds: float = 0.0
@@ -75,7 +88,12 @@ def _group_filter(cfg: AudienceConfig, include: str, m: Any) -> Any:
 
 
 def desired_select(
-    cfg: AudienceConfig, dest: Destination, *, matchable: bool = True, snapshot: str | None = None, empty: bool = False
+    cfg: AudienceConfig,
+    dest: Destination,
+    *,
+    matchable: bool | None = True,
+    snapshot: str | None = None,
+    empty: bool = False,
 ) -> Select:
     """Members this destination should hold, projected onto the acknowledged-state columns.
 
@@ -104,10 +122,29 @@ def desired_select(
     ]
     if empty:
         conditions.append(false())
-    if dest.identity_columns:
+    if dest.identity_columns and matchable is not None:  # None: matchable or not, both
         has_any = or_(*[m.c[src].is_not(None) for src in dest.identity_columns.values()])
         conditions.append(has_any if matchable else ~has_any)
     return select(m.c.member_key, *cols).where(*conditions)
+
+
+def _delta_table(conn: Connection) -> Table:
+    """A session-local table for one plan's differences: ``d_*`` desired identity, ``k_*`` acknowledged."""
+    ident = [Column(f"{side}_{c}", state.ack.c[c].type) for side in ("d", "k") for c in IDENTITY_COLUMNS]
+    table = Table(
+        "do_plan_delta",
+        MetaData(),
+        Column("member_key", String(256), nullable=False),
+        Column("in_d", Boolean, nullable=False),
+        Column("in_k", Boolean, nullable=False),
+        Column("rejected", Boolean, nullable=False),
+        Column("differs", Boolean, nullable=False),
+        *ident,
+        prefixes=["TEMPORARY"],
+    )
+    table.drop(conn, checkfirst=True)  # a plan that failed earlier on this pooled connection
+    table.create(conn)
+    return table
 
 
 def count_desired(conn: Connection, cfg: AudienceConfig, dest: Destination) -> int:
@@ -145,13 +182,20 @@ class Planner:
     ``retire`` (desire nobody: remove every acknowledged member once)."""
 
     def __init__(
-        self, engine: Engine, cfg: AudienceConfig, dest: Destination, label: str, snapshot: str | None = None
+        self,
+        engine: Engine,
+        cfg: AudienceConfig,
+        dest: Destination,
+        label: str,
+        snapshot: str | None = None,
+        rows_per_shard: int | None = None,
     ) -> None:
         self.engine = engine
         self.cfg = cfg
         self.dest = dest
         self.label = label
         self.snapshot = snapshot
+        self.rows_per_shard = rows_per_shard
 
     def diff(self, mode: str) -> DiffQuery:
         a, aud, label = state.ack, self.cfg.name, self.label
@@ -197,8 +241,8 @@ class Planner:
     ) -> Plan:
         """Write the diff as pending batches, unless batches of an unfinished earlier sync are waiting.
 
-        Those are pushed first with their original idempotency keys (see ``sync.py``), and the pusher
-        plans again afterwards, so one run still converges.
+        Those must be pushed first with their original idempotency keys (see ``sync.py``); the
+        runner's plan step does that and then plans again, so one run still converges.
         """
         started = time.monotonic()
         plan = Plan(sync_id)
@@ -220,71 +264,44 @@ class Planner:
     def _write_plan(
         self, conn: Connection, plan: Plan, guard: GuardSettings, override_reason: str | None, mode: str
     ) -> None:
-        """``incremental`` sends the difference; ``full_resync`` re-sends every desired member as an add."""
+        """``incremental`` sends the difference; ``full_resync`` re-sends every desired member as an add.
+
+        The desired members and the acknowledged ones meet in ONE full join, whose differences (only
+        those: a handful of rows on a quiet day) land in a temporary table; every count, the rejected
+        acks to forget and the numbered removes and adds are then read from that small table. At 10M
+        members this is one pass over the snapshot and the ack table instead of one per figure.
+        """
         a, p = state.ack, state.pending
         aud, label = self.cfg.name, self.label
-        q = self.diff(mode)
-        d, k = q.d, q.k
+        delta = _delta_table(conn)
+        self._fill_delta(conn, delta, mode)
+        t = delta.c
+        to_remove = and_(t.in_k, t.rejected.is_(False), or_(t.in_d.is_(False), t.differs))
+        to_add = t.in_d if mode == "full_resync" else and_(t.in_d, or_(t.in_k.is_(False), t.differs))
         # Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
         # destination never held them. A changed identity is then planned as a fresh add below.
-        conn.execute(
-            delete(a).where(
-                a.c.audience == aud,
-                a.c.destination == label,
-                a.c.rejected.is_(True),
-                ~exists().where(d.c.member_key == a.c.member_key, ~_differs(d, a)),
-            )
+        forget = select(t.member_key).where(t.rejected, or_(t.in_d.is_(False), t.differs))
+        conn.execute(delete(a).where(a.c.audience == aud, a.c.destination == label, a.c.member_key.in_(forget)))
+
+        def count(*where: Any) -> int:
+            return state.scalar_int(conn, select(func.count()).select_from(delta).where(*where))
+
+        self._count_sides(conn, plan)
+        plan.removes = count(to_remove)
+        plan.adds = count(to_add)
+        plan.changed = count(t.in_d, t.in_k, t.rejected.is_(False), t.differs)
+        n = plan.shards = shard_count(
+            plan.removes + plan.adds, self.dest.push_shard_limit, self.rows_per_shard or shards.ROWS_PER_SHARD
         )
-        B = self.dest.batch_rows
-        ident = [c for c in IDENTITY_COLUMNS]
-
-        plan.desired = state.scalar_int(conn, select(func.count()).select_from(d))
-        if self.dest.identity_columns:  # a destination keyed on member_key alone can always match
-            plan.unmatchable = state.scalar_int(
-                conn, select(func.count()).select_from(desired_select(self.cfg, self.dest, matchable=False).subquery())
-            )
-        plan.acked = state.scalar_int(conn, select(func.count()).select_from(k))
-
-        removes = select(
-            literal(aud),
-            literal(label),
-            literal(Op.REMOVE.value),
-            k.c.member_key,
-            cast((func.row_number().over(order_by=k.c.member_key) - 1) // B, Integer).label("batch_no"),
-            *[k.c[c] for c in ident],
-        ).where(q.removes)
-        cols = ["audience", "destination", "op", "member_key", "batch_no", *ident]
-        conn.execute(insert(p).from_select(cols, removes))
+        removes = select(t.member_key, *[t[f"k_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_remove)
+        adds = select(t.member_key, *[t[f"d_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_add)
+        cols = ["audience", "destination", "op", "member_key", "batch_no", *IDENTITY_COLUMNS]
+        conn.execute(insert(p).from_select(cols, self._numbered(removes.subquery(), Op.REMOVE, n, first_round=0)))
         mine = and_(p.c.audience == aud, p.c.destination == label)
-        plan.removes = state.scalar_int(conn, select(func.count()).where(mine, p.c.op == Op.REMOVE.value))
-        first_add_batch = -(-plan.removes // B)
-
-        adds = select(
-            literal(aud),
-            literal(label),
-            literal(Op.ADD.value),
-            d.c.member_key,
-            cast((func.row_number().over(order_by=d.c.member_key) - 1) // B + first_add_batch, Integer).label(
-                "batch_no"
-            ),
-            *[d.c[c] for c in ident],
-        ).where(q.adds)
-        conn.execute(insert(p).from_select(cols, adds))
-        plan.adds = state.scalar_int(conn, select(func.count()).where(mine, p.c.op == Op.ADD.value))
-        plan.changed = state.scalar_int(
-            conn,
-            select(func.count()).where(
-                mine,
-                p.c.op == Op.ADD.value,
-                exists().where(
-                    a.c.audience == aud,
-                    a.c.destination == label,
-                    a.c.member_key == p.c.member_key,
-                    a.c.rejected.is_(False),
-                    _differs(p, a),
-                ),
-            ),
-        )
+        last_remove = conn.scalar(select(func.max(p.c.batch_no)).where(mine, p.c.op == Op.REMOVE.value))
+        first_add_round = 0 if last_remove is None else last_remove // n + 1
+        conn.execute(insert(p).from_select(cols, self._numbered(adds.subquery(), Op.ADD, n, first_add_round)))
+        delta.drop(conn)
         # a retirement is an explicit exit: the guard's question ("is the source broken?") does not apply
         if mode != "retire":
             plan.guard = self._guard(plan, guard, override_reason)  # raises before commit: plan rolled back
@@ -303,16 +320,86 @@ class Planner:
                         "destination": label,
                         "batch_no": no,
                         "op": op,
-                        "rows": n,
+                        "rows": rows,
                         "idempotency_key": idempotency_key(aud, label, plan.sync_id, no),
                         "planned_by": plan.sync_id,
                         "attempts": 0,
+                        "shard": no % n,
+                        "shards": n,
                     }
-                    for no, op, n in batches
+                    for no, op, rows in batches
                 ],
             )
         plan.batches = len(batches)
         faults.point("plan.written")  # inside the plan transaction, before it commits
+
+    def _fill_delta(self, conn: Connection, delta: Table, mode: str) -> None:
+        """One full join of desired (``d``) and acknowledged (``k``, rejected ones too) members."""
+        a = state.ack
+        d = desired_select(self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire").subquery("d")
+        k = select(a).where(a.c.audience == self.cfg.name, a.c.destination == self.label).subquery("k")
+        in_d, in_k = d.c.member_key.is_not(None), k.c.member_key.is_not(None)
+        differs = and_(in_d, in_k, _differs(d, k))
+        rows = select(
+            func.coalesce(d.c.member_key, k.c.member_key),
+            in_d,
+            in_k,
+            func.coalesce(k.c.rejected, False),
+            differs,
+            *[d.c[c] for c in IDENTITY_COLUMNS],
+            *[k.c[c] for c in IDENTITY_COLUMNS],
+        ).select_from(d.join(k, k.c.member_key == d.c.member_key, full=True))
+        if mode != "full_resync":  # a full resync re-sends everyone desired: keep every row
+            rows = rows.where(or_(~in_d, ~in_k, differs))
+        conn.execute(insert(delta).from_select([c.name for c in delta.columns], rows))
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"ANALYZE {delta.name}")  # temporary tables are never auto-analysed
+
+    def _count_sides(self, conn: Connection, plan: Plan) -> None:
+        """Desired, unmatchable and acknowledged totals: one scan of each side."""
+        a = state.ack
+        every = desired_select(self.cfg, self.dest, matchable=None).subquery("every")
+        matchable = (
+            or_(*[every.c[c].is_not(None) for c in self.dest.identity_columns]) if self.dest.identity_columns else None
+        )
+        row = conn.execute(
+            select(
+                func.count().filter(matchable) if matchable is not None else func.count(),
+                func.count().filter(~matchable) if matchable is not None else literal(0),
+            ).select_from(every)
+        ).one()
+        plan.desired, plan.unmatchable = int(row[0] or 0), int(row[1] or 0)
+        plan.acked = state.scalar_int(
+            conn,
+            select(func.count()).where(
+                a.c.audience == self.cfg.name, a.c.destination == self.label, a.c.rejected.is_(False)
+            ),
+        )
+
+    def _numbered(self, src: Any, op: Op, n: int, first_round: int) -> Select:
+        """The rows of ``src`` as pending rows of ``op``, numbered into batches.
+
+        Within a shard, rows are numbered by member key (``row_number`` partitioned by shard), cut
+        into batches of ``batch_rows``, and batch ``r`` of shard ``s`` gets number
+        ``(first_round + r) * n + s``. One pass of set-based SQL; no row comes through Python.
+        """
+        hashed = n > 1
+        cols = [src.c.member_key, *[src.c[c] for c in IDENTITY_COLUMNS]]
+        if hashed:  # the hash is computed once per row, in the inner query
+            cols.append((member_key_hash(src.c.member_key) % n).label("shard"))
+        rows = select(*cols).subquery("planned")
+        rank = func.row_number().over(partition_by=rows.c.shard if hashed else None, order_by=rows.c.member_key)
+        batch_no = (rank - 1) // self.dest.batch_rows + first_round
+        if hashed:
+            batch_no = batch_no * n + rows.c.shard
+        return select(
+            literal(self.cfg.name),
+            literal(self.label),
+            literal(op.value),
+            rows.c.member_key,
+            cast(batch_no, Integer).label("batch_no"),
+            *[rows.c[c] for c in IDENTITY_COLUMNS],
+        )
 
     def _guard(self, plan: Plan, guard: GuardSettings, override_reason: str | None) -> str:
         pure_removes = plan.removes - plan.changed

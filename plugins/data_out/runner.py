@@ -8,15 +8,16 @@ explains failures as well as successes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import BigInteger, Engine, case, delete, func, insert, literal, null, select, update
 
-from data_out import lease, state
+from data_out import lease, state, state_errors
 from data_out.config import CustomerIOSource, LoadedAudience, LoadResult
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
@@ -31,6 +32,7 @@ from data_out.sync import Pusher, PushResult
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], ConnectionInfo]
+_Step = TypeVar("_Step", bound=Callable[..., Any])
 
 
 class RunFailed(Exception):
@@ -38,7 +40,24 @@ class RunFailed(Exception):
 
 
 def _error_text(exc: BaseException) -> str:
+    explained = state_errors.explain(exc)
+    if explained is not None:  # a state-database outage: one sentence, not a statement dump
+        return f"StateDatabaseError: {explained}"[:2000]
     return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def _state_step(step: str) -> Callable[[_Step], _Step]:
+    """A state-database outage inside the step surfaces as a ``StateDatabaseError`` naming the step (retryable)."""
+
+    def decorate(fn: _Step) -> _Step:
+        @functools.wraps(fn)
+        def wrapper(self: AudienceRunner, *args: Any, **kwargs: Any) -> Any:
+            with state_errors.translated(f"{step} of audience {self.cfg.name}"):
+                return fn(self, *args, **kwargs)
+
+        return cast(_Step, wrapper)
+
+    return decorate
 
 
 class AudienceRunner:
@@ -50,7 +69,7 @@ class AudienceRunner:
         resolve: Resolver,
         stage_batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        self.engine = state_engine
+        self.engine = state_errors.watch(state_engine)
         self.stage_batch_size = stage_batch_size
         self.audiences = audiences
         self.loaded: LoadedAudience = audiences.get(name)
@@ -112,6 +131,7 @@ class AudienceRunner:
             conn.execute(update(state.sync).where(state.sync.c.id == sync_id).values(**values))
 
     # -- steps -----------------------------------------------------------------------------------
+    @_state_step("start")
     def start(self, holder: str, as_of: dt.datetime) -> int:
         lease.acquire(self.engine, self.cfg.name, holder)
         with self.engine.begin() as conn:
@@ -127,6 +147,7 @@ class AudienceRunner:
                 ).inserted_primary_key[0]
             )
 
+    @_state_step("stage")
     def stage(self, run_id: int, holder: str) -> StageStats:
         lease.check(self.engine, self.cfg.name, holder)
         as_of = self._as_of(run_id)
@@ -164,15 +185,31 @@ class AudienceRunner:
             sync_id, guard=guard, override_reason=override_reason, mode=mode
         )
 
+    @_state_step("plan")
     def plan(
         self, run_id: int, label: str, holder: str, override_reason: str | None = None, mode: str = "incremental"
     ) -> Plan:
-        """Plan one destination's diff (``incremental`` or ``full_resync``) and record it."""
+        """Plan one destination's diff (``incremental`` or ``full_resync``) and record it.
+
+        Batches of an unfinished earlier sync (a killed worker, a vendor outage) are pushed here
+        first, with their original idempotency keys, and this run's diff is planned after them.
+        Resuming in the plan step, not in the push shards, keeps the shards independent: each one
+        only drains batches of the plan it was mapped over, and none has to wait for the others
+        before the diff can be planned again. A resume is rare and bounded by what was left over;
+        the fresh diff is then sharded as usual.
+        """
         lease.check(self.engine, self.cfg.name, holder)
         sync_id = self._open_sync(run_id, label, mode)
         try:
             with self.destination_ctx(label) as dest:
                 plan = self._plan(dest, label, sync_id, override_reason, mode)
+                if plan.resumed_batches:
+                    self._update_sync(sync_id, status="resuming", resumed_batches=plan.resumed_batches)
+                    resumed = PushResult()
+                    Pusher(self.engine, self.cfg.name, label, dest).drain(sync_id, resumed)  # tallies: sync.py
+                    self._update_sync(sync_id, push_seconds=resumed.seconds)
+                    count, plan = plan.resumed_batches, self._plan(dest, label, sync_id, override_reason, mode)
+                    plan.resumed_batches = count
         except Exception as exc:
             status = "guarded" if isinstance(exc, GuardTripped) else "failed"
             self._update_sync(
@@ -183,43 +220,67 @@ class AudienceRunner:
                 finished_at=state.utcnow(),
             )
             raise
-        self._update_sync(sync_id, status="planned", resumed_batches=plan.resumed_batches, **_plan_fields(plan))
+        self._update_sync(
+            sync_id, status="planned", resumed_batches=plan.resumed_batches, shards_done=0, **_plan_fields(plan)
+        )
         return plan
 
-    def push(self, sync_id: int, label: str, holder: str, override_reason: str | None = None) -> PushResult:
+    @_state_step("push")
+    def push(
+        self, sync_id: int, label: str, holder: str, override_reason: str | None = None, shard: int | None = None
+    ) -> PushResult:
+        """Push the planned batches of one shard (``None``: every shard, in order) and commit what was accepted.
+
+        Shards are mapped Airflow tasks running in parallel; each commits batch by batch on its own
+        (the tallies are incremented in SQL, see ``sync.py``). The sync turns ``success`` once every
+        shard has finished: ``do_sync.shards_done`` is a bitmask OR-ed in one UPDATE, so the order in
+        which shards finish and task retries do not matter. A failing shard marks the sync ``failed``
+        and ``finish`` reports it; its retry resumes that shard's batches with their keys. Planning
+        (``override_reason`` included) happens in ``plan`` only; the argument stays for callers.
+        """
         lease.check(self.engine, self.cfg.name, holder)
+        with self.engine.connect() as conn:
+            shards = conn.scalar(select(state.sync.c.shards).where(state.sync.c.id == sync_id)) or 1
+        if shard is not None and not 0 <= shard < shards:
+            raise ValueError(f"{self.cfg.name}/{label}: sync {sync_id} has {shards} push shards, not shard {shard}")
         result = PushResult()
         try:
             with self.destination_ctx(label) as dest:
                 pusher = Pusher(self.engine, self.cfg.name, label, dest)
-                progress = lambda r: self._update_sync(sync_id, **_push_fields(r))  # noqa: E731
-                with self.engine.connect() as conn:
-                    resumed, mode = conn.execute(
-                        select(state.sync.c.resumed_batches, state.sync.c.mode).where(state.sync.c.id == sync_id)
-                    ).one()
-                pusher.drain(sync_id, result, progress)
-                if resumed:  # the old batches are done; now plan and push this run's own diff
-                    plan = self._plan(dest, label, sync_id, override_reason, mode)
-                    self._update_sync(sync_id, **_plan_fields(plan))
-                    pusher.drain(sync_id, result, progress)
+                pusher.drain(sync_id, result, shard=shard)
                 size = dest.size()
                 acked = pusher.acked_size()
         except Exception as exc:
+            where = f"push shard {shard} of {shards}: " if shard is not None and shards > 1 else ""
             self._update_sync(
-                sync_id, status="failed", error=_error_text(exc), finished_at=state.utcnow(), **_push_fields(result)
+                sync_id,
+                status="failed",
+                error=(where + _error_text(exc))[:2000],
+                finished_at=state.utcnow(),
+                push_seconds=func.coalesce(state.sync.c.push_seconds, 0) + result.seconds,
             )
             raise
+        bits = (1 << shards) - 1 if shard is None else 1 << shard
+        self._shards_done(sync_id, bits, shards, size, acked, result.seconds)
+        return result
+
+    def _shards_done(self, sync_id: int, bits: int, shards: int, size: int | None, acked: int, seconds: float) -> None:
+        """Mark shards finished; the last one to finish turns the sync ``success`` (one atomic UPDATE)."""
+        s = state.sync
+        done = func.coalesce(s.c.shards_done, 0).bitwise_or(literal(bits, BigInteger))
+        complete = done == literal((1 << shards) - 1, BigInteger)
         self._update_sync(
             sync_id,
-            status="success",
+            shards_done=done,
+            status=case((complete, "success"), else_=s.c.status),
+            error=case((complete, null()), else_=s.c.error),
             finished_at=state.utcnow(),
             destination_size=size,
             acked_size=acked,
-            error=None,
-            **_push_fields(result),
+            push_seconds=func.coalesce(s.c.push_seconds, 0) + seconds,
         )
-        return result
 
+    @_state_step("replace")
     def replace(self, run_id: int, label: str, holder: str) -> PushResult:
         """Swap the destination's whole audience for the desired members through its replace API.
 
@@ -258,6 +319,7 @@ class AudienceRunner:
         )
         return result
 
+    @_state_step("dry run")
     def dry_run(
         self, holder: str, as_of: dt.datetime, mode: str = "incremental", destinations: list[str] | None = None
     ) -> int:
@@ -301,6 +363,7 @@ class AudienceRunner:
             lease.release(self.engine, self.cfg.name, holder)
         return run_id
 
+    @_state_step("retirement")
     def retire(self, holder: str) -> int:
         """An explicit exit: remove every acknowledged member from every destination, once, and record it."""
         run_id = self.start(holder, state.utcnow())
@@ -325,6 +388,7 @@ class AudienceRunner:
             )
         return run_id
 
+    @_state_step("finish")
     def finish(self, run_id: int, holder: str, expected: list[str] | None = None) -> dict[str, Any]:
         """Close the run record, release the lease, and raise ``RunFailed`` if any step failed.
 
@@ -334,12 +398,14 @@ class AudienceRunner:
         with self.engine.connect() as conn:
             run_row = conn.execute(select(state.run).where(state.run.c.id == run_id)).mappings().one()
             rows = conn.execute(
-                select(s.c.destination, s.c.status, s.c.error).where(s.c.run_id == run_id).order_by(s.c.id)
+                select(s.c.destination, s.c.status, s.c.error, s.c.shards, s.c.shards_done)
+                .where(s.c.run_id == run_id)
+                .order_by(s.c.id)
             ).all()
-        syncs = {d: (st, err) for d, st, err in rows}  # the latest attempt per destination counts
+        syncs = {d: (st, err, n, bits) for d, st, err, n, bits in rows}  # the latest attempt per destination counts
         labels = expected if expected is not None else [d.label for d in self.cfg.destinations]
         done = set(syncs)
-        problems = [f"{d}: {st}: {err}" for d, (st, err) in syncs.items() if st != "success"]
+        problems = [f"{d}: {st}: {_unfinished(*rest)}" for d, (st, *rest) in syncs.items() if st != "success"]
         problems += [f"{lbl}: did not run" for lbl in labels if lbl not in done and run_row["status"] != "failed"]
         if run_row["status"] == "failed":
             problems.insert(0, f"staging failed: {run_row['error']}")
@@ -382,6 +448,17 @@ class AudienceRunner:
         return run_id
 
 
+def _unfinished(error: str | None, shards: int | None, bits: int | None) -> str | None:
+    """A failed or unfinished sync's error, saying which push shards did not finish when it was sharded."""
+    if not shards or (shards == 1 and error):
+        return error
+    missing = [str(i) for i in range(shards) if not (bits or 0) >> i & 1]
+    if not missing:
+        return error
+    where = f"push shard(s) {', '.join(missing)} of {shards} did not finish"
+    return f"{where}; {error}" if error else where
+
+
 def _plan_fields(plan: Plan) -> dict[str, Any]:
     return {
         "desired": plan.desired,
@@ -391,6 +468,7 @@ def _plan_fields(plan: Plan) -> dict[str, Any]:
         "changed": plan.changed,
         "guard": plan.guard,
         "plan_seconds": plan.seconds,
+        "shards": plan.shards,
     }
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from data_out import faults, state
+from data_out import faults, state, state_errors
 from data_out.config import AudienceConfig
 from data_out.holdout import bucket_for, holdout_threshold
 from data_out.identity import INVALID, MISSING, NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
@@ -176,6 +176,8 @@ class Stager:
                     stats.recomputed += len(rows)
                     faults.point("stage.batch")
             except SQLAlchemyError as exc:
+                if state_errors.state_fault(exc):  # the state database itself went away: not the query's fault
+                    raise
                 raise query_failed(label, exc) from None
             self._replace_exclusions(conn, exclusions, staging)
             self._count(conn, stats)

@@ -152,6 +152,10 @@ batch = Table(
     Column("rows", Integer, nullable=False),
     Column("planned_by", _Id, nullable=False),  # do_sync.id of the sync that planned it
     Column("attempts", Integer, nullable=False, default=0),
+    # the push shard (mapped task) that owns the batch, and how many the plan had: fixed at plan time,
+    # so a replay after a crash drains the same batches in the same order
+    Column("shard", Integer, nullable=False, default=0, server_default="0"),
+    Column("shards", Integer, nullable=False, default=1, server_default="1"),
 )
 
 run = Table(
@@ -207,7 +211,9 @@ sync = Table(
     Column("guard", Text),  # the guard's decision, including an override and its reason
     Column("preview", JSON),  # dry runs: what would have been done, with hashed sample keys
     Column("plan_seconds", Float),
-    Column("push_seconds", Float),
+    Column("push_seconds", Float),  # summed over push shards: work time, not wall time
+    Column("shards", Integer),  # push shards planned (mapped push tasks)
+    Column("shards_done", BigInteger),  # bit i set once shard i pushed everything: order-free, idempotent
     Column("error", Text),
     Index("ix_do_sync_audience", "audience", "destination", "id"),
 )

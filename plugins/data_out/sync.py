@@ -5,11 +5,15 @@ The commit protocol, in order, for every batch:
 1. the batch and its idempotency key were written by the planner before anything was sent;
 2. ``attempts`` is incremented and committed, then the batch is pushed;
 3. in one transaction: accepted rows move into ``do_ack`` (adds) or out of it (removes), rejected rows go
-   to ``do_reject`` with a hashed key, and the batch's pending rows are deleted.
+   to ``do_reject`` with a hashed key, the batch's pending rows are deleted and the sync's tallies
+   (``do_sync.added`` ...) are incremented, so parallel push shards add up and nothing counts twice.
 
 A crash between 2 and 3 leaves the batch pending; the next attempt pushes it again with the same key and
 the destination applies it at most once. State therefore only advances for what was acknowledged, and a
 rerun converges without duplicate adds or lost removes.
+
+A pusher drains one push shard (a mapped Airflow task) or, with ``shard=None``, every shard in batch
+order. Shards never share a member, so they commit independently and in any order.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import faults, state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
@@ -70,15 +76,24 @@ class Pusher:
     def _mine(self, table):  # type: ignore[no-untyped-def]
         return and_(table.c.audience == self.audience, table.c.destination == self.label)
 
-    def drain(self, sync_id: int, result: PushResult, on_batch: Callable[[PushResult], None] | None = None) -> None:
-        """Push every pending batch of this (audience, destination) in order."""
+    def drain(
+        self,
+        sync_id: int,
+        result: PushResult,
+        on_batch: Callable[[PushResult], None] | None = None,
+        shard: int | None = None,
+    ) -> None:
+        """Push every pending batch of this (audience, destination), or of one of its shards, in order."""
         started = time.monotonic()
         b = state.batch
+        where: list[ColumnElement[bool]] = [self._mine(b)]
+        if shard is not None:
+            where.append(b.c.shard == shard)
         while True:
             with self.engine.connect() as conn:
                 nxt = conn.execute(
                     select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows)
-                    .where(self._mine(b))
+                    .where(*where)
                     .order_by(b.c.batch_no)
                     .limit(1)
                 ).first()
@@ -152,11 +167,31 @@ class Pusher:
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
+            conn.execute(_tally(sync_id, op, len(accepted), len(outcome.rejected), len(rows), outcome))
 
     def acked_size(self) -> int:
         a = state.ack
         with self.engine.connect() as conn:
             return state.scalar_int(conn, select(func.count()).where(self._mine(a), a.c.rejected.is_(False)))
+
+
+def _tally(sync_id: int, op: Op, accepted: int, rejected: int, sent: int, outcome: BatchResult) -> Any:
+    """Increment the sync's counters by one batch, in SQL: shards pushing at once never lose an update."""
+    s = state.sync
+
+    def plus(col: Any, n: int) -> Any:
+        return func.coalesce(col, 0) + n
+
+    values = {
+        "added": plus(s.c.added, accepted if op is Op.ADD else 0),
+        "removed": plus(s.c.removed, accepted if op is Op.REMOVE else 0),
+        "rejected": plus(s.c.rejected, rejected),
+        "batches": plus(s.c.batches, 1),
+        "received": plus(s.c.received, outcome.received if outcome.received is not None else sent),
+    }
+    if outcome.matched is not None:
+        values["matched"] = plus(s.c.matched, outcome.matched)
+    return update(s).where(s.c.id == sync_id).values(**values)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

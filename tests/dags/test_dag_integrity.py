@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.definitions.mappedoperator import MappedOperator
 
 from data_out.config import AUDIENCES_DIR_ENV, load_audiences
+from data_out.destinations import REGISTRY, destination_class
 from tests.conftest import write_audience
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -47,6 +50,31 @@ def test_one_task_group_per_destination(bag):
     }
     assert dag.get_task("finish").trigger_rule == "all_done"
     assert dag.schedule == "*/30 * * * *"
+
+
+def test_push_is_mapped_over_the_plans_shards_in_the_vendors_pool(bag):
+    dag = bag.get_dag("audience__cio_cart_abandon_6h_v1")
+    for group in ("warehouse", "meta", "google_ads"):
+        plan, push = dag.get_task(f"{group}.plan"), dag.get_task(f"{group}.push")
+        assert isinstance(push, MappedOperator) and not isinstance(plan, MappedOperator)
+        [(upstream, key)] = list(push.expand_input.value["shard"].iter_references())
+        assert (upstream.task_id, key) == (f"{group}.plan", "return_value")  # one push per shard the plan returns
+        assert push.upstream_task_ids == {f"{group}.plan"} and push.downstream_task_ids == {"finish"}
+        assert plan.upstream_task_ids == {"stage"}
+        pool = destination_class(group).pool
+        assert pool == f"data_out_{group}" and plan.pool == pool and push.pool == pool
+    assert destination_class("google_ads").max_push_shards == 1  # one job per user list at a time
+
+
+def test_every_pool_a_dag_uses_is_in_deploy_pools_json(bag):
+    """A real scheduler never runs a task whose pool does not exist: ``make airflow-db`` imports this file."""
+    pools = json.loads((DAGS.parent / "deploy" / "pools.json").read_text())
+    for name, pool in pools.items():
+        assert set(pool) == {"slots", "description", "include_deferred"}, name
+        assert isinstance(pool["slots"], int) and pool["slots"] > 0 and len(pool["description"]) > 40, name
+    assert {destination_class(t).pool for t in REGISTRY if t != "memory"} == set(pools)
+    used = {t.pool for d in bag.dags.values() for t in d.tasks}
+    assert used <= set(pools) | {"default_pool"}
 
 
 def test_a_broken_audience_file_is_an_import_error_and_the_others_still_load(monkeypatch, tmp_path):

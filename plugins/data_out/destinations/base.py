@@ -17,6 +17,7 @@ from typing import ClassVar, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_out.connections import ConnectionInfo
+from data_out.shards import MAX_PUSH_SHARDS
 
 IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -66,6 +67,12 @@ class DestinationSettings(BaseModel):
     conn_id: str | None = Field(None, description="Airflow connection; defaults to the destination's own")
     include: Literal["targeted", "holdout", "all"] = "targeted"
     batch_size: int | None = Field(None, gt=0)
+    push_shards: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_PUSH_SHARDS,
+        description="at most this many parallel push tasks; default: one per 200,000 planned rows",
+    )
     guard: GuardSettings | None = None
     drift: DriftSettings | None = None
 
@@ -129,6 +136,12 @@ class Destination(ABC):
     identity_columns: ClassVar[Mapping[str, str]] = {}
     #: whether ``replace`` swaps the whole audience in one vendor-side operation
     supports_replace: ClassVar[bool] = False
+    #: the Airflow pool its push tasks run in: caps concurrent calls to the vendor across all workers
+    #: (``deploy/pools.json`` defines one per destination type, sized from the vendor's rate limits)
+    pool: ClassVar[str] = "default_pool"
+    #: how many push shards of one audience may call the vendor at once (1: the vendor refuses
+    #: concurrent writes to one list)
+    max_push_shards: ClassVar[int] = MAX_PUSH_SHARDS
 
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         self.audience = audience
@@ -138,6 +151,10 @@ class Destination(ABC):
     @property
     def batch_rows(self) -> int:
         return min(self.settings.batch_size or self.max_batch_rows, self.max_batch_rows)
+
+    @property
+    def push_shard_limit(self) -> int:
+        return min(self.settings.push_shards or self.max_push_shards, self.max_push_shards)
 
     @abstractmethod
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:

@@ -55,6 +55,9 @@ def _describe(resp: requests.Response) -> str:
 @register
 class GoogleAdsDestination(Destination):
     type_name = "google_ads"
+    pool = "data_out_google_ads"  # see deploy/pools.json
+    # Google answers CONCURRENT_MODIFICATION when two jobs modify one user list at once
+    max_push_shards = 1
     settings_model = GoogleAdsSettings
     default_conn_id = "data_out_google_ads"
     max_batch_rows = 50_000  # two identifiers each: within 100,000 identifiers per request

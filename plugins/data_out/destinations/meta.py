@@ -78,6 +78,7 @@ def describe(resp: requests.Response) -> str:
 @register
 class MetaDestination(Destination):
     type_name = "meta"
+    pool = "data_out_meta"  # see deploy/pools.json
     settings_model = MetaSettings
     default_conn_id = "data_out_meta"
     max_batch_rows = MAX_ROWS

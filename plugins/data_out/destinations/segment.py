@@ -35,6 +35,7 @@ class SegmentSettings(DestinationSettings):
 @register
 class SegmentDestination(Destination):
     type_name = "segment"
+    pool = "data_out_segment"  # see deploy/pools.json
     settings_model = SegmentSettings
     default_conn_id = "data_out_segment"
     max_batch_rows = 2_000

@@ -59,6 +59,7 @@ def _describe(resp: requests.Response) -> str:
 @register
 class TikTokDestination(Destination):
     type_name = "tiktok"
+    pool = "data_out_tiktok"  # see deploy/pools.json
     settings_model = TikTokSettings
     default_conn_id = "data_out_tiktok"
     max_batch_rows = 10_000

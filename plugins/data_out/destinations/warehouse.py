@@ -44,6 +44,7 @@ class WarehouseSettings(DestinationSettings):
 @register
 class WarehouseDestination(Destination):
     type_name = "warehouse"
+    pool = "data_out_warehouse"  # see deploy/pools.json
     settings_model = WarehouseSettings
     default_conn_id = "data_out_warehouse"
     max_batch_rows = 50_000

@@ -48,6 +48,7 @@ class WebhookSettings(DestinationSettings):
 @register
 class WebhookDestination(Destination):
     type_name = "webhook"
+    pool = "data_out_webhook"  # see deploy/pools.json
     settings_model = WebhookSettings
     default_conn_id = "data_out_webhook"
     max_batch_rows = 1_000

@@ -5,15 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy import Engine
 
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.state import ensure_schema
+from data_out.state_errors import translated, watch
+
+
+class MissingConnection(AirflowNotFoundException, ValueError):
+    """A connection Airflow does not have: a retry cannot help (``ValueError`` fails the task), adding it does."""
 
 
 def connection_info(conn_id: str) -> ConnectionInfo:
     """Resolve an Airflow connection (env var, secrets backend or metadata DB) into plain data."""
-    conn = BaseHook.get_connection(conn_id)
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise MissingConnection(
+            f"connection {conn_id!r} is not defined in Airflow; nothing was synced. Add it (Admin > Connections, "
+            f"`airflow connections add {conn_id} ...`, or the environment variable AIRFLOW_CONN_{conn_id.upper()}) "
+            "or correct the conn_id in the audience file, then clear the task"
+        ) from None
     return ConnectionInfo(
         conn_id=conn_id,
         conn_type=conn.conn_type or "",
@@ -39,6 +52,7 @@ class DataOutStateHook(BaseHook):
         self.data_out_state_conn_id = data_out_state_conn_id
 
     def get_conn(self) -> Engine:
-        engine = engine_for(connection_info(self.data_out_state_conn_id))
-        ensure_schema(engine)
+        engine = watch(engine_for(connection_info(self.data_out_state_conn_id)), self.data_out_state_conn_id)
+        with translated("opening the state database"):  # the first place a down database shows
+            ensure_schema(engine)
         return engine

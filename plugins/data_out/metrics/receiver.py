@@ -59,11 +59,12 @@ def create_app(settings: Callable[[], ReceiverSettings]) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             return _reply(413, "body too large", limit=cfg.max_body_bytes)
-        body = b""
+        received = bytearray()  # the declared length can lie or be absent (chunked): count what arrives
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
+            received += chunk
+            if len(received) > cfg.max_body_bytes:
                 return _reply(413, "body too large", limit=cfg.max_body_bytes)
+        body = bytes(received)
         ts = request.headers.get("x-cio-timestamp", "")
         given = request.headers.get("x-cio-signature", "")
         if not ts.isdigit() or abs(time.time() - int(ts)) > cfg.tolerance_s:

@@ -22,6 +22,7 @@ from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.lease import LeaseHeld
 from data_out.redact import scrub
 from data_out.runner import AudienceRunner, RunFailed
+from data_out.state_errors import StateDatabaseError
 
 log = logging.getLogger(__name__)
 SMTP_CONN_ENV = "DATA_OUT_SMTP_CONN_ID"
@@ -73,6 +74,8 @@ class AudienceStepOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         try:
             return self.step(context)
+        except StateDatabaseError:
+            raise  # retryable: Airflow retries the task; state holds only what was committed
         except FATAL as exc:
             raise AirflowFailException(str(exc)) from None
         except DestinationError as exc:
@@ -97,7 +100,11 @@ class StageAudienceOperator(AudienceStepOperator):
 
 
 class PlanDestinationOperator(AudienceStepOperator):
-    """Diff the snapshot against what the destination acknowledged; apply the mass-removal guard."""
+    """Diff the snapshot against what the destination acknowledged; apply the mass-removal guard.
+
+    Returns the push shards (``[0, 1, ...]``) the push task is mapped over; the plan's ids and counts
+    go to the XCom key ``plan``.
+    """
 
     template_fields = ("audience", "destination")
 
@@ -106,26 +113,41 @@ class PlanDestinationOperator(AudienceStepOperator):
         self.destination = destination
         self.stage_task_id = stage_task_id
 
-    def step(self, context: Any) -> dict[str, Any]:
+    def step(self, context: Any) -> list[int]:
         run_id = context["ti"].xcom_pull(task_ids=self.stage_task_id, key="run_id")
         plan = self.runner().plan(run_id, self.destination, self.holder(context), self.override_reason(context))
-        return {"sync_id": plan.sync_id, "adds": plan.adds, "removes": plan.removes, "batches": plan.batches}
+        summary = {
+            "sync_id": plan.sync_id,
+            "adds": plan.adds,
+            "removes": plan.removes,
+            "batches": plan.batches,
+            "shards": plan.shards,
+        }
+        context["ti"].xcom_push(key="plan", value=summary)
+        return list(range(plan.shards))  # never empty: an empty list would skip the push and its bookkeeping
 
 
 class PushDestinationOperator(AudienceStepOperator):
-    """Push the planned batches and commit what the destination acknowledged."""
+    """Push one shard of the planned batches and commit what the destination acknowledged.
+
+    Mapped over the plan's shards (``partial(...).expand(shard=plan.output)``), in the destination's
+    pool, so Celery or Kubernetes workers share a large push while the pool caps calls per vendor.
+
+    :param shard: the push shard this task drains; ``None`` drains all of them
+    """
 
     template_fields = ("audience", "destination")
 
-    def __init__(self, *, destination: str, plan_task_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, destination: str, plan_task_id: str, shard: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.destination = destination
         self.plan_task_id = plan_task_id
+        self.shard = shard
 
     def step(self, context: Any) -> dict[str, Any]:
-        planned = context["ti"].xcom_pull(task_ids=self.plan_task_id)
+        planned = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="plan")
         r = self.runner().push(
-            planned["sync_id"], self.destination, self.holder(context), self.override_reason(context)
+            planned["sync_id"], self.destination, self.holder(context), self.override_reason(context), shard=self.shard
         )
         return {"added": r.added, "removed": r.removed, "rejected": r.rejected, "batches": r.batches}
 
@@ -149,11 +171,23 @@ class FinishRunOperator(AudienceStepOperator):
 
 _NEXT_STEPS = [
     (
+        "nothing past the last committed batch",  # a StateDatabaseError
+        "The state database was unreachable or refused writes and the task's retries ran out. Once it is "
+        "back (connection, disk space, read-only mode), clear the failed task: nothing uncommitted was "
+        "marked as synced, and unfinished batches resume with their original idempotency keys.",
+    ),
+    (
         "mass-removal guard",
         "If the shrink is deliberate, trigger the DAG with conf "
         '{"guard_override_reason": "<why>"}; otherwise fix the source first.',
     ),
     ("the query failed", "Fix the audience's SQL named in the reason, then clear the stage task."),
+    (
+        "the query returns",
+        "Fix the audience's SQL or its column mapping (member_key, identifiers) as the reason says, "
+        "then clear the stage task.",
+    ),
+    ("is not defined in Airflow", "Add the connection named in the reason (or fix the conn_id), then clear the task."),
     ("does not load", "Fix the audience file named in the reason (see the import error), then clear the task."),
     ("lease", "Another run holds this audience: wait for it to finish, or clear that run first."),
     (
@@ -167,6 +201,11 @@ _NEXT_STEPS = [
         "with their original idempotency keys. Clear the task to retry now.",
     ),
     ("no response within", "The vendor was unavailable; unfinished batches are resumed by the next run."),
+    (
+        "Customer.io segment",
+        "Customer.io answered something the source cannot read (see the reason); nothing already synced "
+        "changed. Check the connection (host, API key) and the segment id, then clear the stage task.",
+    ),
 ]
 
 

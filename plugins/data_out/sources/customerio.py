@@ -48,14 +48,22 @@ class CustomerIOSource:
             time.sleep(wait)  # stay under the API's rate limit instead of provoking 429s
         self._last = time.monotonic()
         try:
-            return self.client.request("GET", path, params=params).json()
+            resp = self.client.request("GET", path, params=params)
         except DestinationError as exc:
             raise SourceError(f"{self.label}: {exc}") from None
+        try:
+            return resp.json()
+        except ValueError:  # an empty body, or a proxy's HTML page answered with a 2xx
+            raise SourceError(
+                f"{self.label}: GET {path} answered {resp.status_code} with {len(resp.content)} bytes that are not "
+                "JSON; nothing was staged from this run. Check the connection's host (base URL) and clear the task"
+            ) from None
 
     def iter_batches(self, batch_size: int) -> Iterator[list[Row]]:
         base = f"/v1/segments/{self.segment_id}"
         count = self._get(f"{base}/customer_count")
-        self.reported_count = int(count["count"]) if isinstance(count, dict) and "count" in count else None
+        reported = count.get("count") if isinstance(count, dict) else None
+        self.reported_count = reported if isinstance(reported, int) and not isinstance(reported, bool) else None
         start, page, streamed = "", 0, 0
         while True:
             page += 1

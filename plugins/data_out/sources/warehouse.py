@@ -36,6 +36,11 @@ class SqlSource:
                 result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
                     text(self.sql), self.params
                 )
+                if not result.returns_rows:  # DELETE, UPDATE, DDL...: never committed, the connection rolls back
+                    raise SourceError(
+                        f"{self.label}: the query returns no rows (it is not a SELECT); "
+                        "an audience query must be a SELECT of its members"
+                    )
                 columns = list(result.keys())
                 missing = [c for c in self.required_columns if c not in columns]
                 if missing:
