@@ -258,6 +258,11 @@ class Planner:
                 plan.guard = "deferred: resuming unfinished batches"
             else:
                 self._write_plan(conn, plan, guard, override_reason, mode)
+        if plan.batches and self.engine.dialect.name == "postgresql":
+            # the pushes read do_pending batch by batch: give Postgres its new size (after the commit, so
+            # the lock does not serialise other audiences' plans)
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE do_pending")
         plan.seconds = round(time.monotonic() - started, 3)
         return plan
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy import Engine, func, select
 
+from data_out import state_errors
 from data_out.connections import UnsupportedConnection, engine_for
 from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.state import ensure_schema, schema_version
@@ -28,9 +29,10 @@ def current_version(engine: Engine) -> int | None:
 
 def migrate(conn_id: str = DataOutStateHook.default_conn_name) -> tuple[Engine, int]:
     """Bring the state database behind ``conn_id`` to this code's schema; return it and its version."""
-    engine = engine_for(connection_info(conn_id))
-    ensure_schema(engine)
-    version = current_version(engine)
+    engine = state_errors.watch(engine_for(connection_info(conn_id)), conn_id)
+    with state_errors.translated("the schema migration"):  # a database that is down: one clear line
+        ensure_schema(engine)
+        version = current_version(engine)
     if version is None:  # ensure_schema always records a version; None means it did not run
         raise RuntimeError(f"no schema version recorded in {conn_id!r} after migrating")
     return engine, version
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         engine, version = migrate(args.conn_id)
-    except (AirflowNotFoundException, UnsupportedConnection, RuntimeError) as exc:
+    except (AirflowNotFoundException, UnsupportedConnection, RuntimeError, state_errors.StateDatabaseError) as exc:
         # One clear line for the deploy log: a missing or wrong connection, or a newer schema, is not a bug.
         print(f"data_out.migrate: {exc}", file=sys.stderr)
         return 1

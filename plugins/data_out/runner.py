@@ -135,6 +135,14 @@ class AudienceRunner:
     def start(self, holder: str, as_of: dt.datetime) -> int:
         lease.acquire(self.engine, self.cfg.name, holder)
         with self.engine.begin() as conn:
+            # A retried stage task opens a new run; an earlier attempt that died before it could record
+            # its failure (the state database was down) must not stay "running" forever.
+            r = state.run
+            conn.execute(
+                update(r)
+                .where(r.c.audience == self.cfg.name, r.c.dag_run_id == holder, r.c.status == "running")
+                .values(status="failed", error="superseded by a retry of the same DAG run", finished_at=state.utcnow())
+            )
             return int(
                 conn.execute(
                     insert(state.run).values(

@@ -26,13 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import faults, state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
 
 log = logging.getLogger(__name__)
+
+#: a drain that moved at least this many acknowledged rows refreshes Postgres' statistics of ``do_ack``
+ANALYZE_AFTER_ROWS = 10_000
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Pusher:
     ) -> None:
         """Push every pending batch of this (audience, destination), or of one of its shards, in order."""
         started = time.monotonic()
+        moved, next_analyze = 0, ANALYZE_AFTER_ROWS
         b = state.batch
         where: list[ColumnElement[bool]] = [self._mine(b)]
         if shard is not None:
@@ -101,6 +105,10 @@ class Pusher:
                 break
             batch_no, op, key, n = nxt
             self._push_one(sync_id, batch_no, Op(op), key, result)
+            moved += n
+            if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
+                self.refresh_statistics(moved)
+                next_analyze = moved * 2
             log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op, n)
             if on_batch:
                 on_batch(result)
@@ -140,34 +148,50 @@ class Pusher:
             result.removed += len(rows) - rejected
 
     def _commit(self, sync_id: int, batch_no: int, op: Op, rows: list[MemberRow], outcome: BatchResult) -> None:
+        """Move the batch from pending into acknowledged state, set-based: the rows are already in
+        ``do_pending``, so nothing is sent back from Python but the (usually empty) rejected keys."""
         a, p, b = state.ack, state.pending, state.batch
-        accepted = [r for r in rows if r.member_key not in outcome.rejected]
+        rejected = [r.member_key for r in rows if r.member_key in outcome.rejected]
         now = state.utcnow()
+        # the batch's keys as a list, not a subquery: primary-key lookups whatever the statistics say
+        batch_keys = [r.member_key for r in rows]
         with self.engine.begin() as conn:
             # An add replaces the member's acknowledged row (accepted, or remembered as rejected so it is
             # not re-sent every run); a remove ends it unless the destination refused the removal, which
             # is then retried next run: a removal is never dropped.
-            touched = [r.member_key for r in (rows if op is Op.ADD else accepted)]
-            for chunk in _chunks(touched, 5_000):
-                conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
-            if op is Op.ADD and rows:
+            if op is Op.ADD:
+                for chunk in _chunks(batch_keys, 10_000):
+                    conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
                 conn.execute(
-                    insert(a),
-                    [
-                        {
-                            "audience": self.audience,
-                            "destination": self.label,
-                            "acked_at": now,
-                            "rejected": r.member_key in outcome.rejected,
-                            **r._asdict(),
-                        }
-                        for r in rows
-                    ],
+                    insert(a).from_select(
+                        ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at"],
+                        select(
+                            p.c.audience,
+                            p.c.destination,
+                            p.c.member_key,
+                            *[p.c[c] for c in IDENTITY_COLUMNS],
+                            literal(False),
+                            literal(now, a.c.acked_at.type),
+                        ).where(self._mine(p), p.c.batch_no == batch_no),
+                    )
                 )
+                for chunk in _chunks(rejected, 5_000):
+                    conn.execute(update(a).where(self._mine(a), a.c.member_key.in_(chunk)).values(rejected=True))
+            else:  # a refused removal stays acknowledged
+                accepted = [k for k in batch_keys if k not in outcome.rejected]
+                for chunk in _chunks(accepted, 10_000):
+                    conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
-            conn.execute(_tally(sync_id, op, len(accepted), len(outcome.rejected), len(rows), outcome))
+            conn.execute(_tally(sync_id, op, len(rows) - len(rejected), len(outcome.rejected), len(rows), outcome))
+
+    def refresh_statistics(self, changed: int) -> None:
+        """Postgres plans the next diff from table statistics; after a large drain they are stale until
+        autovacuum catches up, and a stale estimate turns a hash join into a nested loop."""
+        if self.engine.dialect.name == "postgresql" and changed >= ANALYZE_AFTER_ROWS:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE do_ack")
 
     def acked_size(self) -> int:
         a = state.ack

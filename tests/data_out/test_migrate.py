@@ -98,3 +98,12 @@ def test_runs_as_a_module_the_way_the_init_container_calls_it(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert f"schema version {SCHEMA_VERSION}" in done.stdout
     assert _versions(path)[-1] == SCHEMA_VERSION
+
+
+def test_a_state_database_that_is_down_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, capsys):
+    down = {"conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "postgres", "schema": "nowhere"}
+    monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", json.dumps(down))
+    assert migrate.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("data_out.migrate: state database") and "unavailable during the schema migration" in err
+    assert "Traceback" not in err and "[SQL" not in err

@@ -216,3 +216,15 @@ def test_a_failing_source_fails_the_run_and_keeps_state(audiences_dir, resolver,
     with pytest.raises(RunFailed, match="staging failed: SourceError: audience test_targets_v1"):
         run(audiences_dir, resolver, state_engine, "t/2")
     assert held(store) == before
+
+
+def test_a_retried_start_closes_the_attempt_that_could_not_record_its_failure(audiences_dir, resolver, state_engine):
+    """The first attempt died with the state database; the retry must not leave its run "running"."""
+    runner = AudienceRunner(state_engine, load_audiences(audiences_dir), TARGETS, resolver)
+    as_of = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    first = runner.start("dag/run-a", as_of)
+    second = runner.start("dag/run-a", as_of)  # the same DAG run's retry (the lease is re-entrant)
+    r = state.run
+    with state_engine.connect() as conn:
+        rows = dict(conn.execute(select(r.c.id, r.c.status).where(r.c.audience == TARGETS)).all())
+    assert rows == {first: "failed", second: "running"}

@@ -7,11 +7,28 @@ never retarget the holdout. Writes are exactly-once: each batch records its idem
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator
-from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, String, Table, delete, func, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.dialects import postgresql
 
 from data_out.connections import engine_for
 from data_out.destinations import register
@@ -97,11 +114,22 @@ class WarehouseDestination(Destination):
                 table = self._table_for(row)
                 by_table.setdefault(table.name, (table, []))[1].append(row.member_key)
             for table, keys in by_table.values():
-                if op is Op.ADD:
-                    conn.execute(insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys])
-                else:
-                    conn.execute(delete(table).where(table.c.member_key.in_(keys)))
+                self._write(conn, table, op, keys, now)
         return BatchResult(received=len(rows))
+
+    def _write(self, conn: Connection, table: Table, op: Op, keys: list[str], now: dt.datetime) -> None:
+        if conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
+            arr = bindparam("keys", keys, type_=postgresql.ARRAY(String))
+            if op is Op.ADD:
+                rows = select(func.unnest(arr), literal(now, DateTime(timezone=True)))
+                stmt = postgresql.insert(table).from_select(["member_key", "added_at"], rows)
+                conn.execute(stmt.on_conflict_do_nothing())
+            else:
+                conn.execute(delete(table).where(table.c.member_key == any_(arr)))
+        elif op is Op.ADD:
+            conn.execute(insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys])
+        else:
+            conn.execute(delete(table).where(table.c.member_key.in_(keys)))
 
     def size(self) -> int:
         tables = {"all": (self.members, self.holdout), "holdout": (self.holdout,), "targeted": (self.members,)}
