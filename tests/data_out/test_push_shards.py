@@ -29,6 +29,7 @@ from data_out.shards import key_hash, member_key_hash, shard_count, shard_of
 from data_out.state import ensure_schema
 from tests.conftest import People, write_audience
 from tests.support.memory_destination import STORE
+from tests.support.strategies import failure, snapshot
 
 AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 AUD = "shard_test_v1"
@@ -228,14 +229,6 @@ def test_batches_planned_before_the_upgrade_are_resumed_after_it(audiences_dir, 
     runner.run("t/2", AS_OF)
     assert set(held(store)) == {k for k in (r["customer_id"] for r in rows) if not is_held_out("test-salt", k, 20)}
     assert max(store.applied_keys.values()) == 1
-
-
-IDS = [f"m{i:02d}" for i in range(24)]
-snapshot = st.dictionaries(st.sampled_from(IDS), st.sampled_from(["a", "b"]), max_size=len(IDS))
-failure = st.one_of(
-    st.none(),
-    st.tuples(st.sampled_from(["fail_before_apply", "fail_after_apply"]), st.integers(min_value=1, max_value=6)),
-)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

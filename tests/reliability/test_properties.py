@@ -24,13 +24,7 @@ from data_out.runner import AudienceRunner, RunFailed
 from data_out.state import ensure_schema
 from tests.conftest import People, write_audience
 from tests.support.memory_destination import STORE
-
-IDS = [f"m{i:02d}" for i in range(24)]
-snapshot = st.dictionaries(st.sampled_from(IDS), st.sampled_from(["a", "b"]), max_size=len(IDS))
-failure = st.one_of(
-    st.none(),
-    st.tuples(st.sampled_from(["fail_before_apply", "fail_after_apply"]), st.integers(min_value=1, max_value=6)),
-)
+from tests.support.strategies import failure, snapshot
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
