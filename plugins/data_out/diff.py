@@ -247,6 +247,11 @@ class Planner:
         started = time.monotonic()
         plan = Plan(sync_id)
         with self.engine.begin() as conn:
+            # The first statement writes (a no-op on the sync's own row), so SQLite takes its write lock
+            # now, waiting its turn, instead of failing to upgrade a read snapshot that another
+            # audience's commit made stale ("database is locked" without any wait).
+            s = state.sync
+            conn.execute(update(s).where(s.c.id == sync_id).values(status=s.c.status))
             plan.resumed_batches = has_pending(conn, self.cfg.name, self.label)
             if plan.resumed_batches:
                 log.info(
