@@ -1,7 +1,7 @@
 """Serve the vendor stand-ins to the other containers of a staging stack (compose profile ``standins``).
 
 ``python -m sandbox.standins`` binds 127.0.0.1: right on a laptop, unreachable from another container.
-This entry point serves the same stand-ins, with the same flags, on every interface of its container,
+This entry point serves the same stand-ins on every interface of its container,
 and prints the ``AIRFLOW_CONN_DATA_OUT_*`` lines that point the product's connections at them by the
 compose service name (the lines deploy/airflow.env.example shows, commented, for a staging run).
 """
@@ -13,30 +13,13 @@ import contextlib
 import json
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from sandbox.standins import CREDENTIALS, STANDINS, base, serve
+from sandbox.standins import CREDENTIALS, STANDINS, serve
 
 ALL_INTERFACES = "0.0.0.0"
 DEFAULT_PORT_BASE = 18081
-
-
-@contextlib.contextmanager
-def all_interfaces() -> Iterator[None]:
-    """Make the stand-ins bind every interface while the block runs (``Running`` hard-codes loopback)."""
-    loopback_server = base._Server
-
-    class _AnyInterfaceServer(loopback_server):  # type: ignore[misc, valid-type]
-        def __init__(self, address: tuple[str, int], handler: Any) -> None:
-            super().__init__((ALL_INTERFACES, address[1]), handler)
-
-    base._Server = _AnyInterfaceServer  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        base._Server = loopback_server  # type: ignore[misc]
 
 
 def connection_exports(ports: Mapping[str, int], host: str) -> dict[str, str]:
@@ -63,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stop = threading.Event()
     # docker stop sends SIGTERM: leave the block normally so each stand-in saves its state
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with all_interfaces(), serve(args.names, args.state_dir, args.port_base) as running:
+    with serve(args.names, args.state_dir, args.port_base, host=ALL_INTERFACES) as running:
         ports = {name: r.server.server_address[1] for name, r in running.items()}
         for name, value in connection_exports(ports, args.advertise_host).items():
             print(f"{name}='{value}'", flush=True)

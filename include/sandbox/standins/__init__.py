@@ -40,8 +40,10 @@ CREDENTIALS: dict[str, dict[str, object]] = {
 
 
 @contextlib.contextmanager
-def serve(names: list[str], state_dir: Path | None = None, base_port: int = 0) -> Iterator[dict[str, Running]]:
-    """Serve the named stand-ins; state is loaded from and saved to ``state_dir`` when given."""
+def serve(
+    names: list[str], state_dir: Path | None = None, base_port: int = 0, host: str = "127.0.0.1"
+) -> Iterator[dict[str, Running]]:
+    """Serve the named stand-ins on ``host``; state is loaded from and saved to ``state_dir`` when given."""
     running: dict[str, Running] = {}
     with contextlib.ExitStack() as stack:
         for i, name in enumerate(names):
@@ -49,7 +51,7 @@ def serve(names: list[str], state_dir: Path | None = None, base_port: int = 0) -
             if state_dir:
                 standin.load(str(state_dir / f"{name}.pickle"))
                 stack.callback(standin.save, str(state_dir / f"{name}.pickle"))
-            running[name] = stack.enter_context(Running(standin, base_port + i if base_port else 0))
+            running[name] = stack.enter_context(Running(standin, base_port + i if base_port else 0, host))
         yield running
 
 

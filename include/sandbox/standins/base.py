@@ -254,11 +254,11 @@ class _Server(ThreadingHTTPServer):
 
 
 class Running:
-    """A stand-in served on 127.0.0.1 in a background thread."""
+    """A stand-in served in a background thread, on 127.0.0.1 unless told otherwise."""
 
-    def __init__(self, standin: StandIn, port: int = 0) -> None:
+    def __init__(self, standin: StandIn, port: int = 0, host: str = "127.0.0.1") -> None:
         self.standin = standin
-        self.server = _Server(("127.0.0.1", port), _Handler)
+        self.server = _Server((host, port), _Handler)  # loopback unless a staging container asks for more
         self.server.standin = standin
         self.thread = threading.Thread(target=self.server.serve_forever, name=standin.name, daemon=True)
 
