@@ -147,6 +147,14 @@ def _delta_table(conn: Connection) -> Table:
     return table
 
 
+def _diff_conditions(t: Any, mode: str) -> tuple[Any, Any, Any]:
+    """Over a delta table's columns: rows to remove, rows to add, members whose identity changed."""
+    to_remove = and_(t.in_k, t.rejected.is_(False), or_(t.in_d.is_(False), t.differs))
+    to_add = t.in_d if mode == "full_resync" else and_(t.in_d, or_(t.in_k.is_(False), t.differs))
+    changed = and_(t.in_d, t.in_k, t.rejected.is_(False), t.differs)
+    return to_remove, to_add, changed
+
+
 def count_desired(conn: Connection, cfg: AudienceConfig, dest: Destination) -> int:
     return state.scalar_int(conn, select(func.count()).select_from(desired_select(cfg, dest).subquery()))
 
@@ -164,17 +172,6 @@ def idempotency_key(audience: str, destination: str, sync_id: int, batch_no: int
 def has_pending(conn: Connection, audience: str, destination: str) -> int:
     b = state.batch
     return state.scalar_int(conn, select(func.count()).where(b.c.audience == audience, b.c.destination == destination))
-
-
-@dataclass
-class DiffQuery:
-    """The diff of one destination as SQL pieces: desired ``d``, acknowledged ``k`` (and with rejects)."""
-
-    d: Any
-    k: Any
-    k_all: Any
-    removes: Any  # condition over k
-    adds: Any  # condition over d
 
 
 class Planner:
@@ -197,43 +194,35 @@ class Planner:
         self.snapshot = snapshot
         self.rows_per_shard = rows_per_shard
 
-    def diff(self, mode: str) -> DiffQuery:
-        a, aud, label = state.ack, self.cfg.name, self.label
-        d = desired_select(self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire").subquery("d")
-        k_all = select(a).where(a.c.audience == aud, a.c.destination == label).subquery("k_all")
-        k = select(a).where(a.c.audience == aud, a.c.destination == label, a.c.rejected.is_(False)).subquery("k")
-        removes = ~exists().where(d.c.member_key == k.c.member_key, ~_differs(d, k))
-        adds = (
-            literal(True)
-            if mode == "full_resync"
-            else ~exists().where(k_all.c.member_key == d.c.member_key, ~_differs(d, k_all))
-        )
-        return DiffQuery(d, k, k_all, removes, adds)
-
     def preview(self, mode: str, samples: int = 5) -> dict[str, Any]:
-        """What ``plan`` would write, computed read-only: counts and a few hashed sample keys."""
-        q = self.diff(mode)
-        with self.engine.connect() as conn:
+        """What ``plan`` would write, from the same delta, then rolled back: counts and a few hashed keys."""
+        with self.engine.connect() as conn:  # never committed: a dry run changes nothing
+            delta = _delta_table(conn)
+            self._fill_delta(conn, delta, mode)
+            t = delta.c
+            to_remove, to_add, changed = _diff_conditions(t, mode)
+            sides = Plan(0)
+            self._count_sides(conn, sides, mode)
 
-            def count(stmt: Any) -> int:
-                return state.scalar_int(conn, select(func.count()).select_from(stmt.subquery()))
+            def count(cond: Any) -> int:
+                return state.scalar_int(conn, select(func.count()).select_from(delta).where(cond))
 
-            def sample(col: Any, cond: Any) -> list[str]:
-                keys = conn.execute(select(col).where(cond).order_by(col).limit(samples)).scalars()
+            def sample(cond: Any) -> list[str]:
+                keys = conn.execute(select(t.member_key).where(cond).order_by(t.member_key).limit(samples)).scalars()
                 return [hashlib.sha256(k.encode()).hexdigest()[:16] for k in keys]
 
             out = {
-                "desired": count(select(q.d)),
-                "acked": count(select(q.k)),
-                "adds": count(select(q.d).where(q.adds)),
-                "removes": count(select(q.k).where(q.removes)),
-                "changed": count(select(q.d).join(q.k, q.k.c.member_key == q.d.c.member_key).where(_differs(q.d, q.k))),
-                "unmatchable": count(desired_select(self.cfg, self.dest, matchable=False, snapshot=self.snapshot))
-                if self.dest.identity_columns
-                else 0,
-                "sample_adds": sample(q.d.c.member_key, q.adds),
-                "sample_removes": sample(q.k.c.member_key, q.removes),
+                "desired": sides.desired,
+                "acked": sides.acked,
+                "adds": count(to_add),
+                "removes": count(to_remove),
+                "changed": count(changed),
+                "unmatchable": sides.unmatchable,
+                "sample_adds": sample(to_add),
+                "sample_removes": sample(to_remove),
             }
+            delta.drop(conn)
+            conn.rollback()
         return out
 
     def plan(
@@ -263,11 +252,8 @@ class Planner:
                 plan.guard = "deferred: resuming unfinished batches"
             else:
                 self._write_plan(conn, plan, guard, override_reason, mode)
-        if plan.batches and self.engine.dialect.name == "postgresql":
-            # the pushes read do_pending batch by batch: give Postgres its new size (after the commit, so
-            # the lock does not serialise other audiences' plans)
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("ANALYZE do_pending")
+        if plan.batches:  # the pushes read do_pending batch by batch
+            state.analyze(self.engine, state.pending)
         plan.seconds = round(time.monotonic() - started, 3)
         return plan
 
@@ -286,8 +272,7 @@ class Planner:
         delta = _delta_table(conn)
         self._fill_delta(conn, delta, mode)
         t = delta.c
-        to_remove = and_(t.in_k, t.rejected.is_(False), or_(t.in_d.is_(False), t.differs))
-        to_add = t.in_d if mode == "full_resync" else and_(t.in_d, or_(t.in_k.is_(False), t.differs))
+        to_remove, to_add, changed = _diff_conditions(t, mode)
         # Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
         # destination never held them. A changed identity is then planned as a fresh add below.
         forget = select(t.member_key).where(t.rejected, or_(t.in_d.is_(False), t.differs))
@@ -296,10 +281,10 @@ class Planner:
         def count(*where: Any) -> int:
             return state.scalar_int(conn, select(func.count()).select_from(delta).where(*where))
 
-        self._count_sides(conn, plan)
+        self._count_sides(conn, plan, mode)
         plan.removes = count(to_remove)
         plan.adds = count(to_add)
-        plan.changed = count(t.in_d, t.in_k, t.rejected.is_(False), t.differs)
+        plan.changed = count(changed)
         n = plan.shards = shard_count(
             plan.removes + plan.adds, self.dest.push_shard_limit, self.rows_per_shard or shards.ROWS_PER_SHARD
         )
@@ -365,10 +350,12 @@ class Planner:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"ANALYZE {delta.name}")  # temporary tables are never auto-analysed
 
-    def _count_sides(self, conn: Connection, plan: Plan) -> None:
+    def _count_sides(self, conn: Connection, plan: Plan, mode: str) -> None:
         """Desired, unmatchable and acknowledged totals: one scan of each side."""
         a = state.ack
-        every = desired_select(self.cfg, self.dest, matchable=None).subquery("every")
+        every = desired_select(
+            self.cfg, self.dest, matchable=None, snapshot=self.snapshot, empty=mode == "retire"
+        ).subquery("every")
         matchable = (
             or_(*[every.c[c].is_not(None) for c in self.dest.identity_columns]) if self.dest.identity_columns else None
         )

@@ -206,9 +206,8 @@ class Stager:
 
     def _refresh_statistics(self, changed: int, members: int) -> None:
         """After a large change the planner's row estimates are stale; the diff plan depends on them."""
-        if self.engine.dialect.name == "postgresql" and changed > max(10_000, members * _ANALYZE_SHARE):
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("ANALYZE do_member")
+        if changed > max(10_000, members * _ANALYZE_SHARE):
+            state.analyze(self.engine, state.member)
 
     # -- in Python ---------------------------------------------------------------------------------
     def _stage_in_python(self, source: Source, exclusions: dict[str, tuple[Source, str]], stats: StageStats) -> None:

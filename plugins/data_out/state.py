@@ -400,5 +400,18 @@ def insert_ignore(engine_or_dialect: Any, table: Table) -> Insert:
     raise NotImplementedError(f"state database dialect {name!r} is not supported")
 
 
+def analyze(engine: Engine, table: Table) -> None:
+    """Refresh Postgres' statistics of a table the product has just grown or emptied in bulk.
+
+    Plans are built from those statistics and autovacuum refreshes them only later: a plan made on
+    "this table is empty" turns a hash join into a nested loop over millions of rows. Runs in its own
+    autocommit session, after the writer committed, so its lock never serialises other audiences.
+    SQLite plans without such statistics: a no-op there.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"ANALYZE {table.name}")
+
+
 def scalar_int(conn: Any, stmt: Any, **params: Any) -> int:
     return int(conn.execute(stmt, params).scalar() or 0)

@@ -107,7 +107,7 @@ class Pusher:
             self._push_one(sync_id, batch_no, Op(op), key, result)
             moved += n
             if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
-                self.refresh_statistics(moved)
+                state.analyze(self.engine, state.ack)
                 next_analyze = moved * 2
             log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op, n)
             if on_batch:
@@ -148,20 +148,20 @@ class Pusher:
             result.removed += len(rows) - rejected
 
     def _commit(self, sync_id: int, batch_no: int, op: Op, rows: list[MemberRow], outcome: BatchResult) -> None:
-        """Move the batch from pending into acknowledged state, set-based: the rows are already in
-        ``do_pending``, so nothing is sent back from Python but the (usually empty) rejected keys."""
+        """Move the batch from pending into acknowledged state: the added rows are copied from
+        ``do_pending`` in SQL; only keys (to delete, and the usually empty rejected ones) come from Python."""
         a, p, b = state.ack, state.pending, state.batch
         rejected = [r.member_key for r in rows if r.member_key in outcome.rejected]
         now = state.utcnow()
-        # the batch's keys as a list, not a subquery: primary-key lookups whatever the statistics say
-        batch_keys = [r.member_key for r in rows]
+        # An add replaces the member's acknowledged row (accepted, or remembered as rejected so it is
+        # not re-sent every run); a remove ends it unless the destination refused the removal, which
+        # is then retried next run: a removal is never dropped. Keys as a list, not a subquery:
+        # primary-key lookups whatever the table statistics say.
+        touched = [r.member_key for r in rows if op is Op.ADD or r.member_key not in outcome.rejected]
         with self.engine.begin() as conn:
-            # An add replaces the member's acknowledged row (accepted, or remembered as rejected so it is
-            # not re-sent every run); a remove ends it unless the destination refused the removal, which
-            # is then retried next run: a removal is never dropped.
+            for chunk in _chunks(touched, 10_000):
+                conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
             if op is Op.ADD:
-                for chunk in _chunks(batch_keys, 10_000):
-                    conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
                 conn.execute(
                     insert(a).from_select(
                         ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at"],
@@ -175,23 +175,12 @@ class Pusher:
                         ).where(self._mine(p), p.c.batch_no == batch_no),
                     )
                 )
-                for chunk in _chunks(rejected, 5_000):
+                for chunk in _chunks(rejected, 10_000):
                     conn.execute(update(a).where(self._mine(a), a.c.member_key.in_(chunk)).values(rejected=True))
-            else:  # a refused removal stays acknowledged
-                accepted = [k for k in batch_keys if k not in outcome.rejected]
-                for chunk in _chunks(accepted, 10_000):
-                    conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
             conn.execute(_tally(sync_id, op, len(rows) - len(rejected), len(outcome.rejected), len(rows), outcome))
-
-    def refresh_statistics(self, changed: int) -> None:
-        """Postgres plans the next diff from table statistics; after a large drain they are stale until
-        autovacuum catches up, and a stale estimate turns a hash join into a nested loop."""
-        if self.engine.dialect.name == "postgresql" and changed >= ANALYZE_AFTER_ROWS:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.exec_driver_sql("ANALYZE do_ack")
 
     def acked_size(self) -> int:
         a = state.ack

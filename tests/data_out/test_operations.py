@@ -120,6 +120,8 @@ def test_retirement_removes_every_member_once_and_stops_scheduling(
         assert conn.execute(text("SELECT count(*) FROM audience_test_targets_v1_holdout")).scalar() == 0
         life = conn.execute(select(state.lifecycle)).mappings().one()
         assert life["status"] == "retired"
+        retired = conn.execute(select(state.sync.c.desired).where(state.sync.c.mode == "retire")).scalars().all()
+        assert retired and set(retired) == {0}  # a retirement desires nobody, and its record says so
     requests = len(store.requests)
     assert retire_due(state_engine, aud, resolver, "lifecycle/2") == []  # once
     assert len(store.requests) == requests
