@@ -3,34 +3,43 @@
 This is the co-located mode (what Hightouch calls Lightning and Census a bookkeeping schema): the state
 lives in the warehouse, so the snapshot diff never leaves it. One REPEATABLE READ transaction:
 
-1. one statement reads the source once, fingerprints every row in SQL (the same fingerprint the Python
-   path computes, see ``staging.raw_fingerprint``), groups by member key (duplicates keep the lowest
-   fingerprint) and full-joins the result with the stored snapshot. Only the differences land in a
-   temporary table: new, changed and gone members, plus the counts of duplicate and key-less rows;
-2. gone and changed members leave ``do_member`` (primary-key deletes of the delta only);
-3. a second read of the source (same snapshot, thanks to REPEATABLE READ) joins the delta and streams
-   just the new and changed rows to Python, which normalises, hashes and buckets them (the rules live in
-   ``identity.py`` and are not duplicated in SQL) and COPYs them into ``do_member``.
+1. one statement reads the source once, fingerprints every row in SQL and full-joins it with the stored
+   snapshot by member key. Only the differences land in a temporary table, with the raw values of the
+   new and changed rows: on a quiet day a few thousand rows out of millions;
+2. two counts (source rows, snapshot members before) prove that no member key appears twice. Only a
+   source that does have duplicates pays for grouping by key: the delta is then rebuilt by the grouped
+   statement (duplicates keep the lowest fingerprint, so the choice is stable from run to run) and the
+   changed rows are read again from the source;
+3. gone and changed members leave ``do_member`` (primary-key deletes of the delta only);
+4. the new and changed rows stream to Python, which normalises, hashes and buckets them (the rules live
+   in ``identity.py`` and are not duplicated in SQL) and COPYs them into ``do_member``.
 
 Unchanged rows never reach Python, so a no-change sync of 10M members moves no rows over the wire. Raw
-identifiers stay in the database they already live in; only the delta's raw values pass through this
-process, one batch at a time, as on the Python path. A crash anywhere rolls the whole transaction back.
+identifiers stay in the database they already live in (the temporary table is dropped at commit); only
+the delta's raw values pass through this process, one batch at a time, as on the Python path. A crash
+anywhere rolls the whole transaction back.
 
-The path is taken only when the fingerprint computed in SQL is guaranteed to equal Python's: the
-source and state engines are the same Postgres database (UTF-8), every column used is text, varchar,
-an integer or a uuid (whose ``::text`` is Python's ``str()``), and the column names are plain
-identifiers. Otherwise the stager falls back to the Python path, which is correct everywhere.
+The fingerprint here is Postgres' 64-bit ``hashtextextended`` (the stable hash behind hash
+partitioning, about four times cheaper than MD5), written as hex; the Python path's is an MD5 hex. The
+two never compare equal, so an audience that moves between the paths (a source moved into the state
+database, a column type changed) is normalised again once, which is correct, then never again.
+
+The path is taken only when SQL reads the values exactly as Python would: the source and state engines
+are the same Postgres database (UTF-8), every column used is text, varchar, an integer or a uuid (whose
+``::text`` is Python's ``str()``), and the column names are plain identifiers. Otherwise the stager
+falls back to the Python path, which is correct everywhere.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Select, column, func, select, table, text
 
 from data_out import state
 from data_out.sources.base import KEY_WHITESPACE, MAX_MEMBER_KEY_LENGTH, Source, SourceError
@@ -42,6 +51,8 @@ log = logging.getLogger(__name__)
 #: int4, int8, uuid. (char(n) pads, floats and timestamps format differently: those take the Python path.)
 TEXT_SAFE_TYPES = frozenset({25, 1043, 21, 23, 20, 2950})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PG_SIZE = re.compile(r"^[0-9]{1,7}(kB|MB|GB)$")
+DEFAULT_WORK_MEM = "1GB"
 NULL_TAG = "\x1eN"
 VALUE_TAG = "\x1eS"
 
@@ -55,6 +66,19 @@ class Delta:
     duplicate_keys: int = 0
     duplicate_rows: int = 0  # rows beyond the first of each duplicated key
     missing_keys: int = 0
+    before: int = 0  # the snapshot's members before this run
+
+
+def work_mem() -> str:
+    """Memory Postgres may use for the snapshot diff's hash (its own server memory, per statement).
+
+    At 10M members the keys' hash takes about 800 MB; with less, Postgres splits it into batches on
+    disk, which is correct but slower. ``DATA_OUT_STAGING_WORK_MEM`` overrides it (a Postgres size).
+    """
+    value = os.environ.get("DATA_OUT_STAGING_WORK_MEM", DEFAULT_WORK_MEM)
+    if not _PG_SIZE.match(value):
+        raise ValueError(f"DATA_OUT_STAGING_WORK_MEM={value!r} is not a Postgres size such as 512MB or 1GB")
+    return value
 
 
 def _same_database(a: Engine, b: Engine) -> bool:
@@ -117,7 +141,7 @@ class InDatabase:
         return f"btrim({_quoted(self.key_column)}::text, :ws)"
 
     def fingerprint_expr(self) -> str:
-        """SQL twin of ``staging.raw_fingerprint``; equality is tested in tests/data_out/test_staging_sql.py."""
+        """The row's fingerprint: the same encoding as ``staging.raw_fingerprint``, hashed to 64 bits."""
         parts = []
         for col in self.value_columns:
             if col is None:
@@ -128,7 +152,7 @@ class InDatabase:
                 f"CASE WHEN {_quoted(col)} IS NULL THEN :null_tag "
                 f"ELSE :value_tag || octet_length({v})::text || ':' || {v} END"
             )
-        return "md5(" + " || ".join([":fp_context", *parts]) + ")"
+        return "to_hex(hashtextextended(" + " || ".join([":fp_context", *parts]) + ", 0))"
 
     def fingerprint_params(self, context: bytes) -> dict[str, Any]:
         return {
@@ -140,40 +164,64 @@ class InDatabase:
 
 
 class InDatabaseStaging:
-    """The three steps of the module docstring, on one connection inside one transaction."""
+    """The steps of the module docstring, on one connection inside one transaction."""
 
     def __init__(self, plan: InDatabase, audience: str, context: bytes, batch_size: int) -> None:
         self.plan = plan
         self.audience = audience
         self.context = context
         self.batch_size = batch_size
+        self.grouped = False  # True once duplicates forced the grouped delta (raw values not carried)
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return self.plan.params(aud=self.audience, **self.plan.fingerprint_params(self.context), **extra)
 
-    def find_delta(self, conn: Connection) -> Delta:
+    def _source_rows(self, with_values: bool) -> str:
+        """The source as (member key or NULL when unusable, fingerprint[, raw values])."""
         p = self.plan
+        values = "".join(
+            f", {_quoted(c)} AS v{i}" if c else f", NULL::text AS v{i}" for i, c in enumerate(p.value_columns)
+        )
+        return f"""
+            SELECT CASE WHEN length(k) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH} THEN k END AS member_key, fp
+                   {", " + ", ".join(f"v{i}" for i in range(len(p.value_columns))) if with_values else ""}
+            FROM (SELECT {p.key_expr()} AS k, {p.fingerprint_expr()} AS fp{values if with_values else ""}
+                  FROM ({p.sql}) AS src) AS r"""
+
+    def find_delta(self, conn: Connection) -> Delta:
+        """Build ``do_delta``: new, changed and gone members (and key-less rows), in one read of the source."""
+        conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the hash of the snapshot's keys
+        before = state.scalar_int(conn, text("SELECT count(*) FROM do_member WHERE audience = :aud"), aud=self.audience)
         conn.execute(
             text(
                 f"""
                 CREATE TEMP TABLE do_delta ON COMMIT DROP AS
-                WITH s AS (
-                    SELECT CASE WHEN length(k) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH} THEN k END AS member_key,
-                           min(fp) AS raw_fp, count(*) AS n
-                    FROM (SELECT {p.key_expr()} AS k, {p.fingerprint_expr()} AS fp
-                          FROM ({p.sql}) AS src) AS r
-                    GROUP BY 1
-                ), m AS (
-                    SELECT member_key, raw_fp FROM do_member WHERE audience = :aud
-                )
-                SELECT s.member_key AS src_key, m.member_key AS old_key,
-                       s.raw_fp AS new_fp, m.raw_fp AS old_fp, coalesce(s.n, 0) AS n
-                FROM s FULL JOIN m ON m.member_key = s.member_key
-                WHERE s.raw_fp IS DISTINCT FROM m.raw_fp OR s.n > 1 OR s.member_key IS NULL
+                SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
+                       1 AS n, {", ".join(f"s.v{i}" for i in range(len(self.plan.value_columns)))}
+                FROM ({self._source_rows(with_values=True)}) AS s
+                FULL JOIN (SELECT member_key, raw_fp FROM do_member WHERE audience = :aud) AS m
+                       ON m.member_key = s.member_key
+                WHERE s.fp IS DISTINCT FROM m.raw_fp
                 """
             ),
             self._params(),
         )
+        rows, keyed = conn.execute(
+            text(f"SELECT count(*), count(member_key) FROM ({self._source_rows(with_values=False)}) AS s"),
+            self._params(),
+        ).one()
+        gone, new_keys = conn.execute(
+            text(
+                """
+                SELECT count(*) FILTER (WHERE src_key IS NULL AND old_key IS NOT NULL),
+                       count(DISTINCT src_key) FILTER (WHERE old_key IS NULL)
+                FROM do_delta
+                """
+            )
+        ).one()
+        if keyed > before - gone + new_keys:  # more keyed rows than distinct keys: some key appears twice
+            conn.execute(text("DROP TABLE do_delta"))
+            self._find_grouped_delta(conn)
         conn.execute(text("ANALYZE do_delta"))  # temp tables are never auto-analysed
         row = conn.execute(
             text(
@@ -181,13 +229,42 @@ class InDatabaseStaging:
                 SELECT count(*) FILTER (WHERE src_key IS NOT NULL AND new_fp IS DISTINCT FROM old_fp),
                        count(*) FILTER (WHERE src_key IS NULL AND old_key IS NOT NULL),
                        count(*) FILTER (WHERE src_key IS NOT NULL AND n > 1),
-                       coalesce(sum(n - 1) FILTER (WHERE src_key IS NOT NULL AND n > 1), 0),
-                       coalesce(sum(n) FILTER (WHERE src_key IS NULL AND old_key IS NULL), 0)
+                       coalesce(sum(n - 1) FILTER (WHERE src_key IS NOT NULL AND n > 1), 0)
                 FROM do_delta
                 """
             )
         ).one()
-        return Delta(*(int(v) for v in row))
+        return Delta(*(int(v) for v in row), missing_keys=int(rows - keyed), before=before)
+
+    def _find_grouped_delta(self, conn: Connection) -> None:
+        """The delta for a source with duplicate keys: grouped by key, the lowest fingerprint stands."""
+        self.grouped = True
+        conn.execute(
+            text(
+                f"""
+                CREATE TEMP TABLE do_delta ON COMMIT DROP AS
+                WITH s AS (
+                    SELECT member_key, min(fp) AS raw_fp, count(*) AS n
+                    FROM ({self._source_rows(with_values=False)}) AS r
+                    WHERE member_key IS NOT NULL
+                    GROUP BY 1
+                ), m AS (
+                    SELECT member_key, raw_fp FROM do_member WHERE audience = :aud
+                )
+                SELECT s.member_key AS src_key, m.member_key AS old_key,
+                       s.raw_fp AS new_fp, m.raw_fp AS old_fp, coalesce(s.n, 0) AS n
+                FROM s FULL JOIN m ON m.member_key = s.member_key
+                WHERE s.raw_fp IS DISTINCT FROM m.raw_fp OR s.n > 1
+                """
+            ),
+            self._params(),
+        )
+
+    @staticmethod
+    def changed_keys() -> Select:
+        """The keys of new, changed and gone members (``changes.add_keys`` records them)."""
+        d = table("do_delta", column("src_key"), column("old_key"), column("new_fp"), column("old_fp"))
+        return select(func.coalesce(d.c.src_key, d.c.old_key)).where(d.c.new_fp.is_distinct_from(d.c.old_fp))
 
     def drop_stale(self, conn: Connection) -> None:
         """Gone and changed members leave the snapshot; changed ones come back from ``stream_changed``."""
@@ -202,18 +279,24 @@ class InDatabaseStaging:
         )
 
     def stream_changed(self, conn: Connection) -> Any:
-        """Raw values of new and changed members only, in batches (a server-side cursor)."""
+        """(key, fingerprint, n, *raw values) of new and changed members only, in batches (a server-side cursor).
+
+        The delta carries them already; a grouped delta does not, and the source is read again
+        (the same snapshot, thanks to REPEATABLE READ) for its changed keys only.
+        """
         p = self.plan
-        cols = ", ".join(f"{_quoted(c)} AS v{i}" if c else f"NULL AS v{i}" for i, c in enumerate(p.value_columns))
-        result = conn.execute(
-            text(
-                f"""
-                SELECT d.src_key, d.new_fp, d.n, {cols}
-                FROM ({p.sql}) AS src
-                JOIN do_delta d ON d.src_key = {p.key_expr()}
-                WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = {p.fingerprint_expr()}
+        values = [f"v{i}" for i in range(len(p.value_columns))]
+        if not self.grouped:
+            sql = f"SELECT src_key, new_fp, n, {', '.join(values)} FROM do_delta WHERE src_key IS NOT NULL"
+        else:
+            sql = f"""
+                SELECT d.src_key, d.new_fp, d.n, {", ".join("s." + v for v in values)}
+                FROM ({self._source_rows(with_values=True)}) AS s
+                JOIN do_delta d ON d.src_key = s.member_key
+                WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = s.fp
                 """
-            ),
+        result = conn.execute(
+            text(sql),
             self._params(),
             execution_options={"stream_results": True, "yield_per": self.batch_size},  # this statement only
         )
