@@ -11,13 +11,14 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import BigInteger, Engine, case, delete, func, insert, literal, null, select, update
 
-from data_out import lease, state, state_errors
+from data_out import changes, lease, state, state_errors
 from data_out.config import CustomerIOSource, LoadedAudience, LoadResult
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
@@ -338,7 +339,7 @@ class AudienceRunner:
         run_id = self.start(holder, as_of)
         try:
             shadow_cfg = self.cfg.model_copy(update={"name": shadow})
-            stats = Stager(self.engine, shadow_cfg, run_id, self.stage_batch_size).stage(
+            stats = Stager(self.engine, shadow_cfg, run_id, self.stage_batch_size, record_changes=False).stage(
                 self.source_for(self.loaded, as_of), self.exclusion_sources(as_of)
             )
             fields = stats.as_dict()
@@ -388,6 +389,7 @@ class AudienceRunner:
         with self.engine.begin() as conn:
             for t in (state.member, state.exclusion):
                 conn.execute(delete(t).where(t.c.audience == self.cfg.name))
+            changes.forget(conn, self.cfg.name)  # the snapshot is gone without a record: plans start over
             conn.execute(delete(state.lifecycle).where(state.lifecycle.c.audience == self.cfg.name))
             conn.execute(
                 insert(state.lifecycle).values(
@@ -433,27 +435,39 @@ class AudienceRunner:
         override_reason: str | None = None,
         mode: str = "incremental",
         destinations: list[str] | None = None,
+        parallel: int = 1,
     ) -> int:
-        """All steps in one process; destinations fail independently, as under Airflow."""
+        """All steps in one process; destinations fail independently, as under Airflow.
+
+        ``parallel`` > 1 plans and pushes that many destinations at once, in threads, as the DAG's
+        per-destination tasks run at once under the scheduler (each step uses its own connections).
+        """
         run_id = self.start(holder, as_of)
         try:
             self.stage(run_id, holder)
-            for d in self.cfg.destinations:
-                if destinations is not None and d.label not in destinations:
-                    continue
-                try:
-                    if mode == "replace":
-                        self.replace(run_id, d.label, holder)
-                        continue
-                    plan = self.plan(run_id, d.label, holder, override_reason, mode)
-                    self.push(plan.sync_id, d.label, holder, override_reason)
-                except Exception:  # recorded in do_sync; finish() reports it
-                    log.exception("%s/%s failed", self.cfg.name, d.label)
+            labels = [d.label for d in self.cfg.destinations if destinations is None or d.label in destinations]
+            if parallel > 1 and len(labels) > 1:
+                with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="destination") as pool:
+                    list(pool.map(lambda label: self._sync_one(run_id, label, holder, override_reason, mode), labels))
+            else:
+                for label in labels:
+                    self._sync_one(run_id, label, holder, override_reason, mode)
         except Exception:
             log.exception("%s: staging failed", self.cfg.name)
         finally:
             self.finish(run_id, holder, destinations)
         return run_id
+
+    def _sync_one(self, run_id: int, label: str, holder: str, override_reason: str | None, mode: str) -> None:
+        """Plan and push (or replace) one destination; a failure is recorded in do_sync and reported by finish."""
+        try:
+            if mode == "replace":
+                self.replace(run_id, label, holder)
+                return
+            plan = self.plan(run_id, label, holder, override_reason, mode)
+            self.push(plan.sync_id, label, holder, override_reason)
+        except Exception:
+            log.exception("%s/%s failed", self.cfg.name, label)
 
 
 def _unfinished(error: str | None, shards: int | None, bits: int | None) -> str | None:
@@ -477,6 +491,7 @@ def _plan_fields(plan: Plan) -> dict[str, Any]:
         "guard": plan.guard,
         "plan_seconds": plan.seconds,
         "shards": plan.shards,
+        "diffed_keys": plan.diffed_keys,
     }
 
 

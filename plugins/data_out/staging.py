@@ -25,11 +25,28 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, literal, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
-from data_out import faults, state, state_errors
+from data_out import changes, faults, state, state_errors
 from data_out.config import AudienceConfig
+from data_out.destinations import destination_class
+from data_out.diff import group_filter
 from data_out.holdout import bucket_for, holdout_threshold
 from data_out.identity import INVALID, MISSING, NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
 from data_out.sources.base import Source, member_key
@@ -67,6 +84,8 @@ class StageStats:
     excluded: int = 0
     held_out: int = 0
     identifier_issues: dict[str, int] = field(default_factory=dict)
+    #: per destination label: [desired, unmatchable], counted in the same scan (the plans read them)
+    desired: dict[str, list[int]] = field(default_factory=dict)
     seconds: float = 0.0
     path: str = "python"  # "database" when staged in the state database (see staging_sql.py)
 
@@ -115,8 +134,17 @@ def _fingerprint_context(cfg: AudienceConfig) -> bytes:
 class Stager:
     """Builds one run's snapshot of one audience. The caller holds the audience's lease."""
 
-    def __init__(self, engine: Engine, cfg: AudienceConfig, run_id: int, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: AudienceConfig,
+        run_id: int,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        record_changes: bool = True,
+    ):
         self.engine = engine
+        #: False for a dry run's shadow snapshot: no destination plans from it incrementally
+        self.record_changes = record_changes
         self.cfg = cfg
         self.run_id = run_id
         self.batch_size = batch_size
@@ -169,6 +197,9 @@ class Stager:
                     return False
                 conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))  # Python leftovers
                 delta = staging.find_delta(conn)
+                change_id = self._open_change(conn, delta.to_compute + delta.gone, delta.before)
+                if change_id is not None:
+                    changes.add_keys(conn, self.cfg.name, change_id, staging.changed_keys())
                 staging.drop_stale(conn)
                 for part in staging.stream_changed(conn):
                     rows = self._normalised_rows(part)
@@ -179,7 +210,7 @@ class Stager:
                 if state_errors.state_fault(exc):  # the state database itself went away: not the query's fault
                     raise
                 raise query_failed(label, exc) from None
-            self._replace_exclusions(conn, exclusions, staging)
+            self._replace_exclusions(conn, exclusions, staging, change_id)
             self._count(conn, stats)
             faults.point("stage.merge")  # inside the transaction: a crash here rolls it all back
         stats.path = "database"
@@ -218,8 +249,9 @@ class Stager:
             faults.point("stage.batch")
         with self.engine.begin() as conn:
             stats.duplicate_keys = self._drop_duplicates(conn)
-            changed = self._merge(conn)
-            self._replace_exclusions(conn, exclusions, None)
+            change_id = self._open_change(conn, 0, 0)
+            changed = self._merge(conn, change_id)
+            self._replace_exclusions(conn, exclusions, None, change_id)
             self._count(conn, stats)
             faults.point("stage.merge")  # inside the merge transaction: a crash here rolls it all back
         self._refresh_statistics(changed, stats.members)
@@ -290,26 +322,28 @@ class Stager:
             "audience %s: %d member keys appear more than once in the source; kept one row each", self.cfg.name, dupes
         )
 
-    def _merge(self, conn: Connection) -> int:
-        """Switch the snapshot to the staged rows; returns how many snapshot rows were replaced or added."""
+    def _merge(self, conn: Connection, change_id: int | None) -> int:
+        """Switch the snapshot to the staged rows; returns how many snapshot rows were replaced or added.
+
+        With ``change_id``, the keys of gone, changed and new members are recorded under it first.
+        """
         m, s = state.member, state.stage
-        gone = conn.execute(
-            delete(m).where(
-                m.c.audience == self.cfg.name,
-                ~exists().where(s.c.run_id == self.run_id, s.c.member_key == m.c.member_key, s.c.raw_fp == m.c.raw_fp),
-            )
-        ).rowcount
+        stale = and_(
+            m.c.audience == self.cfg.name,
+            ~exists().where(s.c.run_id == self.run_id, s.c.member_key == m.c.member_key, s.c.raw_fp == m.c.raw_fp),
+        )
+        if change_id is not None:
+            changes.add_keys(conn, self.cfg.name, change_id, select(m.c.member_key).where(stale))
+        gone = conn.execute(delete(m).where(stale)).rowcount
         cols = [c.name for c in m.columns if c.name != "audience"]
-        added = conn.execute(
-            insert(m).from_select(
-                ["audience", *cols],
-                select(s.c.audience, *[s.c[c] for c in cols]).where(
-                    s.c.run_id == self.run_id,
-                    s.c.computed.is_(True),
-                    ~exists().where(m.c.audience == self.cfg.name, m.c.member_key == s.c.member_key),
-                ),
-            )
-        ).rowcount
+        fresh = select(s.c.audience, *[s.c[c] for c in cols]).where(
+            s.c.run_id == self.run_id,
+            s.c.computed.is_(True),
+            ~exists().where(m.c.audience == self.cfg.name, m.c.member_key == s.c.member_key),
+        )
+        if change_id is not None:
+            changes.add_keys(conn, self.cfg.name, change_id, select(fresh.subquery().c.member_key))
+        added = conn.execute(insert(m).from_select(["audience", *cols], fresh)).rowcount
         conn.execute(delete(s).where(s.c.run_id == self.run_id))
         return max(gone, 0) + max(added, 0)
 
@@ -335,10 +369,25 @@ class Stager:
             "external_id_issue": f.external_id_issue if ids.external_id else None,
         }
 
+    def _open_change(self, conn: Connection, changed: int, members: int) -> int | None:
+        """This run's change record; its id when the changed keys are to be recorded (see changes.py)."""
+        changes.collect(conn, self.cfg.name, [d.label for d in self.cfg.destinations])
+        if not self.record_changes:
+            return None
+        # the Python path learns how many keys changed only while merging: it records whenever it can
+        recorded = changes.should_record(conn, self.cfg.name, changed, members)
+        change_id = changes.open_change(conn, self.cfg.name, self.run_id, "stage", recorded)
+        return change_id if recorded else None
+
     def _replace_exclusions(
-        self, conn: Connection, exclusions: dict[str, tuple[Source, str]], staging: InDatabaseStaging | None
+        self,
+        conn: Connection,
+        exclusions: dict[str, tuple[Source, str]],
+        staging: InDatabaseStaging | None,
+        change_id: int | None,
     ) -> None:
         x = state.exclusion
+        old = _old_exclusions(conn, self.cfg.name) if change_id is not None else None
         conn.execute(delete(x).where(x.c.audience == self.cfg.name))
         stmt = state.insert_ignore(conn.dialect, x)
         for name, (source, key_column) in exclusions.items():
@@ -349,6 +398,11 @@ class Stager:
                 for keys in _key_batches(source, key_column, self.batch_size):
                     conn.execute(stmt, [{"audience": self.cfg.name, "member_key": k} for k in keys])
             log.info("audience %s: applied exclusion %s", self.cfg.name, name)
+        if old is not None and change_id is not None:  # members whose exclusion flipped, either way
+            now = select(x.c.member_key).where(x.c.audience == self.cfg.name)
+            changes.add_keys(conn, self.cfg.name, change_id, now.except_(select(old.c.member_key)))
+            changes.add_keys(conn, self.cfg.name, change_id, select(old.c.member_key).except_(now))
+            old.drop(conn)
 
     def _count(self, conn: Connection, stats: StageStats) -> None:
         """Every figure of the run record in one scan of the audience's snapshot."""
@@ -359,13 +413,32 @@ class Stager:
         columns = [func.count(), func.count().filter(is_excluded)]
         columns.append(func.count().filter(and_(~is_excluded, held)) if held is not None else literal(0))
         columns += [func.count().filter(m.c[col] == issue) for col, issue in issues]
+        for d in self.cfg.destinations:  # what each destination's plan reports as desired and unmatchable
+            wanted = and_(~is_excluded, group_filter(self.cfg, d.include, m))
+            sources = destination_class(d.type).columns_for(d).values()
+            matchable = or_(*[m.c[c].is_not(None) for c in sources]) if sources else None
+            columns.append(func.count().filter(and_(wanted, matchable) if matchable is not None else wanted))
+            columns.append(func.count().filter(and_(wanted, ~matchable)) if matchable is not None else literal(0))
         row = conn.execute(select(*columns).where(m.c.audience == self.cfg.name)).one()
         stats.members, stats.excluded, stats.held_out = (int(v or 0) for v in row[:3])
+        n_issues = 3 + len(issues)
         stats.identifier_issues = {
             f"{col.removesuffix('_issue')}_{issue}": int(n)
-            for (col, issue), n in zip(issues, row[3:], strict=True)
+            for (col, issue), n in zip(issues, row[3:n_issues], strict=True)
             if n
         }
+        rest = [int(v or 0) for v in row[n_issues:]]
+        stats.desired = {d.label: rest[2 * i : 2 * i + 2] for i, d in enumerate(self.cfg.destinations)}
+
+
+def _old_exclusions(conn: Connection, audience: str) -> Table:
+    """The exclusion keys before this run, in a session-local table, to find the ones that flipped."""
+    x = state.exclusion
+    old = Table("do_old_exclusion", MetaData(), Column("member_key", String(256)), prefixes=["TEMPORARY"])
+    old.drop(conn, checkfirst=True)
+    old.create(conn)
+    conn.execute(insert(old).from_select(["member_key"], select(x.c.member_key).where(x.c.audience == audience)))
+    return old
 
 
 def _key_batches(source: Source, key_column: str, batch_size: int) -> Iterator[set[str]]:

@@ -17,6 +17,8 @@ What lives here, and why:
 * ``do_run`` / ``do_sync``: run history per audience run and per destination sync.
 * ``do_reject``: row-level rejects with the *hashed* member key and the destination's reason.
 * ``do_lease``: which run owns an audience right now (two runs of one audience never interleave).
+* ``do_change`` / ``do_dirty`` / ``do_plan_mark``: what changed since each destination was last planned
+  (``changes.py``), so a quiet day's plan looks at the changed members only, not the whole audience.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ run = Table(
     Column("excluded", BigInteger),
     Column("held_out", BigInteger),
     Column("identifier_issues", JSON),  # {"email_missing": n, "email_invalid": n, ...}
+    Column("desired", JSON),  # {destination: [desired, unmatchable]}, counted by staging for the plans
     Column("stage_seconds", Float),
     Column("error", Text),
     Index("ix_do_run_audience", "audience", "id"),
@@ -199,6 +202,7 @@ sync = Table(
     Column("planned_adds", BigInteger),
     Column("planned_removes", BigInteger),
     Column("changed", BigInteger),  # members whose sent identifiers changed (remove old + add new)
+    Column("diffed_keys", BigInteger),  # an incremental plan: members changed since the last plan; NULL: full diff
     Column("resumed_batches", Integer),
     Column("added", BigInteger, default=0),
     Column("removed", BigInteger, default=0),
@@ -330,6 +334,52 @@ lifecycle = Table(
     Column("status", String(16), nullable=False),  # retired: every member left every destination
     Column("at", DateTime(timezone=True), nullable=False),
     Column("run_id", _Id),
+)
+
+ack_count = Table(
+    "do_ack_count",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("destination", _DEST, primary_key=True),
+    # acknowledged, not rejected rows of do_ack: kept by every commit in the same transaction (sync.py)
+    Column("acked", BigInteger, nullable=False),
+)
+
+change = Table(
+    "do_change",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("audience", _AUD, nullable=False),
+    # NULL: the audience's snapshot or exclusions changed (every destination); else one destination's own
+    # (a removal it refused, to be planned again)
+    Column("destination", _DEST),
+    Column("run_id", _Id),
+    Column("kind", String(16), nullable=False),
+    Column("key_count", BigInteger, nullable=False),
+    # False: the changed keys were not recorded (too many, or nobody could use them): plans after it are full
+    Column("recorded", Boolean, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_do_change_audience", "audience", "id"),
+)
+
+dirty = Table(
+    "do_dirty",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("change_id", _Id, primary_key=True),
+    Column("member_key", _KEY, primary_key=True),
+)
+
+plan_mark = Table(
+    "do_plan_mark",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("destination", _DEST, primary_key=True),
+    # every change up to this id is reflected in the destination's acknowledged and pending rows
+    Column("change_id", _Id, nullable=False),
+    Column("shape", String(64), nullable=False),  # what else shapes the desired set (see changes.shape)
+    Column("sync_id", _Id),
+    Column("at", DateTime(timezone=True), nullable=False),
 )
 
 lease = Table(

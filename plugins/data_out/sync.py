@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from data_out import faults, state
+from data_out import changes, faults, state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,30 @@ def record_rejects(
     ]
     for i in range(0, len(rows), 5_000):
         conn.execute(insert(state.reject), rows[i : i + 5_000])
+
+
+def acked_count(conn: Connection, audience: str, destination: str) -> int:
+    """Acknowledged (not rejected) members of one destination, from the counter every commit keeps.
+
+    The first call for a destination counts the table once and starts the counter; a replace drops it
+    (``forget_acked_count``) and the next call counts again.
+    """
+    c, a = state.ack_count, state.ack
+    mine = and_(c.c.audience == audience, c.c.destination == destination)
+    value = conn.scalar(select(c.c.acked).where(mine))
+    if value is not None:
+        return int(value)
+    n = state.scalar_int(
+        conn,
+        select(func.count()).where(a.c.audience == audience, a.c.destination == destination, a.c.rejected.is_(False)),
+    )
+    conn.execute(state.insert_ignore(conn.dialect, c).values(audience=audience, destination=destination, acked=n))
+    return n
+
+
+def forget_acked_count(conn: Connection, audience: str, destination: str) -> None:
+    c = state.ack_count
+    conn.execute(delete(c).where(c.c.audience == audience, c.c.destination == destination))
 
 
 class Pusher:
@@ -159,7 +183,10 @@ class Pusher:
         # primary-key lookups whatever the table statistics say.
         touched = [r.member_key for r in rows if op is Op.ADD or r.member_key not in outcome.rejected]
         with self.engine.begin() as conn:
+            acked_delta = len(rows) - len(rejected) if op is Op.ADD else 0
             for chunk in _chunks(touched, 10_000):
+                ended = self._mine(a), a.c.member_key.in_(chunk), a.c.rejected.is_(False)
+                acked_delta -= state.scalar_int(conn, select(func.count()).where(*ended))
                 conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
             if op is Op.ADD:
                 conn.execute(
@@ -178,14 +205,17 @@ class Pusher:
                 for chunk in _chunks(rejected, 10_000):
                     conn.execute(update(a).where(self._mine(a), a.c.member_key.in_(chunk)).values(rejected=True))
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
+            if op is Op.REMOVE:  # still acknowledged: the next plan must try the removal again
+                changes.record_refused(conn, self.audience, self.label, None, rejected)
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
+            c = state.ack_count
+            conn.execute(update(c).where(self._mine(c)).values(acked=c.c.acked + acked_delta))
             conn.execute(_tally(sync_id, op, len(rows) - len(rejected), len(outcome.rejected), len(rows), outcome))
 
     def acked_size(self) -> int:
-        a = state.ack
-        with self.engine.connect() as conn:
-            return state.scalar_int(conn, select(func.count()).where(self._mine(a), a.c.rejected.is_(False)))
+        with self.engine.begin() as conn:
+            return acked_count(conn, self.audience, self.label)
 
 
 def _tally(sync_id: int, op: Op, accepted: int, rejected: int, sent: int, outcome: BatchResult) -> Any:

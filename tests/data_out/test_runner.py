@@ -228,3 +228,20 @@ def test_a_retried_start_closes_the_attempt_that_could_not_record_its_failure(au
     with state_engine.connect() as conn:
         rows = dict(conn.execute(select(r.c.id, r.c.status).where(r.c.audience == TARGETS)).all())
     assert rows == {first: "failed", second: "running"}
+
+
+def test_destinations_in_parallel_end_where_they_would_one_by_one(audiences_dir, resolver, state_engine, people, store):
+    rows = [person(i) for i in range(40)] + [person(100 + i, bought=1) for i in range(5)]
+    people.set(rows)
+    runner = AudienceRunner(state_engine, load_audiences(audiences_dir), TARGETS, resolver)
+    runner.run("t/parallel/1", AS_OF, parallel=2)
+    people.set(rows[5:] + [person(300)])
+    run_id = runner.run("t/parallel/2", AS_OF, parallel=2)
+    want = expected_memory(rows[5:] + [person(300)])
+    assert held(store) == want
+    in_audience = {r["customer_id"] for r in rows[5:] + [person(300)] if not r.get("bought")}
+    targeted = {k for k in in_audience if not is_held_out("test-salt", k, 20)}
+    assert warehouse_keys(state_engine, f"audience_{TARGETS}") == targeted
+    with state_engine.connect() as conn:
+        statuses = conn.execute(select(state.sync.c.status).where(state.sync.c.run_id == run_id)).scalars().all()
+    assert sorted(statuses) == ["success", "success"]

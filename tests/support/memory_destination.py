@@ -23,6 +23,7 @@ class MemoryStore:
         self.fail_after_apply: set[int] = set()  # request numbers (1-based) whose response is "lost"
         self.fail_before_apply: set[int] = set()
         self.reject: dict[str, str] = {}  # member_key -> reason, for adds
+        self.refuse_remove: dict[str, str] = {}  # member_key -> reason, for removes (the member stays)
         self.results: dict[str, dict[str, str]] = {}  # idempotency key -> rejects it answered with
 
     def audience(self, name: str) -> dict[str, MemberRow]:
@@ -58,6 +59,8 @@ class MemoryDestination(Destination):
                     rejected[r.member_key] = STORE.reject[r.member_key]
                 elif op is Op.ADD:
                     members[r.member_key] = r
+                elif r.member_key in STORE.refuse_remove:
+                    rejected[r.member_key] = STORE.refuse_remove[r.member_key]
                 else:
                     members.pop(r.member_key, None)
             STORE.applied_keys[idempotency_key] += 1

@@ -143,6 +143,11 @@ class Destination(ABC):
     #: concurrent writes to one list)
     max_push_shards: ClassVar[int] = MAX_PUSH_SHARDS
 
+    @classmethod
+    def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
+        """``identity_columns`` for these settings, without a connection (staging counts per destination)."""
+        return dict(cls.identity_columns)
+
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         self.audience = audience
         self.settings = settings

@@ -98,9 +98,10 @@ class MetaDestination(Destination):
         )
         self.path = f"/{self.settings.api_version}/{self.settings.audience_id}"
 
-    @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
-        keys = set(self.settings.match_keys)
+    @classmethod
+    def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
+        assert isinstance(settings, MetaSettings)
+        keys = set(settings.match_keys)
         cols = {}
         if "EMAIL" in keys:
             cols["email_sha256"] = "email_sha256"
@@ -111,6 +112,10 @@ class MetaDestination(Destination):
         if keys & set(META_EXTRA_KEYS):
             cols["extra"] = "extra"
         return cols
+
+    @property
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+        return self.columns_for(self.settings)
 
     def _row(self, r: MemberRow) -> list[str]:
         extra = json.loads(r.extra) if r.extra else {}

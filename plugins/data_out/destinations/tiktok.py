@@ -77,14 +77,19 @@ class TikTokDestination(Destination):
             describe_error=_describe,
         )
 
-    @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+    @classmethod
+    def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
+        assert isinstance(settings, TikTokSettings)
         cols = {}
-        if "EMAIL_SHA256" in self.settings.id_schema:
+        if "EMAIL_SHA256" in settings.id_schema:
             cols["email_sha256"] = "email_sha256"
-        if "PHONE_SHA256" in self.settings.id_schema:
+        if "PHONE_SHA256" in settings.id_schema:
             cols["phone_sha256"] = "phone_e164_sha256"
         return cols
+
+    @property
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+        return self.columns_for(self.settings)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
         s = self.settings

@@ -61,9 +61,14 @@ class WebhookDestination(Destination):
         self.secret = self.connection.password or ""
         self.client = HttpClient("webhook", self.connection, default_base_url="http://127.0.0.1")
 
+    @classmethod
+    def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
+        assert isinstance(settings, WebhookSettings)
+        return dict(FIELD_COLUMNS[f] for f in settings.fields)
+
     @property
     def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
-        return dict(FIELD_COLUMNS[f] for f in self.settings.fields)
+        return self.columns_for(self.settings)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
         members = []
