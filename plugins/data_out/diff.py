@@ -43,6 +43,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     update,
 )
 
@@ -358,27 +359,44 @@ class Planner:
     def _fill_delta(self, conn: Connection, delta: Table, mode: str, keys: Table | None = None) -> None:
         """One full join of desired (``d``) and acknowledged (``k``, rejected ones too) members.
 
-        With ``keys`` (the members changed since the destination's mark), both sides are restricted
-        to them: primary-key lookups instead of two scans of the whole audience.
+        With ``keys`` (the members changed since the destination's mark), both sides are looked up
+        by those keys only. On Postgres that is a LATERAL join driven by the keys, so a few thousand
+        changes cost as many primary-key lookups: a plain ``IN`` lets the planner prefer scanning
+        the whole audience, since its cost model cannot know the snapshot is hot in cache. SQLite,
+        which has no LATERAL, always looks an ``IN`` list up through the primary key.
         """
         a, m = state.ack, state.member
         desired = desired_select(self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire")
         acked = select(a).where(a.c.audience == self.cfg.name, a.c.destination == self.label)
-        if keys is not None:
-            desired = desired.where(m.c.member_key.in_(select(keys.c.member_key)))
-            acked = acked.where(a.c.member_key.in_(select(keys.c.member_key)))
-        d, k = desired.subquery("d"), acked.subquery("k")
+        source: Any
+        if keys is not None and conn.dialect.name == "postgresql":
+            kk = keys.alias("kk")
+            # LIMIT 1 (each side has at most one row per key anyway) keeps the planner from pulling
+            # the subqueries up into a join over the whole table
+            d = desired.where(m.c.member_key == kk.c.member_key).limit(1).lateral("d")
+            k = acked.where(a.c.member_key == kk.c.member_key).limit(1).lateral("k")
+            source = kk.outerjoin(d, true()).outerjoin(k, true())
+        else:
+            if keys is not None:
+                desired = desired.where(m.c.member_key.in_(select(keys.c.member_key)))
+                acked = acked.where(a.c.member_key.in_(select(keys.c.member_key)))
+            d, k = desired.subquery("d"), acked.subquery("k")
+            source = d.join(k, k.c.member_key == d.c.member_key, full=True)
         in_d, in_k = d.c.member_key.is_not(None), k.c.member_key.is_not(None)
         differs = and_(in_d, in_k, _differs(d, k))
-        rows = select(
-            func.coalesce(d.c.member_key, k.c.member_key),
-            in_d,
-            in_k,
-            func.coalesce(k.c.rejected, False),
-            differs,
-            *[d.c[c] for c in IDENTITY_COLUMNS],
-            *[k.c[c] for c in IDENTITY_COLUMNS],
-        ).select_from(d.join(k, k.c.member_key == d.c.member_key, full=True))
+        rows = (
+            select(
+                func.coalesce(d.c.member_key, k.c.member_key),
+                in_d,
+                in_k,
+                func.coalesce(k.c.rejected, False),
+                differs,
+                *[d.c[c] for c in IDENTITY_COLUMNS],
+                *[k.c[c] for c in IDENTITY_COLUMNS],
+            )
+            .select_from(source)
+            .where(or_(in_d, in_k))  # a changed key neither desired nor acknowledged: nothing to do
+        )
         if mode != "full_resync":  # a full resync re-sends everyone desired: keep every row
             rows = rows.where(or_(~in_d, ~in_k, differs))
         conn.execute(insert(delta).from_select([c.name for c in delta.columns], rows))
