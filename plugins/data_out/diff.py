@@ -352,7 +352,9 @@ class Planner:
             )
         plan.batches = len(batches)
         # acknowledged plus pending now equals desired as of change ``upto``: the next plan starts there
-        if own:
+        if own and mode == "retire":  # the destination is being emptied: whatever comes next plans in full
+            changes.forget(conn, aud, label)
+        elif own:
             changes.set_mark(conn, aud, label, upto, shape, plan.sync_id)
         faults.point("plan.written")  # inside the plan transaction, before it commits
 

@@ -36,6 +36,11 @@ Resolver = Callable[[str], ConnectionInfo]
 _Step = TypeVar("_Step", bound=Callable[..., Any])
 
 
+#: destinations synced at once by ``run(parallel=...)``: each holds a state connection for its whole
+#: plan transaction, and the state engine's pool has four (connections.py)
+MAX_PARALLEL_DESTINATIONS = 2
+
+
 class RunFailed(Exception):
     """The run finished with failed steps; the message lists them."""
 
@@ -446,8 +451,9 @@ class AudienceRunner:
         try:
             self.stage(run_id, holder)
             labels = [d.label for d in self.cfg.destinations if destinations is None or d.label in destinations]
-            if parallel > 1 and len(labels) > 1:
-                with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="destination") as pool:
+            workers = min(parallel, len(labels), MAX_PARALLEL_DESTINATIONS)
+            if workers > 1:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="destination") as pool:
                     list(pool.map(lambda label: self._sync_one(run_id, label, holder, override_reason, mode), labels))
             else:
                 for label in labels:

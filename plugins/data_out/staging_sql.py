@@ -6,7 +6,9 @@ lives in the warehouse, so the snapshot diff never leaves it. One REPEATABLE REA
 1. one statement reads the source once, fingerprints every row in SQL and full-joins it with the stored
    snapshot by member key. Only the differences land in a temporary table, with the raw values of the
    new and changed rows: on a quiet day a few thousand rows out of millions;
-2. two counts (source rows, snapshot members before) prove that no member key appears twice. Only a
+2. two counts (source rows, in a second, cheaper read; snapshot members before) prove that no member
+   key appears twice. (A query with volatile results, ``random()`` or a ``LIMIT`` without an order,
+   can make the two reads disagree; staging then fails on the snapshot's primary key, loudly.) Only a
    source that does have duplicates pays for grouping by key: the delta is then rebuilt by the grouped
    statement (duplicates keep the lowest fingerprint, so the choice is stable from run to run) and the
    changed rows are read again from the source;
@@ -289,11 +291,14 @@ class InDatabaseStaging:
         if not self.grouped:
             sql = f"SELECT src_key, new_fp, n, {', '.join(values)} FROM do_delta WHERE src_key IS NOT NULL"
         else:
+            # one row per key: identical duplicates (same fingerprint, same values) must not reach
+            # the COPY twice, and they may fall into different batches
             sql = f"""
-                SELECT d.src_key, d.new_fp, d.n, {", ".join("s." + v for v in values)}
+                SELECT DISTINCT ON (d.src_key) d.src_key, d.new_fp, d.n, {", ".join("s." + v for v in values)}
                 FROM ({self._source_rows(with_values=True)}) AS s
                 JOIN do_delta d ON d.src_key = s.member_key
                 WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = s.fp
+                ORDER BY d.src_key
                 """
         result = conn.execute(
             text(sql),

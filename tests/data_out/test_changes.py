@@ -7,13 +7,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, func, select
 
 from data_out import state
 from data_out.config import load_audiences
 from data_out.diff import count_desired
 from data_out.holdout import is_held_out
-from data_out.runner import AudienceRunner
+from data_out.runner import AudienceRunner, RunFailed
 from tests.data_out.test_runner import AS_OF, TARGETS, expected_memory, held, last_sync, person
 
 
@@ -126,3 +127,18 @@ def test_a_new_shape_falls_back_to_a_full_diff(audiences_dir, resolver, state_en
     assert len(want) < len(expected_memory(rows))
     sync(audiences_dir, resolver, state_engine, "t/3")
     assert last_sync(state_engine)["diffed_keys"] == 0  # incremental again, and nothing changed
+
+
+def test_a_failed_retirement_leaves_no_mark_behind(audiences_dir, resolver, state_engine, people, store):
+    """A retirement empties the destination; if it fails half way and the audience syncs again, the next
+    plan must be a full diff, or everyone the retirement removed and who did not change stays removed."""
+    rows = [person(i) for i in range(30)]
+    people.set(rows)
+    runner = sync(audiences_dir, resolver, state_engine, "t/1")
+    store.fail_before_apply.add(len(store.requests) + 2)  # the retirement's second removal request fails
+    with pytest.raises(RunFailed):
+        runner.retire("t/retire")
+    assert 0 < len(held(store)) < len(expected_memory(rows))
+    sync(audiences_dir, resolver, state_engine, "t/2")  # the audience is still wanted after all
+    assert last_sync(state_engine)["diffed_keys"] is None
+    assert held(store) == expected_memory(rows)

@@ -240,3 +240,12 @@ def test_exclusions_are_staged_in_the_database(engine):
     buyers = SqlSource(engine, "SELECT customer_id FROM buyers", {}, ["customer_id"], "buyers")
     stats = Stager(engine, cfg, 1).stage(SqlSource(engine, SQL, {}, [], "t"), {"buyers_v1": (buyers, "customer_id")})
     assert stats.excluded == 2
+
+
+def test_identical_duplicates_of_a_new_key_in_different_batches_are_copied_once(engine):
+    """The grouped delta streams one row per key whatever the batch size (here one row per batch)."""
+    cfg = config()
+    load(engine, [("c1", "a@example.com", None, 1), ("c2", "b@example.com", None, 2), ("c1", "a@example.com", None, 1)])
+    source = SqlSource(engine, SQL, {}, [cfg.member_key], "audience sql_stage_v1 (test)")
+    stats = Stager(engine, cfg, 1, batch_size=1).stage(source, {})
+    assert (stats.path, stats.members, stats.duplicate_keys, stats.recomputed) == ("database", 2, 1, 2)
