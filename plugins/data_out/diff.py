@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
-    MetaData,
     Select,
     String,
     Table,
@@ -126,29 +125,31 @@ def desired_select(
     ]
     if empty:
         conditions.append(false())
-    if dest.identity_columns and matchable is not None:  # None: matchable or not, both
-        has_any = or_(*[m.c[src].is_not(None) for src in dest.identity_columns.values()])
+    has_any = any_present(m.c, dest.identity_columns.values())
+    if has_any is not None and matchable is not None:  # None: matchable or not, both
         conditions.append(has_any if matchable else ~has_any)
     return select(m.c.member_key, *cols).where(*conditions)
+
+
+def any_present(columns: Any, names: Iterable[str]) -> Any | None:
+    """At least one of these identifier columns is set: what makes a member matchable (``None``: none asked for)."""
+    wanted = list(names)
+    return or_(*[columns[c].is_not(None) for c in wanted]) if wanted else None
 
 
 def _delta_table(conn: Connection) -> Table:
     """A session-local table for one plan's differences: ``d_*`` desired identity, ``k_*`` acknowledged."""
     ident = [Column(f"{side}_{c}", state.ack.c[c].type) for side in ("d", "k") for c in IDENTITY_COLUMNS]
-    table = Table(
+    return state.temp_table(
+        conn,
         "do_plan_delta",
-        MetaData(),
         Column("member_key", String(256), nullable=False),
         Column("in_d", Boolean, nullable=False),
         Column("in_k", Boolean, nullable=False),
         Column("rejected", Boolean, nullable=False),
         Column("differs", Boolean, nullable=False),
         *ident,
-        prefixes=["TEMPORARY"],
     )
-    table.drop(conn, checkfirst=True)  # a plan that failed earlier on this pooled connection
-    table.create(conn)
-    return table
 
 
 def _diff_conditions(t: Any, mode: str) -> tuple[Any, Any, Any]:
@@ -165,13 +166,9 @@ def count_desired(conn: Connection, cfg: AudienceConfig, dest: Destination) -> i
 
 def _keys_table(conn: Connection, dirty: Select) -> Table:
     """The changed keys to diff, in a session-local table with statistics (so lookups use the indexes)."""
-    key = Column("member_key", String(256), primary_key=True)
-    table = Table("do_plan_keys", MetaData(), key, prefixes=["TEMPORARY"])
-    table.drop(conn, checkfirst=True)
-    table.create(conn)
+    table = state.temp_table(conn, "do_plan_keys", Column("member_key", String(256), primary_key=True))
     conn.execute(insert(table).from_select(["member_key"], dirty))
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"ANALYZE {table.name}")
+    state.analyze_temp(conn, table)
     return table
 
 
@@ -402,8 +399,7 @@ class Planner:
         if mode != "full_resync":  # a full resync re-sends everyone desired: keep every row
             rows = rows.where(or_(~in_d, ~in_k, differs))
         conn.execute(insert(delta).from_select([c.name for c in delta.columns], rows))
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql(f"ANALYZE {delta.name}")  # temporary tables are never auto-analysed
+        state.analyze_temp(conn, delta)
 
     def _count_sides(self, conn: Connection, plan: Plan, mode: str) -> None:
         """Desired, unmatchable and acknowledged totals.
@@ -422,9 +418,7 @@ class Planner:
         every = desired_select(
             self.cfg, self.dest, matchable=None, snapshot=self.snapshot, empty=mode == "retire"
         ).subquery("every")
-        matchable = (
-            or_(*[every.c[c].is_not(None) for c in self.dest.identity_columns]) if self.dest.identity_columns else None
-        )
+        matchable = any_present(every.c, self.dest.identity_columns)
         row = conn.execute(
             select(
                 func.count().filter(matchable) if matchable is not None else func.count(),

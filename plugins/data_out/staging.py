@@ -29,7 +29,6 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
-    MetaData,
     String,
     Table,
     and_,
@@ -38,7 +37,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from data_out import changes, faults, state, state_errors
 from data_out.config import AudienceConfig
 from data_out.destinations import destination_class
-from data_out.diff import group_filter
+from data_out.diff import any_present, group_filter
 from data_out.holdout import bucket_for, holdout_threshold
 from data_out.identity import INVALID, MISSING, NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
 from data_out.sources.base import Source, member_key
@@ -370,7 +368,11 @@ class Stager:
         }
 
     def _open_change(self, conn: Connection, changed: int, members: int) -> int | None:
-        """This run's change record; its id when the changed keys are to be recorded (see changes.py)."""
+        """This run's change record; its id when the changed keys are to be recorded (see changes.py).
+
+        First drops recorded keys every destination's mark has passed: staging is the one step that
+        adds them, so it is where they are collected.
+        """
         changes.collect(conn, self.cfg.name, [d.label for d in self.cfg.destinations])
         if not self.record_changes:
             return None
@@ -420,8 +422,7 @@ class Stager:
         columns += [func.count().filter(m.c[col] == issue) for col, issue in issues]
         for d in self.cfg.destinations:  # what each destination's plan reports as desired and unmatchable
             wanted = and_(~is_excluded, group_filter(self.cfg, d.include, m))
-            sources = destination_class(d.type).columns_for(d).values()
-            matchable = or_(*[m.c[c].is_not(None) for c in sources]) if sources else None
+            matchable = any_present(m.c, destination_class(d.type).columns_for(d).values())
             columns.append(func.count().filter(and_(wanted, matchable) if matchable is not None else wanted))
             columns.append(func.count().filter(and_(wanted, ~matchable)) if matchable is not None else literal(0))
         joined = m.outerjoin(x, x.c.member_key == m.c.member_key)
@@ -440,9 +441,7 @@ class Stager:
 def _old_exclusions(conn: Connection, audience: str) -> Table:
     """The exclusion keys before this run, in a session-local table, to find the ones that flipped."""
     x = state.exclusion
-    old = Table("do_old_exclusion", MetaData(), Column("member_key", String(256)), prefixes=["TEMPORARY"])
-    old.drop(conn, checkfirst=True)
-    old.create(conn)
+    old = state.temp_table(conn, "do_old_exclusion", Column("member_key", String(256)))
     conn.execute(insert(old).from_select(["member_key"], select(x.c.member_key).where(x.c.audience == audience)))
     return old
 

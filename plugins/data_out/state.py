@@ -465,6 +465,21 @@ def analyze(engine: Engine, table: Table) -> None:
             conn.exec_driver_sql(f"ANALYZE {table.name}")
 
 
+def temp_table(conn: Any, name: str, *columns: Column) -> Table:
+    """A session-local work table, created fresh (a step that failed earlier on this pooled connection
+    may have left one behind). Postgres never auto-analyses temporary tables: see ``analyze_temp``."""
+    table = Table(name, MetaData(), *columns, prefixes=["TEMPORARY"])
+    table.drop(conn, checkfirst=True)
+    table.create(conn)
+    return table
+
+
+def analyze_temp(conn: Any, table: Table) -> None:
+    """Statistics for a just-filled temporary table, so joins against it use the indexes (Postgres only)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"ANALYZE {table.name}")
+
+
 def vacuum(engine: Engine, table: Table) -> None:
     """Reclaim a work table that was just emptied in bulk (``do_pending`` after a push).
 
