@@ -191,9 +191,9 @@ class Pusher:
         with self.engine.begin() as conn:
             acked_delta = len(rows) - len(rejected) if op is Op.ADD else 0
             for chunk in _chunks(touched, 10_000):
-                ended = self._mine(a), a.c.member_key.in_(chunk), a.c.rejected.is_(False)
-                acked_delta -= state.scalar_int(conn, select(func.count()).where(*ended))
-                conn.execute(delete(a).where(self._mine(a), a.c.member_key.in_(chunk)))
+                ended = delete(a).where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
+                was_rejected = conn.execute(ended.returning(a.c.rejected)).scalars()
+                acked_delta -= sum(1 for r in was_rejected if not r)
             if op is Op.ADD:
                 conn.execute(
                     insert(a).from_select(
@@ -209,7 +209,11 @@ class Pusher:
                     )
                 )
                 for chunk in _chunks(rejected, 10_000):
-                    conn.execute(update(a).where(self._mine(a), a.c.member_key.in_(chunk)).values(rejected=True))
+                    conn.execute(
+                        update(a)
+                        .where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
+                        .values(rejected=True)
+                    )
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             if op is Op.REMOVE:  # still acknowledged: the next plan must try the removal again
                 changes.record_refused(conn, self.audience, self.label, None, rejected)

@@ -21,7 +21,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    any_,
     bindparam,
     delete,
     func,
@@ -40,7 +39,7 @@ from data_out.destinations.base import (
     MemberRow,
     Op,
 )
-from data_out.state import insert_ignore, utcnow
+from data_out.state import insert_ignore, key_in, utcnow
 
 
 class WarehouseSettings(DestinationSettings):
@@ -118,18 +117,15 @@ class WarehouseDestination(Destination):
         return BatchResult(received=len(rows))
 
     def _write(self, conn: Connection, table: Table, op: Op, keys: list[str], now: dt.datetime) -> None:
-        if conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
+        if op is Op.REMOVE:
+            conn.execute(delete(table).where(key_in(conn.dialect, table.c.member_key, keys)))
+        elif conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
             arr = bindparam("keys", keys, type_=postgresql.ARRAY(String))
-            if op is Op.ADD:
-                rows = select(func.unnest(arr), literal(now, DateTime(timezone=True)))
-                stmt = postgresql.insert(table).from_select(["member_key", "added_at"], rows)
-                conn.execute(stmt.on_conflict_do_nothing())
-            else:
-                conn.execute(delete(table).where(table.c.member_key == any_(arr)))
-        elif op is Op.ADD:
-            conn.execute(insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys])
+            rows = select(func.unnest(arr), literal(now, DateTime(timezone=True)))
+            stmt = postgresql.insert(table).from_select(["member_key", "added_at"], rows)
+            conn.execute(stmt.on_conflict_do_nothing())
         else:
-            conn.execute(delete(table).where(table.c.member_key.in_(keys)))
+            conn.execute(insert_ignore(self.engine, table), [{"member_key": k, "added_at": now} for k in keys])
 
     def size(self) -> int:
         tables = {"all": (self.members, self.holdout), "holdout": (self.holdout,), "targeted": (self.members,)}
