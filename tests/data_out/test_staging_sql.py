@@ -11,7 +11,7 @@ from data_out.connections import ConnectionInfo, engine_for
 from data_out.sources.base import SourceError
 from data_out.sources.warehouse import SqlSource
 from data_out.staging import Stager, StageStats, _fingerprint_context, raw_fingerprint
-from data_out.staging_sql import InDatabase, InDatabaseStaging, work_mem
+from data_out.staging_sql import NULL_TAG, InDatabase, InDatabaseStaging, work_mem
 from data_out.state import ensure_schema
 
 pytestmark = pytest.mark.postgres
@@ -112,8 +112,10 @@ def test_sql_fingerprint_changes_with_every_value_and_the_context(engine):
     cfg = config()
     base = [("c1", "ab", "c", 1), ("c2", "a", "bc", 1), ("c3", "ab", None, 1), ("c4", "ab", "", 1)]
     base.append(("c5", "ab", "c", 2))
+    base.append(("c6", "ab", NULL_TAG, 1))  # the tag NULL is hashed from, as a value: not NULL
+    base.append(("c7", "c", "ab", 1))  # the same values in other columns
     fps = fingerprints(engine, cfg, base)
-    assert len(set(fps)) == len(base)  # a moved boundary, NULL against empty, an integer: all differ
+    assert len(set(fps)) == len(base)  # moved values, NULL against empty or its tag, an integer: all differ
     assert fingerprints(engine, cfg, base) == fps  # deterministic
     other_salt = config(holdout={"percent": 20, "salt": "salt-2"})
     assert set(fingerprints(engine, other_salt, base)).isdisjoint(fps)  # the context is part of it
