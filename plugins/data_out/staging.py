@@ -198,7 +198,7 @@ class Stager:
                 change_id = self._open_change(conn, delta.to_compute + delta.gone, delta.before)
                 if change_id is not None:
                     changes.add_keys(conn, self.cfg.name, change_id, staging.changed_keys())
-                staging.drop_stale(conn)
+                staging.drop_stale(conn, delta)
                 for part in staging.stream_changed(conn):
                     rows = self._normalised_rows(part)
                     staging.copy_members(conn, rows)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,11 @@ TEXT_SAFE_TYPES = frozenset({25, 1043, 21, 23, 20, 2950})
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PG_SIZE = re.compile(r"^[0-9]{1,7}(kB|MB|GB)$")
 DEFAULT_WORK_MEM = "1GB"
+#: stale rows up to 1/LOOKUP_SHARE of the snapshot are deleted by key lookups rather than a join
+LOOKUP_SHARE = 20
+#: audiences with at least this many members are diffed in two halves at once (``_find_delta_in_halves``)
+SPLIT_MIN_MEMBERS = 1_000_000
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 NULL_TAG = "\x1eN"
 
 
@@ -194,24 +200,32 @@ class InDatabaseStaging:
             SELECT nullif({p.key_expr()}, '') AS member_key, {p.fingerprint_expr()} AS fp{values if with_values else ""}
             FROM ({p.sql}) AS src"""
 
+    def _diff_sql(self, table: str, half: int | None = None) -> str:
+        """The full join of the source with the snapshot into ``table``; ``half``: only keys of that hash parity.
+
+        Key-less rows go with half 0, so each source row lands in exactly one half.
+        """
+        source, snapshot = "", ""
+        if half is not None:
+            source = f" WHERE coalesce(hashtext(r.member_key) & 1, 0) = {half}"
+            snapshot = f" AND (hashtext(member_key) & 1) = {half}"
+        return f"""
+            CREATE TEMP TABLE {table} ON COMMIT DROP AS
+            SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
+                   1 AS n, {", ".join(f"s.v{i}" for i in range(len(self.plan.value_columns)))}
+            FROM (SELECT * FROM ({self._source_rows(with_values=True)}) AS r{source}) AS s
+            FULL JOIN (SELECT member_key, raw_fp FROM do_member WHERE audience = :aud{snapshot}) AS m
+                   ON m.member_key = s.member_key
+            WHERE s.fp IS DISTINCT FROM m.raw_fp"""
+
     def find_delta(self, conn: Connection) -> Delta:
         """Build ``do_delta``: new, changed and gone members (and key-less rows), in one read of the source."""
         conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the hash of the snapshot's keys
         before = state.scalar_int(conn, text("SELECT count(*) FROM do_member WHERE audience = :aud"), aud=self.audience)
-        conn.execute(
-            text(
-                f"""
-                CREATE TEMP TABLE do_delta ON COMMIT DROP AS
-                SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
-                       1 AS n, {", ".join(f"s.v{i}" for i in range(len(self.plan.value_columns)))}
-                FROM ({self._source_rows(with_values=True)}) AS s
-                FULL JOIN (SELECT member_key, raw_fp FROM do_member WHERE audience = :aud) AS m
-                       ON m.member_key = s.member_key
-                WHERE s.fp IS DISTINCT FROM m.raw_fp
-                """
-            ),
-            self._params(),
-        )
+        if before >= SPLIT_MIN_MEMBERS:
+            self._find_delta_in_halves(conn)
+        else:
+            conn.execute(text(self._diff_sql("do_delta")), self._params())
         conn.execute(  # an over-long key matched nothing, so every such row is here: it has no usable key
             text(f"UPDATE do_delta SET src_key = NULL WHERE length(src_key) > {MAX_MEMBER_KEY_LENGTH}")
         )
@@ -244,6 +258,47 @@ class InDatabaseStaging:
         ).one()
         return Delta(*(int(v) for v in row), missing_keys=int(missing), before=before)
 
+    def _find_delta_in_halves(self, conn: Connection) -> None:
+        """The full join in two halves by key hash, at once: this connection and a helper sharing its snapshot.
+
+        Postgres 15 runs a full join on one core only (parallel full joins came in 16). Split by the
+        parity of the key's hash, each half builds a hash table half the size; the helper imports this
+        transaction's snapshot (``pg_export_snapshot``), so both read the same source and snapshot,
+        and its half is copied into ``do_delta`` here. 10M members on two cores: 10.7 s instead of 15.0 s.
+        """
+        snapshot = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar())
+        if not _SNAPSHOT_ID.match(snapshot):
+            raise RuntimeError(f"unexpected snapshot id {snapshot!r} from pg_export_snapshot()")
+        failed: list[BaseException] = []
+        with conn.engine.connect().execution_options(isolation_level="REPEATABLE READ") as helper:
+
+            def other_half() -> None:
+                try:
+                    helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
+                    helper.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
+                    helper.execute(text(self._diff_sql("do_delta_half", half=1)), self._params())
+                except BaseException as exc:  # re-raised in the staging thread below
+                    failed.append(exc)
+
+            thread = threading.Thread(target=other_half, name=f"stage-{self.audience}-half", daemon=True)
+            thread.start()
+            try:
+                conn.execute(text(self._diff_sql("do_delta", half=0)), self._params())
+            finally:
+                thread.join()
+            if failed:
+                raise failed[0]
+            reader, writer = helper.connection.driver_connection, conn.connection.driver_connection
+            with (
+                reader.cursor() as rc,
+                writer.cursor() as wc,
+                rc.copy("COPY do_delta_half TO STDOUT") as out,
+                wc.copy("COPY do_delta FROM STDIN") as into,
+            ):
+                for block in out:
+                    into.write(block)
+            helper.rollback()  # drops its half; it never wrote anything else
+
     def _find_grouped_delta(self, conn: Connection) -> None:
         """The delta for a source with duplicate keys: grouped by key, the lowest fingerprint stands."""
         self.grouped = True
@@ -274,17 +329,19 @@ class InDatabaseStaging:
         d = table("do_delta", column("src_key"), column("old_key"), column("new_fp"), column("old_fp"))
         return select(func.coalesce(d.c.src_key, d.c.old_key)).where(d.c.new_fp.is_distinct_from(d.c.old_fp))
 
-    def drop_stale(self, conn: Connection) -> None:
-        """Gone and changed members leave the snapshot; changed ones come back from ``stream_changed``."""
-        conn.execute(
-            text(
-                """
-                DELETE FROM do_member m USING do_delta d
-                WHERE m.audience = :aud AND m.member_key = d.old_key AND d.new_fp IS DISTINCT FROM d.old_fp
-                """
-            ),
-            {"aud": self.audience},
-        )
+    def drop_stale(self, conn: Connection, delta: Delta) -> None:
+        """Gone and changed members leave the snapshot; changed ones come back from ``stream_changed``.
+
+        A usual day's few stale members are deleted by primary-key lookups of their keys. Left to
+        itself, Postgres joins a delta of 200,000 rows by scanning all 10M members (5.7 s against
+        about 2 s). A large share of the audience is deleted through that join, which is then cheaper.
+        """
+        stale = "SELECT old_key FROM do_delta WHERE old_key IS NOT NULL AND new_fp IS DISTINCT FROM old_fp"
+        if (delta.to_compute + delta.gone) * LOOKUP_SHARE <= delta.before:  # an upper bound of the stale rows
+            sql = f"DELETE FROM do_member WHERE audience = :aud AND member_key = ANY(ARRAY({stale}))"
+        else:
+            sql = f"DELETE FROM do_member m USING ({stale}) AS d WHERE m.audience = :aud AND m.member_key = d.old_key"
+        conn.execute(text(sql), {"aud": self.audience})
 
     def stream_changed(self, conn: Connection) -> Any:
         """(key, fingerprint, n, *raw values) of new and changed members only, in batches (a server-side cursor).

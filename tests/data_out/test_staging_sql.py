@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, select, text
 
-from data_out import state
+from data_out import staging_sql, state
 from data_out.config import AudienceConfig
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.sources.base import SourceError
@@ -124,7 +124,13 @@ def test_sql_fingerprint_changes_with_every_value_and_the_context(engine):
     assert all(len(fp) <= 16 and fp != raw_fingerprint(ctx, r[1:]) for fp, r in zip(fps, base, strict=True))
 
 
-def test_database_path_equals_python_path_over_several_runs(engine, pg_database):
+@pytest.mark.parametrize(
+    ("lookup_share", "split_min"), [(0, 0), (10**9, 10**18)], ids=["halves-and-key-lookups", "one-join"]
+)
+def test_database_path_equals_python_path_over_several_runs(engine, pg_database, monkeypatch, lookup_share, split_min):
+    # both ways to diff (one statement, or two halves at once on two connections) and to delete stale members
+    monkeypatch.setattr(staging_sql, "LOOKUP_SHARE", lookup_share)
+    monkeypatch.setattr(staging_sql, "SPLIT_MIN_MEMBERS", split_min)
     cfg = config()
     history = [
         ROWS,
