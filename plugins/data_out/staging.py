@@ -234,8 +234,13 @@ class Stager:
         return out
 
     def _refresh_statistics(self, changed: int, members: int) -> None:
-        """After a large change the planner's row estimates are stale; the diff plan depends on them."""
-        if changed > max(10_000, members * _ANALYZE_SHARE):
+        """After a large change the planner's row estimates are stale; the diff plan depends on them.
+
+        After a bulk change (a first sync) the snapshot is vacuumed too (see ``state.vacuum``).
+        """
+        if changed >= state.VACUUM_AFTER_ROWS:
+            state.vacuum(self.engine, state.member, analyze=True)
+        elif changed > max(10_000, members * _ANALYZE_SHARE):
             state.analyze(self.engine, state.member)
 
     # -- in Python ---------------------------------------------------------------------------------

@@ -257,3 +257,23 @@ def test_identical_duplicates_of_a_new_key_in_different_batches_are_copied_once(
     source = SqlSource(engine, SQL, {}, [cfg.member_key], "audience sql_stage_v1 (test)")
     stats = Stager(engine, cfg, 1, batch_size=1).stage(source, {})
     assert (stats.path, stats.members, stats.duplicate_keys, stats.recomputed) == ("database", 2, 1, 2)
+
+
+def _all_visible_pages(engine: Engine) -> int:
+    """Pages of do_member that VACUUM recorded as all-visible (pg_class is updated in place, at once)."""
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT relallvisible FROM pg_class WHERE relname = 'do_member'")) or 0)
+
+
+def test_a_bulk_change_vacuums_the_snapshot_and_a_small_one_does_not(engine, monkeypatch):
+    """After a first sync the snapshot's visibility is recorded now, not by the next sync's first read."""
+    cfg = config()
+    many = [(f"k{i:05d}", f"u{i}@example.com", None, i) for i in range(3000)]  # several pages of members
+    load(engine, many)
+    monkeypatch.setattr(state, "VACUUM_AFTER_ROWS", len(many))
+    stage(engine, cfg, 1)
+    vacuumed = _all_visible_pages(engine)
+    assert vacuumed > 0
+    load(engine, many[:-10] + [("n1", "n1@example.com", None, 1)])  # 11 changed keys: under the threshold
+    stage(engine, cfg, 2)
+    assert _all_visible_pages(engine) == vacuumed  # untouched: no VACUUM ran (ANALYZE keeps the count)
