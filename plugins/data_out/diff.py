@@ -51,7 +51,7 @@ from data_out.config import AudienceConfig
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, GuardSettings, MemberRow, Op
 from data_out.holdout import holdout_threshold
 from data_out.shards import member_key_hash, shard_count
-from data_out.sync import acked_count, forget_acked_count, record_rejects
+from data_out.sync import acked_count, forget_acked_count, mark_rejected, record_rejects
 
 log = logging.getLogger(__name__)
 
@@ -532,12 +532,6 @@ class Replacer:
                     ),
                 )
             )
-            keys = list(outcome.rejected)
-            for i in range(0, len(keys), 5_000):
-                conn.execute(
-                    update(a)
-                    .where(a.c.audience == aud, a.c.destination == label, a.c.member_key.in_(keys[i : i + 5_000]))
-                    .values(rejected=True)
-                )
+            mark_rejected(conn, aud, label, list(outcome.rejected))
             record_rejects(conn, sync_id, aud, label, Op.ADD, outcome.rejected, now)
         return outcome, desired

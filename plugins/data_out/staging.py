@@ -277,7 +277,8 @@ class Stager:
             known = dict(
                 conn.execute(
                     select(m.c.member_key, m.c.raw_fp).where(
-                        m.c.audience == cfg.name, m.c.member_key.in_({k for k, _, _ in keyed})
+                        m.c.audience == cfg.name,
+                        state.key_in(conn.dialect, m.c.member_key, list({k for k, _, _ in keyed})),
                     )
                 ).all()
             )

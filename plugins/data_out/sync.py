@@ -88,6 +88,14 @@ def acked_count(conn: Connection, audience: str, destination: str) -> int:
     return n
 
 
+def mark_rejected(conn: Connection, audience: str, destination: str, keys: list[str]) -> None:
+    """Keep refused adds as rejected acknowledgements: remembered, so they are not re-sent every run."""
+    a = state.ack
+    for chunk in _chunks(keys, 10_000):
+        mine = a.c.audience == audience, a.c.destination == destination
+        conn.execute(update(a).where(*mine, state.key_in(conn.dialect, a.c.member_key, chunk)).values(rejected=True))
+
+
 def forget_acked_count(conn: Connection, audience: str, destination: str) -> None:
     c = state.ack_count
     conn.execute(delete(c).where(c.c.audience == audience, c.c.destination == destination))
@@ -211,12 +219,7 @@ class Pusher:
                         ).where(self._mine(p), p.c.batch_no == batch_no),
                     )
                 )
-                for chunk in _chunks(rejected, 10_000):
-                    conn.execute(
-                        update(a)
-                        .where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
-                        .values(rejected=True)
-                    )
+                mark_rejected(conn, self.audience, self.label, rejected)
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             if op is Op.REMOVE:  # still acknowledged: the next plan must try the removal again
                 changes.record_refused(conn, self.audience, self.label, None, rejected)
