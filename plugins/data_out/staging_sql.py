@@ -62,6 +62,7 @@ LOOKUP_SHARE = 20
 SPLIT_MIN_MEMBERS = 1_000_000
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 NULL_TAG = "\x1eN"
+_NO_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
 
 
 @dataclass
@@ -267,6 +268,10 @@ class InDatabaseStaging:
         parity of the key's hash, each half builds a hash table half the size; the helper imports this
         transaction's snapshot (``pg_export_snapshot``), so both read the same source and snapshot,
         and its half is copied into ``do_delta`` here. 10M members on two cores: 10.2 s instead of 15.0 s.
+
+        Each half runs without parallel workers: the two halves already keep the cores busy, and
+        workers would only pass every scanned row through a queue to their half (at 10M, with two
+        workers each: 9.5 s; without: 7.8 s).
         """
         snapshot = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar())
         if not _SNAPSHOT_ID.match(snapshot):
@@ -278,6 +283,7 @@ class InDatabaseStaging:
                 try:
                     helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
                     helper.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
+                    helper.execute(text(_NO_WORKERS))
                     helper.execute(text(self._diff_sql("do_delta_half", half=1)), self._params())
                 except BaseException as exc:  # re-raised in the staging thread below
                     failed.append(exc)
@@ -285,7 +291,9 @@ class InDatabaseStaging:
             thread = threading.Thread(target=other_half, name=f"stage-{self.audience}-half", daemon=True)
             thread.start()
             try:
+                conn.execute(text(_NO_WORKERS))
                 conn.execute(text(self._diff_sql("do_delta", half=0)), self._params())
+                conn.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))  # the scans that follow
             finally:
                 thread.join()
             if failed:
