@@ -18,7 +18,6 @@ nothing raw is written or logged.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -45,8 +44,9 @@ from data_out import changes, faults, state, state_errors
 from data_out.config import AudienceConfig
 from data_out.destinations import destination_class
 from data_out.diff import any_present, group_filter
-from data_out.holdout import bucket_for, holdout_threshold
-from data_out.identity import INVALID, MISSING, NORMALIZATION_VERSION, identity_forms, normalize_meta_field, sha256_hex
+from data_out.holdout import holdout_threshold
+from data_out.identity import INVALID, MISSING, NORMALIZATION_VERSION
+from data_out.normalise import Normaliser, in_order, workers_for
 from data_out.sources.base import Source, member_key
 from data_out.sources.warehouse import query_failed
 from data_out.staging_sql import InDatabase, InDatabaseStaging
@@ -147,6 +147,7 @@ class Stager:
         self.run_id = run_id
         self.batch_size = batch_size
         self._context = _fingerprint_context(cfg)
+        self.normaliser = Normaliser.for_audience(cfg)
         ids = cfg.identifiers
         #: the raw columns a row's identity depends on, in fingerprint order (None: not mapped)
         self.value_columns: list[str | None] = [
@@ -199,8 +200,9 @@ class Stager:
                 if change_id is not None:
                     changes.add_keys(conn, self.cfg.name, change_id, staging.changed_keys())
                 staging.drop_stale(conn, delta)
-                for part in staging.stream_changed(conn):
-                    rows = self._normalised_rows(part)
+                parts = ([tuple(r) for r in part] for part in staging.stream_changed(conn))  # plain, picklable
+                workers = workers_for(delta.to_compute)
+                for rows in in_order(self.normaliser.member_rows, parts, workers):
                     staging.copy_members(conn, rows)
                     stats.recomputed += len(rows)
                     faults.point("stage.batch")
@@ -219,19 +221,6 @@ class Stager:
             self._warn_duplicates(delta.duplicate_keys)
         self._refresh_statistics(delta.to_compute + delta.gone, stats.members)
         return True
-
-    def _normalised_rows(self, part: list[Any]) -> list[dict[str, Any]]:
-        """``do_member`` rows for one batch of (key, fingerprint, n, *raw values); identical duplicates once."""
-        out, seen = [], set()
-        for key, fp, n, *raw in part:
-            if n > 1:  # a duplicated key whose rows are identical: the first one stands for all
-                if key in seen:
-                    continue
-                seen.add(key)
-            row = self._normalise(key, tuple(raw))
-            row.update(audience=self.cfg.name, member_key=key, raw_fp=fp)
-            out.append(row)
-        return out
 
     def _refresh_statistics(self, changed: int, members: int) -> None:
         """After a large change the planner's row estimates are stale; the diff plan depends on them.
@@ -288,7 +277,7 @@ class Stager:
                 if known.get(key) == fp:  # unchanged: the snapshot row already holds its identity
                     row.update(_UNCHANGED)
                 else:
-                    row.update(self._normalise(key, raw), computed=True)
+                    row.update(self.normaliser.identity(key, raw), computed=True)
                     stats.recomputed += 1
                 out.append(row)
             conn.execute(insert(state.stage), out)
@@ -352,27 +341,6 @@ class Stager:
         return max(gone, 0) + max(added, 0)
 
     # -- shared ------------------------------------------------------------------------------------
-    def _normalise(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
-        ids = self.cfg.identifiers
-        f = identity_forms(*raw[:3], default_region=ids.default_region)
-        extra = {}
-        for (name, _), value in zip(sorted(ids.extra.items()), raw[3:], strict=True):
-            norm = normalize_meta_field(name, value)
-            if norm:
-                extra[name] = sha256_hex(norm)
-        return {
-            "bucket": bucket_for(self.cfg.holdout.salt, key) if self.cfg.holdout else None,
-            "email_sha256": f.email_sha256,
-            "phone_e164_sha256": f.phone_e164_sha256,
-            "phone_digits_sha256": f.phone_digits_sha256,
-            "external_id": f.external_id,
-            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
-            # an identifier the audience does not map is not "missing", it is not asked for
-            "email_issue": f.email_issue if ids.email else None,
-            "phone_issue": f.phone_issue if ids.phone else None,
-            "external_id_issue": f.external_id_issue if ids.external_id else None,
-        }
-
     def _open_change(self, conn: Connection, changed: int, members: int) -> int | None:
         """This run's change record; its id when the changed keys are to be recorded (see changes.py).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, select, text
 
-from data_out import staging_sql, state
+from data_out import normalise, staging_sql, state
 from data_out.config import AudienceConfig
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.sources.base import SourceError
@@ -125,12 +125,19 @@ def test_sql_fingerprint_changes_with_every_value_and_the_context(engine):
 
 
 @pytest.mark.parametrize(
-    ("lookup_share", "split_min"), [(0, 0), (10**9, 10**18)], ids=["halves-and-key-lookups", "one-join"]
+    ("lookup_share", "split_min", "pool_min"),
+    [(0, 0, 10**9), (10**9, 10**18, 10**9), (0, 0, 0)],
+    ids=["halves-and-key-lookups", "one-join", "worker-processes"],
 )
-def test_database_path_equals_python_path_over_several_runs(engine, pg_database, monkeypatch, lookup_share, split_min):
-    # both ways to diff (one statement, or two halves at once on two connections) and to delete stale members
+def test_database_path_equals_python_path_over_several_runs(
+    engine, pg_database, monkeypatch, lookup_share, split_min, pool_min
+):
+    # both ways to diff (one statement, or two halves at once on two connections), to delete stale members
+    # and to normalise (here, or in worker processes, three rows a batch: results must come back in order)
     monkeypatch.setattr(staging_sql, "LOOKUP_SHARE", lookup_share)
     monkeypatch.setattr(staging_sql, "SPLIT_MIN_MEMBERS", split_min)
+    monkeypatch.setattr(normalise, "POOL_MIN_ROWS", pool_min)
+    monkeypatch.setenv("DATA_OUT_NORMALISE_WORKERS", "2")
     cfg = config()
     history = [
         ROWS,
