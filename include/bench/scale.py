@@ -29,12 +29,14 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 AUDIENCE = "bench_scale_v1"
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -81,6 +83,43 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class TreeMemory:
+    """Peak memory of this process together with its worker processes (the normalising pool).
+
+    Each worker is forked from this process and shares most of its pages, so adding up resident sizes
+    would count the shared pages once per process. The proportional set size (PSS: shared pages split
+    between the processes sharing them) adds up to what the tree really occupies; it is sampled every
+    ``interval`` seconds while the sync runs.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="tree-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except psutil.Error:  # a worker that just exited
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+
 # -- phases (each runs in a child process) ------------------------------------------------------------
 
 
@@ -106,15 +145,19 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
     ensure_schema(engine)
     runner = AudienceRunner(engine, load_audiences(Path(audiences_dir)), AUDIENCE, resolve)
     started = time.monotonic()
-    # destinations in parallel, as the DAG's per-destination tasks run under the scheduler
-    run_id = runner.run(f"bench/{label}", AS_OF, parallel=len(runner.cfg.destinations))
+    with TreeMemory() as tree:
+        # destinations in parallel, as the DAG's per-destination tasks run under the scheduler
+        run_id = runner.run(f"bench/{label}", AS_OF, parallel=len(runner.cfg.destinations))
     wall = time.monotonic() - started
     with engine.connect() as conn:
         run = conn.execute(select(state.run).where(state.run.c.id == run_id)).mappings().one()
         syncs = conn.execute(select(state.sync).where(state.sync.c.run_id == run_id)).mappings().all()
     out: dict[str, Any] = {
         "seconds": round(wall, 2),
-        "rss_mb": round(rss_mb(), 1),
+        # the process's peak RSS, or more if it and its normalising workers together occupied more
+        "rss_mb": round(max(rss_mb(), tree.peak_mb), 1),
+        "process_rss_mb": round(rss_mb(), 1),
+        "tree_pss_mb": round(tree.peak_mb, 1),
         "members": run["members"],
         "recomputed": run["recomputed"],
         "stages": {"stage": run["stage_seconds"]},
@@ -250,6 +293,23 @@ def apply_churn(engine: Any, members: int, churn: float) -> tuple[int, int]:
     return removed, joined
 
 
+def _memory(result: dict[str, Any]) -> str:
+    return f"{result['process_rss_mb']:.0f} / {result['tree_pss_mb']:.0f}"
+
+
+def settle(admin: Any) -> None:
+    """A CHECKPOINT before each timed phase, so that none pays for flushing what the one before wrote.
+
+    (A first sync of 10M members leaves gigabytes of dirty pages; a daily sync starts long after they
+    were written out.) Needs a superuser or the ``pg_checkpoint`` role; without it phases just run.
+    """
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("CHECKPOINT"))
+    except SQLAlchemyError as exc:
+        print(f"  (no CHECKPOINT between phases: {type(exc).__name__})", flush=True)
+
+
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(v).rjust(w) for v, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
@@ -289,11 +349,14 @@ def main(argv: list[str] | None = None) -> None:
                 if phase == "churn":
                     removed, joined = apply_churn(engine, args.members, args.churn)
                     print(f"  churn: {removed:,} members left, {joined:,} joined", flush=True)
+                settle(admin)
                 results[phase] = run_child("dataout", db_url, meta_json, tmp, phase)
                 r = results[phase]
                 print(f"  data out {phase}: {r['seconds']:.1f}s, peak RSS {r['rss_mb']:.0f} MB", flush=True)
+        settle(admin)
         results["pandas"] = run_child("pandas", db_url)
         print(f"  pandas: {results['pandas']['seconds']:.1f}s, peak RSS {results['pandas']['rss_mb']:.0f} MB")
+        settle(admin)
         results["floor"] = run_child("floor", db_url)
         print(f"  floor (COPY out): {results['floor']['seconds']:.1f}s", flush=True)
     finally:
@@ -308,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [(stage, *(f"{results[p]['stages'].get(stage) or 0:.2f}" for p in PHASES)) for stage in stages]
     rows.append(("wall (whole run)", *(f"{results[p]['seconds']:.2f}" for p in PHASES)))
     rows.append(("peak RSS MB", *(f"{results[p]['rss_mb']:.0f}" for p in PHASES)))
+    rows.append(("process RSS / with workers PSS", *(_memory(results[p]) for p in PHASES)))
     rows.append(("recomputed rows", *(f"{results[p]['recomputed']:,}" for p in PHASES)))
     rows.append(
         ("meta added/removed", *(f"{results[p]['meta_added']:,}/{results[p]['meta_removed']:,}" for p in PHASES))
