@@ -86,14 +86,18 @@ def open_change(
 
 
 def add_keys(conn: Connection, audience: str, change_id: int, keys: Select) -> None:
-    """Record the keys ``keys`` selects (one column) under ``change_id``; a key recorded twice counts once."""
+    """Record the keys ``keys`` selects (one column) under ``change_id``, each once however often it comes.
+
+    ``EXCEPT`` drops the keys already recorded under the change (one pass over them, not a lookup per
+    key) and repeats within ``keys``.
+    """
     d = state.dirty
     sub = keys.subquery("k")
     key = next(iter(sub.c))
-    fresh = select(literal(audience), literal(change_id), key).where(key.is_not(None)).distinct()
-    # the primary key drops a key already recorded (ON CONFLICT): no lookup per key that a planner
-    # could turn into a scan of every recorded key per row
-    conn.execute(state.insert_ignore(conn.dialect, d).from_select(["audience", "change_id", "member_key"], fresh))
+    recorded = select(d.c.member_key).where(d.c.audience == audience, d.c.change_id == change_id)
+    fresh = select(key).where(key.is_not(None)).except_(recorded).subquery("fresh")
+    rows = select(literal(audience), literal(change_id), fresh.c[0])
+    conn.execute(insert(d).from_select(["audience", "change_id", "member_key"], rows))
     _count_keys(conn, audience, change_id)
 
 
@@ -110,9 +114,10 @@ def record_refused(conn: Connection, audience: str, destination: str, run_id: in
         return
     change_id = open_change(conn, audience, run_id, "refused_remove", True, destination)
     d = state.dirty
-    for i in range(0, len(keys), 5_000):
+    unique = sorted(set(keys))  # recorded once each, as ``add_keys`` does
+    for i in range(0, len(unique), 5_000):
         conn.execute(
-            insert(d), [{"audience": audience, "change_id": change_id, "member_key": k} for k in keys[i : i + 5_000]]
+            insert(d), [{"audience": audience, "change_id": change_id, "member_key": k} for k in unique[i : i + 5_000]]
         )
     _count_keys(conn, audience, change_id)
 

@@ -142,3 +142,24 @@ def test_a_failed_retirement_leaves_no_mark_behind(audiences_dir, resolver, stat
     sync(audiences_dir, resolver, state_engine, "t/2")  # the audience is still wanted after all
     assert last_sync(state_engine)["diffed_keys"] is None
     assert held(store) == expected_memory(rows)
+
+
+def test_a_key_is_recorded_once_per_change_however_often_it_comes(state_engine):
+    from sqlalchemy import literal, union_all
+
+    from data_out import changes
+
+    def keys(*ks: str | None):
+        return union_all(*[select(literal(k).label("k")) for k in ks])
+
+    with state_engine.begin() as conn:
+        change = changes.open_change(conn, "a_v1", None, "stage", True)
+        other = changes.open_change(conn, "a_v1", None, "stage", True)
+        changes.add_keys(conn, "a_v1", change, keys("k1", "k2", "k2", None))
+        changes.add_keys(conn, "a_v1", change, keys("k2", "k3"))  # k2 again: already recorded
+        changes.add_keys(conn, "a_v1", other, keys("k1"))  # another change records its own
+        d, c = state.dirty, state.change
+        mine = select(d.c.member_key).where(d.c.change_id == change).order_by(d.c.member_key)
+        assert conn.execute(mine).scalars().all() == ["k1", "k2", "k3"]
+        assert conn.scalar(select(c.c.key_count).where(c.c.id == change)) == 3
+        assert conn.scalar(select(c.c.key_count).where(c.c.id == other)) == 1

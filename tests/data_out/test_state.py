@@ -31,3 +31,33 @@ def test_an_older_schema_is_migrated_in_place_without_losing_rows(backend):
         assert conn.execute(select(state.ack.c.member_key, state.ack.c.rejected)).all() == [("k1", False)]
         assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
     state.ensure_schema(engine)  # idempotent
+
+
+def test_version_3_drops_the_recorded_keys_and_every_plan_mark(backend):
+    # do_dirty as version 2 created it (a primary key over the keys), with a recorded key and a mark that
+    # relies on it: the keys go, and so does the mark, so the next plan is a full diff instead of a blind one
+    engine = engine_for(backend)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE do_dirty (audience VARCHAR(64) NOT NULL, change_id BIGINT NOT NULL, "
+                "member_key VARCHAR(256) NOT NULL, PRIMARY KEY (audience, change_id, member_key))"
+            )
+        )
+        conn.execute(text("INSERT INTO do_dirty VALUES ('a_v1', 7, 'k1')"))
+    state.metadata.create_all(engine, tables=[state.schema_version, state.plan_mark])
+    with engine.begin() as conn:
+        conn.execute(state.schema_version.insert(), [{"version": v, "applied_at": state.utcnow()} for v in (1, 2)])
+        conn.execute(
+            state.plan_mark.insert().values(
+                audience="a_v1", destination="meta", change_id=7, shape="s", sync_id=1, at=state.utcnow()
+            )
+        )
+    state.ensure_schema(engine)
+    with engine.connect() as conn:  # (a plain query first: SQLite's pragmas may read a cached schema)
+        assert conn.scalar(select(func.count()).select_from(state.dirty)) == 0
+        assert conn.scalar(select(func.count()).select_from(state.plan_mark)) == 0
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == 3
+    inspector = inspect(engine)
+    assert inspector.get_pk_constraint("do_dirty")["constrained_columns"] == []
+    assert [i["column_names"] for i in inspector.get_indexes("do_dirty")] == [["audience", "change_id"]]
