@@ -371,7 +371,7 @@ class AudienceRunner:
                 )
         finally:
             with self.engine.begin() as conn:
-                for t in (state.member, state.exclusion):
+                for t in (state.member, state.exclusion, state.snapshot):
                     conn.execute(delete(t).where(t.c.audience == shadow))
             self._update_run(run_id, status="dry_run", finished_at=state.utcnow())
             lease.release(self.engine, self.cfg.name, holder)
@@ -392,7 +392,7 @@ class AudienceRunner:
         finally:
             self.finish(run_id, holder)
         with self.engine.begin() as conn:
-            for t in (state.member, state.exclusion):
+            for t in (state.member, state.exclusion, state.snapshot):
                 conn.execute(delete(t).where(t.c.audience == self.cfg.name))
             changes.forget(conn, self.cfg.name)  # the snapshot is gone without a record: plans start over
             conn.execute(delete(state.lifecycle).where(state.lifecycle.c.audience == self.cfg.name))

@@ -19,6 +19,8 @@ What lives here, and why:
 * ``do_lease``: which run owns an audience right now (two runs of one audience never interleave).
 * ``do_change`` / ``do_dirty`` / ``do_plan_mark``: what changed since each destination was last planned
   (``changes.py``), so a quiet day's plan looks at the changed members only, not the whole audience.
+* ``do_snapshot``: the figures of each audience's snapshot, kept with it so staging can carry them
+  forward instead of recounting (``figures.py``).
 * ``do_ack_count``: each destination's acknowledged total, kept by every commit (a plan reads it
   instead of counting 10M rows).
 """
@@ -376,6 +378,18 @@ dirty = Table(
     # order, and keeping such an index cost 5 µs a key (200,000 keys at 10M members: 1.4 s of every
     # churn sync). ``changes.add_keys`` records a key once per change; readers group by key anyway.
     Index("ix_do_dirty_change", "audience", "change_id"),
+)
+
+snapshot = Table(
+    "do_snapshot",
+    metadata,
+    Column("audience", _AUD, primary_key=True),
+    Column("members", BigInteger, nullable=False),
+    # the figures staging counted in the audience's snapshot (``figures.py``), in the transaction that
+    # wrote it, with a hash of the SQL that counted them: the next staging may carry them forward
+    Column("figures", JSON, nullable=False),
+    Column("shape", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
 )
 
 plan_mark = Table(
