@@ -193,13 +193,18 @@ class Stager:
                 previous = figures.carried(conn, self.cfg, bool(exclusions))
                 delta = staging.find_delta(conn, before=previous[0] if previous else None)
                 change_id = self._open_change(conn, delta.to_compute + delta.gone, delta.before)
-                if change_id is not None:
-                    changes.add_keys(conn, self.cfg.name, change_id, staging.changed_keys())
                 carry = previous is not None and not staging.grouped  # (duplicates: rare, and simply counted)
-                removed = staging.drop_stale(conn, delta, self.cfg if carry else None)
+                removed: list[int] | None = None
+
+                def record_and_drop_stale() -> None:  # while the first batches are being normalised
+                    nonlocal removed
+                    if change_id is not None:
+                        changes.add_keys(conn, self.cfg.name, change_id, staging.changed_keys())
+                    removed = staging.drop_stale(conn, delta, self.cfg if carry else None)
+
                 parts = ([tuple(r) for r in part] for part in staging.stream_changed(conn))  # plain, picklable
                 workers = workers_for(delta.to_compute)
-                for rows in in_order(self.normaliser.member_rows, parts, workers):
+                for rows in in_order(self.normaliser.member_rows, parts, workers, record_and_drop_stale):
                     staging.copy_members(conn, rows)
                     stats.recomputed += len(rows)
                     faults.point("stage.batch")

@@ -47,10 +47,11 @@ def test_worker_processes_give_the_same_rows_in_the_same_order():
     here = list(in_order(normaliser.member_rows, parts, workers=1))
     pooled = list(in_order(normaliser.member_rows, iter(parts), workers=2))
     assert pooled == here
-    assert [r["member_key"] for r in here[0][:3]] == ["c0", "c1", "c2"]
+    first = [dict(zip(normalise.MEMBER_COLUMNS, r, strict=True)) for r in here[0]]
+    assert [r["member_key"] for r in first[:3]] == ["c0", "c1", "c2"]
     assert len(here[-1]) == 50  # the duplicated key came out once
-    assert here[0][0]["email_issue"] == "invalid" and here[0][1]["email_sha256"]
-    assert any(r["extra"] for r in here[0]) and all(r["bucket"] is not None for r in here[0])
+    assert first[0]["email_issue"] == "invalid" and first[1]["email_sha256"]
+    assert any(r["extra"] for r in first) and all(r["bucket"] is not None for r in first)
 
 
 def test_parts_are_read_as_results_are_taken():
@@ -91,3 +92,22 @@ def test_how_many_workers(monkeypatch):
         monkeypatch.setenv("DATA_OUT_NORMALISE_WORKERS", bad)
         with pytest.raises(ValueError, match="DATA_OUT_NORMALISE_WORKERS"):
             workers_for(10**6)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_callers_own_work_runs_once_before_the_first_result(workers):
+    events: list[str] = []
+
+    def parts():
+        for i in range(10):
+            events.append(f"part {i}")
+            yield [i]
+
+    results = in_order(sum, parts(), workers, started=lambda: events.append("started"))
+    assert next(results) == 0
+    assert events.count("started") == 1
+    # with workers, the first parts are already handed out when the caller's work starts
+    assert events.index("started") == (0 if workers == 1 else max(2 * workers, normalise.PREFETCH_PARTS))
+    assert list(results) == list(range(1, 10)) and events.count("started") == 1
+    assert list(in_order(sum, [], workers, started=lambda: events.append("empty"))) == []
+    assert events[-1] == "empty"  # runs even when there is nothing to normalise
