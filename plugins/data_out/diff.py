@@ -97,11 +97,13 @@ def desired_select(
     matchable: bool | None = True,
     snapshot: str | None = None,
     empty: bool = False,
+    exclusions: bool = True,
 ) -> Select:
     """Members this destination should hold, projected onto the acknowledged-state columns.
 
     ``snapshot`` reads another snapshot key than the audience's own (a dry run stages under a shadow
-    key); ``empty`` desires nobody (an audience being retired).
+    key); ``empty`` desires nobody (an audience being retired); ``exclusions=False`` leaves out the
+    test against excluded keys, for a caller that saw there are none (a probe per member saved).
     """
     key = snapshot or cfg.name
     m, x = state.member, state.exclusion
@@ -118,11 +120,9 @@ def desired_select(
         else:
             expr = cast(null(), state.ack.c[col].type)  # typed NULL: Postgres will not compare text to bool
         cols.append(expr.label(col))
-    conditions = [
-        m.c.audience == key,
-        ~exists().where(x.c.audience == key, x.c.member_key == m.c.member_key),
-        group_filter(cfg, include, m),
-    ]
+    conditions = [m.c.audience == key, group_filter(cfg, include, m)]
+    if exclusions:
+        conditions.append(~exists().where(x.c.audience == key, x.c.member_key == m.c.member_key))
     if empty:
         conditions.append(false())
     has_any = any_present(m.c, dest.identity_columns.values())
@@ -371,7 +371,11 @@ class Planner:
         which has no LATERAL, always looks an ``IN`` list up through the primary key.
         """
         a, m = state.ack, state.member
-        desired = desired_select(self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire")
+        # inside the plan's transaction, after staging (which holds the lease) wrote the exclusions
+        excluding = state.has_exclusions(conn, self.snapshot or self.cfg.name)
+        desired = desired_select(
+            self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire", exclusions=excluding
+        )
         acked = select(a).where(a.c.audience == self.cfg.name, a.c.destination == self.label)
         source: Any
         if keys is not None and conn.dialect.name == "postgresql":

@@ -75,7 +75,7 @@ def of_rows(conn: Connection, cfg: AudienceConfig, rows: Any, *where: Any) -> li
 
 def carried(conn: Connection, cfg: AudienceConfig, has_exclusions: bool) -> list[int] | None:
     """The figures stored with the snapshot, when they can be carried forward (see the module docstring)."""
-    if has_exclusions or _exclusion_rows(conn, cfg.name):
+    if has_exclusions or state.has_exclusions(conn, cfg.name):
         return None
     s = state.snapshot
     row = conn.execute(select(s.c.figures, s.c.shape).where(s.c.audience == cfg.name)).first()
@@ -97,8 +97,3 @@ def save(conn: Connection, cfg: AudienceConfig, values: Sequence[int]) -> None:
             audience=cfg.name, members=values[0], figures=list(values), shape=shape(cfg), at=state.utcnow()
         )
     )
-
-
-def _exclusion_rows(conn: Connection, audience: str) -> bool:
-    x = state.exclusion
-    return conn.execute(select(x.c.member_key).where(x.c.audience == audience).limit(1)).first() is not None

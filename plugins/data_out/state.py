@@ -468,6 +468,12 @@ def _add_missing_columns(engine: Engine) -> None:
                 conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}'))
 
 
+def has_exclusions(conn: Any, audience: str) -> bool:
+    """Whether any member key is excluded from the audience's snapshot ``audience`` right now."""
+    x = exclusion
+    return conn.execute(select(x.c.member_key).where(x.c.audience == audience).limit(1)).first() is not None
+
+
 def insert_ignore(engine_or_dialect: Any, table: Table) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the dialect at hand (replays must not fail)."""
     name = getattr(engine_or_dialect, "name", None) or engine_or_dialect.dialect.name
