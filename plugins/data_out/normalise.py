@@ -3,8 +3,8 @@
 Normalising (``identity.py``, phone parsing above all) is pure Python: about 25 µs a row, holding the
 GIL, while the database waits. A first sync of 10M members spends minutes in it and a day's churn of
 100,000 rows seconds, on one core. From ``POOL_MIN_ROWS`` rows on, the batches are normalised by a
-small pool of forked worker processes, in order, with at most two batches per worker in flight, so
-memory stays bounded however large the change. Raw values reach the workers through the pool's pipes
+small pool of forked worker processes, in order, with a fixed number of batches in flight (see
+``in_order``), so memory stays bounded however large the change. Raw values reach the workers through the pool's pipes
 only; workers never log and never touch a database connection.
 
 Where a pool cannot start (no ``fork``, or a process that may not have children, such as a daemonic
@@ -115,11 +115,11 @@ def in_order(
 ) -> Iterator[R]:
     """``fn`` over ``parts``, results in the order of ``parts``; with ``workers`` > 1 in forked processes.
 
-    Parts are read lazily: at most two per worker are in flight, so a 10M-row stream never sits in
-    memory. ``fn`` must be picklable (a module-level function or a bound method of a picklable object).
+    Parts are read lazily, a fixed number in flight: two per worker, or with ``started`` at least
+    ``PREFETCH_PARTS`` (40,000 rows of 5,000-row batches), so a 10M-row stream never sits in memory.
+    ``fn`` must be picklable (a module-level function or a bound method of a picklable object).
     ``started`` runs once before the first result is returned, while the workers are busy with the
-    first ``PREFETCH_PARTS`` parts (or two per worker, if more): the caller's own work (database
-    statements) then overlaps theirs.
+    first parts: the caller's own work (database statements) then overlaps theirs.
     """
     pool = _start_pool(workers) if workers > 1 else None
     if pool is None:
