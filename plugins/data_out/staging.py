@@ -213,7 +213,7 @@ class Stager:
                     raise
                 raise query_failed(label, exc) from None
             self._replace_exclusions(conn, exclusions, staging, change_id)
-            if previous is not None and removed is not None:
+            if previous is not None and removed is not None:  # carried: the stale rows' figures were taken
                 self._record(conn, figures.carry(previous, removed, staging.figures_of_new(conn, self.cfg)), stats)
             else:
                 self._record(conn, figures.count(conn, self.cfg), stats)
