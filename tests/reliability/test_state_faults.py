@@ -233,6 +233,10 @@ class World:
     database: str  # how messages must name the state database
     in_database: bool = False  # the source lives in the (Postgres) state database: staged in SQL
     in_doubt: set[str] = dataclasses.field(default_factory=set)
+    #: members of batches the destination applied after the fault (on Postgres the next batch is
+    #: pushed while the one before commits: ``sync._Pipeline``)
+    pushed_after: set[str] = dataclasses.field(default_factory=set)
+    requests_at_fault: int = 0
 
     def destination(self) -> dict[str, str | None]:
         return {k: r.email_sha256 for k, r in self.store.audience("aud-1").items()}
@@ -311,8 +315,13 @@ def fault_on_first_add(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
 
     def push(self: MemoryDestination, op: Op, rows: list[MemberRow], key: str) -> Any:
         result = original(self, op, rows, key)
-        if op is Op.ADD and not world.in_doubt:
+        if world.in_doubt:
+            world.pushed_after |= {r.member_key for r in rows}
+        elif op is Op.ADD:
             world.in_doubt = {r.member_key for r in rows}
+            world.requests_at_fault = len(world.store.requests)
+            if isinstance(world.fault, Killed):  # the session that commits this batch dies, whichever it is
+                world.fault.when = lambda statement: statement.lstrip().upper().startswith("DELETE FROM DO_ACK")
             world.fault.arm()
         return result
 
@@ -381,7 +390,9 @@ def fault_mid_run_then_converge(w: World, task: str, monkeypatch: pytest.MonkeyP
     acked, held = w.acked(), w.destination()
     assert acked.items() <= held.items(), "state acknowledges members the destination does not hold"
     if task == "push":
-        assert set(held) - set(acked) == w.in_doubt  # exactly the applied, uncommitted batch is in doubt
+        # the applied, uncommitted batch is in doubt, and at most the one pushed while it committed
+        assert w.in_doubt <= set(held) - set(acked) <= w.in_doubt | w.pushed_after
+        assert len(w.store.requests) <= w.requests_at_fault + 1, "pushed on after the commit failed"
     elif task == "finish":
         assert held == acked == desired(rows_after())  # every batch was pushed and committed before
     else:

@@ -1,0 +1,129 @@
+"""The push loop: each batch's commit overlaps the next push on Postgres, in batch order, and a failed
+commit leaves its batches pending for a rerun that converges exactly once.
+
+Every test runs on SQLite (commit, then push the next) and on the real Postgres (overlapped).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from data_out import state, sync
+from data_out.config import load_audiences
+from data_out.runner import AudienceRunner, RunFailed
+from data_out.sync import Pusher
+from tests.conftest import write_audience
+from tests.support.memory_destination import MemoryDestination
+
+AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+AUD = "push_loop_v1"
+AUDIENCE_YAML = f"""
+    name: {AUD}
+    owner: tests
+    purpose: push loop
+    source: {{conn_id: db, query: "SELECT customer_id, email, phone FROM people WHERE in_audience = 1"}}
+    destinations: [{{type: memory, batch_size: 2}}]
+"""
+MEMBERS = [{"customer_id": f"c{i:03d}", "email": f"p{i}@example.com"} for i in range(9)]  # 5 batches of <= 2
+
+
+@pytest.fixture
+def runner(tmp_path, resolver, state_engine, people) -> AudienceRunner:
+    write_audience(tmp_path / "aud", AUD, AUDIENCE_YAML)
+    people.set(MEMBERS)
+    return AudienceRunner(state_engine, load_audiences(tmp_path / "aud"), AUD, resolver)
+
+
+def pending_batches(engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(state.batch)) or 0)
+
+
+def test_commits_follow_their_pushes_in_order_and_overlap_the_next_push_on_postgres(
+    runner, store, state_engine, monkeypatch
+):
+    overlapped = state_engine.dialect.name == "postgresql"
+    events: list[tuple[str, int]] = []
+    second_push = threading.Event()
+    push, commit = MemoryDestination.push, Pusher._commit
+
+    def recording_push(self, op, rows, key):  # type: ignore[no-untyped-def]
+        events.append(("push", len(events)))
+        if sum(1 for e, _ in events if e == "push") == 2:
+            second_push.set()
+        return push(self, op, rows, key)
+
+    def recording_commit(self, sync_id, batch_no, *args):  # type: ignore[no-untyped-def]
+        events.append(("commit", batch_no))
+        if overlapped and len([e for e in events if e[0] == "commit"]) == 1:
+            # the first commit can only finish once the second batch is being pushed: without the
+            # overlap this wait would run out
+            assert second_push.wait(timeout=30), "the next batch was not pushed while this one committed"
+        commit(self, sync_id, batch_no, *args)
+
+    monkeypatch.setattr(MemoryDestination, "push", recording_push)
+    monkeypatch.setattr(Pusher, "_commit", recording_commit)
+    runner.run("t/1", AS_OF)
+
+    pushes = [i for i, (e, _) in enumerate(events) if e == "push"]
+    commits = [i for i, (e, _) in enumerate(events) if e == "commit"]
+    assert len(pushes) == len(commits) == 5
+    assert [n for e, n in events if e == "commit"] == sorted(n for e, n in events if e == "commit")
+    for k, at in enumerate(commits):
+        assert at > pushes[k]  # a batch commits only after the destination accepted it
+        if k + 1 < len(pushes):
+            assert at < pushes[k + 1] or overlapped  # at most one batch pushed ahead of its commit
+        if k + 2 < len(pushes):
+            assert at < pushes[k + 2]
+    assert len(store.audience("aud-1")) == len(MEMBERS)
+    assert pending_batches(state_engine) == 0
+
+
+def test_a_failed_commit_leaves_its_batches_pending_and_the_rerun_applies_each_once(
+    runner, store, state_engine, monkeypatch
+):
+    commit = Pusher._commit
+    calls = 0
+
+    def failing_second_commit(self, *args):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("state database went away")
+        commit(self, *args)
+
+    monkeypatch.setattr(Pusher, "_commit", failing_second_commit)
+    with pytest.raises(RunFailed):
+        runner.run("t/1", AS_OF)
+    # batch 1 committed; batch 2 was accepted but not committed; on Postgres batch 3 was pushed while
+    # batch 2 committed, and is pending too; nothing after it was pushed
+    pushed = 3 if state_engine.dialect.name == "postgresql" else 2
+    assert len(store.requests) == pushed
+    assert pending_batches(state_engine) == 5 - 1
+
+    monkeypatch.setattr(Pusher, "_commit", commit)
+    runner.run("t/1", AS_OF)  # the retry of the same Airflow run
+    assert len(store.audience("aud-1")) == len(MEMBERS)
+    assert max(store.applied_keys.values()) == 1
+    assert pending_batches(state_engine) == 0
+
+
+def test_a_push_failing_while_the_batch_before_commits_keeps_that_commit(runner, store, state_engine):
+    store.fail_before_apply.add(3)  # the third request fails; the second batch's commit is in flight on Postgres
+    with pytest.raises(RunFailed):
+        runner.run("t/1", AS_OF)
+    assert pending_batches(state_engine) == 5 - 2
+    runner.run("t/1", AS_OF)
+    assert len(store.audience("aud-1")) == len(MEMBERS)
+    assert max(store.applied_keys.values()) == 1
+
+
+def test_the_pipeline_without_overlap_commits_at_once():
+    done: list[int] = []
+    with sync._Pipeline(overlap=False) as pipeline:
+        pipeline.then(lambda: done.append(1))
+        assert done == [1]
