@@ -13,12 +13,13 @@ Connection extras understood by every HTTP destination (all optional):
 from __future__ import annotations
 
 import logging
+import string
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import quote_plus, urljoin
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -30,6 +31,30 @@ from data_out.redact import scrub
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+#: what ``quote_plus`` leaves as it is
+_FORM_SAFE = frozenset(string.ascii_letters + string.digits + "_.-~")
+FORM_CONTENT_TYPE = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def form_encode(fields: dict[str, str]) -> str:
+    """``urlencode(fields)``, the body ``requests`` builds from ``data=``, several times faster for JSON.
+
+    ``quote_plus`` looks every character up in Python: 0.17 s for one Meta batch of 10,000 rows
+    (1.4 MB of JSON), a third of the batch's push. ``json.dumps`` writes ASCII, so each character
+    to escape is replaced across the whole value at once (``%`` first, the space last: the escapes
+    bring in both); anything else non-ASCII goes through ``quote_plus``.
+    """
+    return "&".join(f"{quote_plus(k)}={_form_quote(v)}" for k, v in fields.items())
+
+
+def _form_quote(value: str) -> str:
+    if not value.isascii():
+        return quote_plus(value)
+    for c in sorted(set(value) - _FORM_SAFE, key=lambda c: (c != "%", c == " ")):
+        value = value.replace(c, "+" if c == " " else f"%{ord(c):02X}")
+    return value
 
 
 class Verdict(Enum):

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
-from data_out.destinations.http import HttpClient, Verdict, default_classify
+from data_out.destinations.http import FORM_CONTENT_TYPE, HttpClient, Verdict, default_classify, form_encode
 from data_out.identity import META_EXTRA_KEYS
 
 MAX_ROWS = 10_000
@@ -127,7 +127,8 @@ class MetaDestination(Destination):
         return [values.get(k) or extra.get(k) or "" for k in self.settings.match_keys]
 
     def _payload(self, rows: Sequence[MemberRow]) -> str:
-        return json.dumps({"schema": list(self.settings.match_keys), "data": [self._row(r) for r in rows]})
+        rows_out = [self._row(r) for r in rows]
+        return json.dumps({"schema": list(self.settings.match_keys), "data": rows_out}, separators=(",", ":"))
 
     def _result(self, resp: requests.Response) -> BatchResult:
         body = resp.json()
@@ -139,8 +140,8 @@ class MetaDestination(Destination):
         resp = self.client.request(
             "POST" if op is Op.ADD else "DELETE",
             f"{self.path}/users",
-            data={"payload": self._payload(rows)},
-            headers={"Idempotency-Key": idempotency_key},
+            data=form_encode({"payload": self._payload(rows)}),
+            headers={**FORM_CONTENT_TYPE, "Idempotency-Key": idempotency_key},
         )
         return self._result(resp)
 
@@ -166,8 +167,8 @@ class MetaDestination(Destination):
             resp = self.client.request(
                 "POST",
                 f"{self.path}/usersreplace",
-                data={"payload": self._payload(current), "session": json.dumps(session)},
-                headers={"Idempotency-Key": f"{idempotency_key}-{seq}"},
+                data=form_encode({"payload": self._payload(current), "session": json.dumps(session)}),
+                headers={**FORM_CONTENT_TYPE, "Idempotency-Key": f"{idempotency_key}-{seq}"},
             )
             part = self._result(resp)
             result.received = (result.received or 0) + (part.received or 0)
