@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 
@@ -118,6 +119,10 @@ class WarehouseDestination(Destination):
 
     def _write(self, conn: Connection, table: Table, op: Op, keys: list[str], now: dt.datetime) -> None:
         if op is Op.REMOVE:
+            if conn.dialect.name == "postgresql":
+                # primary-key lookups, in key order: from about 20,000 keys on, the planner would rather
+                # scan the whole table (10M members: 1.6 s per 50,000 removed keys, against 0.7 s)
+                conn.execute(text("SET LOCAL enable_seqscan = off"))
             conn.execute(delete(table).where(key_in(conn.dialect, table.c.member_key, keys)))
         elif conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
             arr = bindparam("keys", keys, type_=postgresql.ARRAY(String))
