@@ -42,6 +42,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -295,6 +296,10 @@ class Planner:
         keys = _keys_table(conn, dirty) if dirty is not None else None
         if keys is not None:
             plan.diffed_keys = state.scalar_int(conn, select(func.count()).select_from(keys))
+            if conn.dialect.name == "postgresql":
+                # key lookups from here on: Postgres would compile the lookup join with JIT (0.2 to
+                # 0.3 s for 200,000 keys at 10M members), which only pays over whole-table scans
+                conn.execute(text("SET LOCAL jit = off"))
         delta = _delta_table(conn)
         self._fill_delta(conn, delta, mode, keys)
         t = delta.c
