@@ -140,7 +140,10 @@ class Pusher:
             ).all()
         with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
             for batch_no, op, key, n in planned:
-                rows, outcome = self._push_one(batch_no, Op(op), key)
+                pushed = self._push_one(batch_no, Op(op), key)
+                if pushed is None:  # committed meanwhile by another worker of this shard (a zombie task)
+                    continue
+                rows, outcome = pushed
                 pipeline.then(functools.partial(self._commit, sync_id, batch_no, Op(op), rows, outcome, result))
                 moved += n
                 if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
@@ -166,11 +169,15 @@ class Pusher:
                 )
             ]
 
-    def _push_one(self, batch_no: int, op: Op, key: str) -> tuple[list[MemberRow], BatchResult]:
-        """Step 2 of the protocol: count the attempt (committed), then push the batch."""
+    def _push_one(self, batch_no: int, op: Op, key: str) -> tuple[list[MemberRow], BatchResult] | None:
+        """Step 2 of the protocol: count the attempt (committed), then push the batch (``None``: it is gone)."""
         b = state.batch
         with self.engine.begin() as conn:
-            conn.execute(update(b).where(self._mine(b), b.c.batch_no == batch_no).values(attempts=b.c.attempts + 1))
+            counted = conn.execute(
+                update(b).where(self._mine(b), b.c.batch_no == batch_no).values(attempts=b.c.attempts + 1)
+            ).rowcount
+        if not counted:
+            return None
         rows = self._rows(batch_no)
         faults.point("push.before")
         outcome = self.dest.push(op, rows, key)
@@ -279,7 +286,9 @@ class _Pipeline:
                     self.wait()
                 except Exception as commit_exc:
                     log.warning(
-                        "%s also failed committing the batch before: %s", type(exc).__name__, type(commit_exc).__name__
+                        "committing the batch before the failed push (%s) failed too: %s",
+                        type(exc).__name__,
+                        type(commit_exc).__name__,
                     )
         finally:
             if self._pool is not None:

@@ -10,7 +10,7 @@ import datetime as dt
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from data_out import state, sync
 from data_out.config import load_audiences
@@ -127,3 +127,29 @@ def test_the_pipeline_without_overlap_commits_at_once():
     with sync._Pipeline(overlap=False) as pipeline:
         pipeline.then(lambda: done.append(1))
         assert done == [1]
+
+
+def test_a_batch_committed_meanwhile_by_another_worker_is_not_pushed_again(runner, store, state_engine):
+    """A zombie task of the same shard committed a batch after this drain listed it: no empty push."""
+    run_id = runner.start("t/1", AS_OF)
+    runner.stage(run_id, "t/1")
+    plan = runner.plan(run_id, "memory", "t/1")
+    b, p = state.batch, state.pending
+    with state_engine.begin() as conn:
+        numbers = conn.execute(select(b.c.batch_no).order_by(b.c.batch_no)).scalars().all()
+    assert len(numbers) == 5
+    gone = numbers[1]
+    listed = Pusher._push_one
+
+    def zombie_commits_first(self, batch_no, op, key):  # type: ignore[no-untyped-def]
+        if batch_no == gone:
+            with state_engine.begin() as conn:
+                conn.execute(delete(p).where(p.c.batch_no == gone))
+                conn.execute(delete(b).where(b.c.batch_no == gone))
+        return listed(self, batch_no, op, key)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Pusher, "_push_one", zombie_commits_first)
+        runner.push(plan.sync_id, "memory", "t/1")
+    assert len(store.requests) == 4 and all(rows for _, _, rows in store.requests)
+    assert pending_batches(state_engine) == 0
