@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine
@@ -62,10 +62,14 @@ class WebhookEvent(BaseModel):
 
 
 def safe_link(href: str | None) -> str | None:
+    """Scheme, host and path of a clicked link. The query and fragment go (tokens, UTM tags with emails),
+    and so does a path segment holding an email (``/unsubscribe/jane@example.com``): the link is
+    forwarded to Segment and webhooks."""
     if not href:
         return None
     parts = urlsplit(href)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:500]
+    path = "/".join("<email>" if "@" in unquote(seg) else seg for seg in parts.path.split("/"))
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))[:500]
 
 
 def row_from_event(event: WebhookEvent, received_at: dt.datetime) -> dict[str, Any]:
@@ -101,6 +105,6 @@ def store_one(engine: Engine, row: dict[str, Any]) -> bool:
 
 
 def store_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert events in bulk; ``event_id``\ s already stored are ignored."""
+    """Insert events in bulk; events whose ``event_id`` is already stored are ignored."""
     if rows:
         conn.execute(state.insert_ignore(conn.dialect, state.metric_event), rows)

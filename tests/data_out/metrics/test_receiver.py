@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import requests
 from sqlalchemy import func, select
 
@@ -63,3 +64,10 @@ def test_query_strings_are_dropped_from_links(receiver):
     receiver.post(event(7, metric="clicked", href="https://shop.example.com/cart?email=a@b.co&t=secret", link_id=9))
     with receiver.engine.connect() as conn:
         assert conn.scalar(select(state.metric_event.c.href)) == "https://shop.example.com/cart"
+
+
+@pytest.mark.parametrize("segment", ["jane@example.com", "jane%40example.com"])
+def test_an_email_in_a_link_path_is_masked(receiver, segment: str):
+    receiver.post(event(8, metric="clicked", href=f"https://shop.example.com/unsubscribe/{segment}/confirm", link_id=9))
+    with receiver.engine.connect() as conn:
+        assert conn.scalar(select(state.metric_event.c.href)) == "https://shop.example.com/unsubscribe/<email>/confirm"
