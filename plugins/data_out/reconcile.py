@@ -22,6 +22,7 @@ from data_out.config import LoadedAudience, LoadResult
 from data_out.destinations.base import DriftSettings
 from data_out.diff import count_desired
 from data_out.runner import AudienceRunner, Resolver
+from data_out.state_errors import error_text, translated
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,12 @@ class Reconciler:
             if loaded.config.status != "active":
                 continue
             try:
-                self._audience(loaded, result, repair)
+                with translated(f"reconciliation of {name}"):  # a driver's text, redacted, before it is logged
+                    self._audience(loaded, result, repair)
             except Exception as exc:  # one audience never blocks the others
                 log.exception("reconciliation of %s failed", name)
                 result.findings.append(
-                    Finding(
-                        name,
-                        ALL,
-                        CheckResult("reconcile_error", None, 0, checks.BREACH, f"{type(exc).__name__}: {exc}"[:500]),
-                    )
+                    Finding(name, ALL, CheckResult("reconcile_error", None, 0, checks.BREACH, error_text(exc)[:500]))
                 )
         result.findings += [Finding(ALL, ALL, r) for r in self.volume_checks()]
         self._record(result)
@@ -104,7 +102,7 @@ class Reconciler:
             try:
                 size, error = dest.size(), None
             except Exception as exc:  # a size read failing is a finding, not a crash
-                size, error = None, f"{type(exc).__name__}: {exc}"[:300]
+                size, error = None, error_text(exc)[:300]
         return Measure(desired, acked, size, error)
 
     def _history(self, audience: str, label: str, n: int) -> list[int]:
@@ -240,7 +238,7 @@ class Reconciler:
         try:
             runner.run(holder, self.now, mode="full_resync", destinations=[label])
         except Exception as exc:
-            log.warning("repair of %s/%s failed: %s", runner.cfg.name, label, exc)
+            log.warning("repair of %s/%s failed: %s", runner.cfg.name, label, error_text(exc))
             return False
         result.repaired.append((runner.cfg.name, label))
         log.info("repaired %s/%s with a full resync", runner.cfg.name, label)

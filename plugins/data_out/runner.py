@@ -46,14 +46,13 @@ class RunFailed(Exception):
 
 
 def _error_text(exc: BaseException) -> str:
-    explained = state_errors.explain(exc)
-    if explained is not None:  # a state-database outage: one sentence, not a statement dump
-        return f"StateDatabaseError: {explained}"[:2000]
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    """For the run record: an outage in one sentence, a driver's message without the row it may quote."""
+    return state_errors.error_text(exc)[:2000]
 
 
 def _state_step(step: str) -> Callable[[_Step], _Step]:
-    """A state-database outage inside the step surfaces as a ``StateDatabaseError`` naming the step (retryable)."""
+    """A state-database outage inside the step surfaces as a ``StateDatabaseError`` naming the step (retryable),
+    any other database error as a ``DatabaseError`` whose text is safe to log (``state_errors.translated``)."""
 
     def decorate(fn: _Step) -> _Step:
         @functools.wraps(fn)

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from data_out.redact import scrub
+from data_out.redact import driver_line, is_driver_error
 
 _MARK = "_data_out_state_database"
 _LABELS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
@@ -30,6 +30,14 @@ _REFUSED_SQLSTATES = {"25006", "42501"}
 
 class StateDatabaseError(Exception):
     """The state database was unreachable or refused a write. Retryable: nothing uncommitted was recorded."""
+
+
+class DatabaseError(Exception):
+    """Any other database error, its text cut to what is safe to log (``redact.driver_line``).
+
+    The driver's own exception would put the failing row (Postgres' ``DETAIL``) into the task log,
+    the run record and the failure email.
+    """
 
 
 def describe(engine: Engine) -> str:
@@ -79,8 +87,7 @@ def state_fault(exc: BaseException) -> str | None:
 def message(exc: DBAPIError, database: str, during: str | None = None) -> str:
     """Where, what the driver said (first line, scrubbed: it can quote a value), and what happens next."""
     orig = exc.orig if exc.orig is not None else exc
-    lines = str(orig).strip().splitlines()
-    detail = scrub(lines[0].strip() if lines else "", limit=300) or "no message"
+    detail = driver_line(exc)
     when = f" during {during}" if during else ""
     return (
         f"state database {database} unavailable{when}: {type(orig).__name__}: {detail}; "
@@ -98,18 +105,35 @@ def explain(exc: BaseException) -> str | None:
     return message(exc, database)
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for a run record, a log line or an alert email: an outage explained, a driver's text redacted."""
+    explained = explain(exc)
+    if explained is not None:
+        return f"StateDatabaseError: {explained}"
+    if is_driver_error(exc):
+        return f"DatabaseError: {_driver_summary(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _driver_summary(exc: BaseException) -> str:
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {driver_line(exc)}"
+
+
 @contextmanager
 def translated(during: str) -> Iterator[None]:
-    """Raise a ``StateDatabaseError`` in place of a state-database outage; let every other error through.
+    """Raise a ``StateDatabaseError`` in place of a state-database outage, a ``DatabaseError`` in place of
+    any other database error; let every other error through.
 
-    The driver's exception is dropped from the chain (``from None``): its text is already summarised,
-    and its statement dump helps nobody reading the task log.
+    The driver's exception is dropped from the chain (``from None``): its text is summarised in the new
+    one, and its statement dump and ``DETAIL`` (which can quote a member's row) must not reach the log.
     """
     try:
         yield
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not is_driver_error(exc):
+            raise
         database = state_fault(exc)
         if database is None:
-            raise
+            raise DatabaseError(f"database error during {during}: {_driver_summary(exc)}") from None
         assert isinstance(exc, DBAPIError)
         raise StateDatabaseError(message(exc, database, during)) from None

@@ -469,7 +469,13 @@ CORPUS: dict[str, Case] = {
     "sql_fails_quoting_a_value_postgres": Case(
         "run",
         lambda w: w.write_sql(GOOD_SQL + " WHERE CAST(email AS integer) > 0"),
-        ("(sql/bad_input.sql): the query failed", "invalid input syntax for type integer", "<email>"),
+        ("(sql/bad_input.sql): the query failed", 'invalid input syntax for type integer: "<value>"'),
+        setup=_pg_warehouse,
+    ),
+    "sql_fails_quoting_a_member_key_postgres": Case(  # not an email or a phone: only masking the value hides it
+        "run",
+        lambda w: w.write_sql(GOOD_SQL + " WHERE CAST(customer_id AS integer) > 0"),
+        ("(sql/bad_input.sql): the query failed", 'invalid input syntax for type integer: "<value>"'),
         setup=_pg_warehouse,
     ),
     "empty_source": Case(
@@ -572,7 +578,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: MemoryStore, r
 def test_the_corpus_has_every_kind_of_bad_input():
     """The count the README quotes; a case added or dropped updates both."""
     kinds = {k: sum(c.kind == k for c in CORPUS.values()) for k in ("config", "run", "counted", "http")}
-    assert kinds == {"config": 16, "run": 10, "counted": 7, "http": 5} and len(CORPUS) == 38
+    assert kinds == {"config": 16, "run": 11, "counted": 7, "http": 5} and len(CORPUS) == 39
 
 
 @pytest.mark.parametrize("case", CORPUS.values(), ids=CORPUS.keys())

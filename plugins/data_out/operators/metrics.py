@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator
 from data_out.connections import engine_for
 from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.metrics.pipeline import MetricsPipeline, load_routing
+from data_out.state_errors import translated
 
 
 class MetricsStepOperator(BaseOperator):
@@ -33,10 +34,11 @@ class MetricsStepOperator(BaseOperator):
         start, end = context["data_interval_start"], context["data_interval_end"]
         routing, path = load_routing()
         pipeline = MetricsPipeline(DataOutStateHook(self.state_conn_id).get_conn(), routing, connection_info, path)
-        if self.step in ("load_exports", "write_send_log"):
-            wh = engine_for(connection_info(routing.warehouse_conn_id))
-            result = getattr(pipeline, self.step)(wh, start, end)
-        else:
-            result = getattr(pipeline, self.step)(start, end)
+        with translated(f"metrics step {self.step}"):  # a driver's DETAIL can quote a recipient's row
+            if self.step in ("load_exports", "write_send_log"):
+                wh = engine_for(connection_info(routing.warehouse_conn_id))
+                result = getattr(pipeline, self.step)(wh, start, end)
+            else:
+                result = getattr(pipeline, self.step)(start, end)
         self.log.info("%s over [%s, %s): %s", self.step, start, end, result if isinstance(result, int) else len(result))
         return result if isinstance(result, int) else len(result)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from data_out.redact import scrub
+from data_out.redact import driver_line
 from data_out.sources.base import Row, SourceError
 
 
@@ -55,8 +55,9 @@ class SqlSource:
 
 
 def query_failed(label: str, exc: SQLAlchemyError) -> SourceError:
-    """A driver message can quote a row value ("invalid input syntax for type integer: ..."): scrub it."""
-    detail = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+    """A driver message can quote a row value ("invalid input syntax for type integer: ..."): only its
+    first line is kept, the value masked (``redact.driver_line``)."""
+    detail = driver_line(exc)
     return SourceError(f"{label}: the query failed: {detail}")
 
 
