@@ -139,12 +139,19 @@ class Pusher:
                 select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows).where(*where).order_by(b.c.batch_no)
             ).all()
         with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
+            previous: Op | None = None
             for batch_no, op, key, n in planned:
+                if previous is Op.REMOVE and op == Op.ADD.value:
+                    # every removal's answer is in before the first add is read: a refused removal
+                    # withdraws the same member's add (``_commit``)
+                    pipeline.wait()
+                previous = Op(op)
                 pushed = self._push_one(batch_no, Op(op), key)
                 if pushed is None:  # committed meanwhile by another worker of this shard (a zombie task)
                     continue
                 rows, outcome = pushed
-                pipeline.then(functools.partial(self._commit, sync_id, batch_no, Op(op), rows, outcome, result))
+                commit = functools.partial(self._commit, sync_id, batch_no, Op(op), key, rows, outcome, result)
+                pipeline.then(commit)
                 moved += n
                 if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
                     pipeline.wait()
@@ -157,10 +164,23 @@ class Pusher:
             state.vacuum(self.engine, state.ack, analyze=True)
         result.seconds = round(result.seconds + time.monotonic() - started, 3)
 
-    def _rows(self, batch_no: int) -> list[MemberRow]:
-        p = state.pending
-        with self.engine.connect() as conn:
-            return [
+    def _batch(self, batch_no: int, key: str) -> ColumnElement[bool]:
+        """This batch of this plan: batch numbers start again at 0 with every plan, keys do not."""
+        b = state.batch
+        return and_(self._mine(b), b.c.batch_no == batch_no, b.c.idempotency_key == key)
+
+    def _push_one(self, batch_no: int, op: Op, key: str) -> tuple[list[MemberRow], BatchResult] | None:
+        """Step 2 of the protocol: count the attempt and read the rows (committed), then push the batch.
+
+        ``None``: the batch is gone (another worker of the shard committed it) or left empty (its
+        members' removals were refused). The attempt is counted in the transaction that reads the rows,
+        so they are the rows of the plan that made ``key``, whatever a zombie worker does meanwhile.
+        """
+        b, p = state.batch, state.pending
+        with self.engine.begin() as conn:
+            if not conn.execute(update(b).where(self._batch(batch_no, key)).values(attempts=b.c.attempts + 1)).rowcount:
+                return None
+            rows = [
                 MemberRow(*r)
                 for r in conn.execute(
                     select(p.c.member_key, *[p.c[c] for c in IDENTITY_COLUMNS])
@@ -168,27 +188,31 @@ class Pusher:
                     .order_by(p.c.member_key)
                 )
             ]
-
-    def _push_one(self, batch_no: int, op: Op, key: str) -> tuple[list[MemberRow], BatchResult] | None:
-        """Step 2 of the protocol: count the attempt (committed), then push the batch (``None``: it is gone)."""
-        b = state.batch
-        with self.engine.begin() as conn:
-            counted = conn.execute(
-                update(b).where(self._mine(b), b.c.batch_no == batch_no).values(attempts=b.c.attempts + 1)
-            ).rowcount
-        if not counted:
-            return None
-        rows = self._rows(batch_no)
+            if not rows:
+                conn.execute(delete(b).where(self._batch(batch_no, key)))
+                return None
         faults.point("push.before")
         outcome = self.dest.push(op, rows, key)
         faults.point("push.accepted")  # the destination applied the batch; state does not know yet
         return rows, outcome
 
     def _commit(
-        self, sync_id: int, batch_no: int, op: Op, rows: list[MemberRow], outcome: BatchResult, result: PushResult
+        self,
+        sync_id: int,
+        batch_no: int,
+        op: Op,
+        key: str,
+        rows: list[MemberRow],
+        outcome: BatchResult,
+        result: PushResult,
     ) -> None:
         """Move the batch from pending into acknowledged state: the added rows are copied from
-        ``do_pending`` in SQL; only keys (to delete, and the usually empty rejected ones) come from Python."""
+        ``do_pending`` in SQL; only keys (to delete, and the usually empty rejected ones) come from Python.
+
+        The batch row goes first: a second worker committing the same batch (a zombie task pushed it
+        too, under the same key) waits for the first one's transaction, then finds it gone and changes
+        nothing, instead of deleting the acknowledged rows the first one just wrote.
+        """
         a, p, b = state.ack, state.pending, state.batch
         rejected = [r.member_key for r in rows if r.member_key in outcome.rejected]
         now = state.utcnow()
@@ -198,6 +222,14 @@ class Pusher:
         # primary-key lookups whatever the table statistics say.
         touched = [r.member_key for r in rows if op is Op.ADD or r.member_key not in outcome.rejected]
         with self.engine.begin() as conn:
+            if not conn.execute(delete(b).where(self._batch(batch_no, key))).rowcount:
+                log.warning(
+                    "%s/%s: batch %d was committed by another worker meanwhile; this commit changes nothing",
+                    self.audience,
+                    self.label,
+                    batch_no,
+                )
+                return
             acked_delta = len(rows) - len(rejected) if op is Op.ADD else 0
             for chunk in _chunks(touched, 10_000):
                 ended = delete(a).where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
@@ -219,10 +251,15 @@ class Pusher:
                 )
                 mark_rejected(conn, self.audience, self.label, rejected)
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
-            if op is Op.REMOVE:  # still acknowledged: the next plan must try the removal again
+            if op is Op.REMOVE and rejected:
+                # still acknowledged: the next plan must try the removal again. A member whose identity
+                # changed keeps its old one until then: its add of the new identity is withdrawn, since
+                # committing it would overwrite the acknowledged old identity the vendor still holds.
                 changes.record_refused(conn, self.audience, self.label, None, rejected)
+                for chunk in _chunks(sorted(set(rejected)), 10_000):
+                    added = and_(self._mine(p), p.c.op == Op.ADD.value)
+                    conn.execute(delete(p).where(added, state.key_in(conn.dialect, p.c.member_key, chunk)))
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
-            conn.execute(delete(b).where(self._mine(b), b.c.batch_no == batch_no))
             c = state.ack_count
             conn.execute(update(c).where(self._mine(c)).values(acked=c.c.acked + acked_delta))
             conn.execute(_tally(sync_id, op, len(rows) - len(rejected), len(outcome.rejected), len(rows), outcome))

@@ -14,6 +14,9 @@ from sqlalchemy import delete, func, select
 
 from data_out import state, sync
 from data_out.config import load_audiences
+from data_out.destinations.base import BatchResult, MemberRow, Op
+from data_out.diff import idempotency_key
+from data_out.identity import sha256_hex
 from data_out.runner import AudienceRunner, RunFailed
 from data_out.sync import Pusher
 from tests.conftest import write_audience
@@ -153,3 +156,127 @@ def test_a_batch_committed_meanwhile_by_another_worker_is_not_pushed_again(runne
         runner.push(plan.sync_id, "memory", "t/1")
     assert len(store.requests) == 4 and all(rows for _, _, rows in store.requests)
     assert pending_batches(state_engine) == 0
+
+
+def _planned(runner: AudienceRunner, holder: str) -> tuple[int, list[tuple[int, str, str]]]:
+    run_id = runner.start(holder, AS_OF)
+    runner.stage(run_id, holder)
+    plan = runner.plan(run_id, "memory", holder)
+    with runner.engine.connect() as conn:
+        t = state.batch
+        batches = conn.execute(select(t.c.batch_no, t.c.op, t.c.idempotency_key).order_by(t.c.batch_no)).all()
+    return plan.sync_id, [tuple(r) for r in batches]
+
+
+def _acked(engine) -> tuple[set[str], int]:
+    """(the acknowledged keys, the counter every commit keeps)."""
+    with engine.connect() as conn:
+        keys = set(conn.execute(select(state.ack.c.member_key).where(state.ack.c.rejected.is_(False))).scalars())
+        return keys, sync.acked_count(conn, AUD, "memory")
+
+
+def test_a_batch_pushed_by_two_workers_is_committed_once(runner, store, state_engine):
+    """A zombie task and its retry both pushed batch 0 under its key; the second commit changes nothing
+    (it used to delete the acknowledged rows the first one had just written)."""
+    sync_id, batches = _planned(runner, "t/1")
+    batch_no, op, key = batches[0]
+    a_worker = Pusher(state_engine, AUD, "memory", runner.destination("memory"))
+    b_worker = Pusher(state_engine, AUD, "memory", runner.destination("memory"))
+    pushed_a = a_worker._push_one(batch_no, Op(op), key)
+    pushed_b = b_worker._push_one(batch_no, Op(op), key)
+    assert pushed_a is not None and pushed_b is not None
+    result_a, result_b = sync.PushResult(), sync.PushResult()
+    a_worker._commit(sync_id, batch_no, Op(op), key, *pushed_a, result_a)
+    b_worker._commit(sync_id, batch_no, Op(op), key, *pushed_b, result_b)
+    rows = {r.member_key for r in pushed_a[0]}
+    assert _acked(state_engine) == (rows, len(rows))
+    assert (result_a.added, result_b.added, result_b.batches) == (len(rows), 0, 0)
+
+
+def test_a_worker_of_an_earlier_plan_pushes_nothing_of_the_next_plan(runner, store, state_engine, people):
+    """Batch numbers start at 0 with every plan: a leftover worker holding batch 0 of the plan before
+    must neither push the new batch 0 under its old key and operation nor commit it."""
+    runner.run("t/1", AS_OF)
+    with state_engine.connect() as conn:
+        first_sync = conn.scalar(select(func.max(state.sync.c.id)))
+    assert pending_batches(state_engine) == 0
+    people.set(MEMBERS[2:])  # two members leave: the next plan's batch 0 removes them
+    _, new = _planned(runner, "t/2")
+    old_no, old_op, old_key = 0, "add", idempotency_key(AUD, "memory", first_sync, 0)  # the first plan's batch 0
+    new_no, new_op, new_key = new[0]
+    assert (old_no, old_op, new_op) == (new_no, "add", "remove") and old_key != new_key
+    requests = len(store.requests)
+
+    leftover = Pusher(state_engine, AUD, "memory", runner.destination("memory"))
+    assert leftover._push_one(old_no, Op(old_op), old_key) is None
+    assert len(store.requests) == requests  # nothing sent
+    before = _acked(state_engine)
+    stale = ([MemberRow(m["customer_id"], *[None] * 5) for m in MEMBERS[:2]], BatchResult())
+    leftover._commit(0, old_no, Op(old_op), old_key, *stale, sync.PushResult())
+    assert _acked(state_engine) == before and pending_batches(state_engine) == len(new)
+
+
+def test_a_refused_removal_of_an_old_identity_holds_back_the_new_one(runner, store, state_engine, people):
+    """The vendor refuses to remove a member's old identity: the old one stays acknowledged (the vendor
+    still holds it) and the new one is not sent, so the next run removes the old and adds the new. (The
+    add used to be committed over the old identity, which was then never removed.)"""
+    runner.run("t/1", AS_OF)
+    changed = [dict(m) for m in MEMBERS]
+    changed[0]["email"] = "moved.house@example.com"
+    people.set(changed)
+    old_hash, new_hash = (sha256_hex(MEMBERS[0]["email"]), sha256_hex(changed[0]["email"]))
+    store.refuse_remove["c000"] = "member locked"
+
+    def acked_hash() -> str | None:
+        with state_engine.connect() as conn:
+            return conn.scalar(select(state.ack.c.email_sha256).where(state.ack.c.member_key == "c000"))
+
+    sent = len(store.requests)
+    runner.run("t/2", AS_OF)
+    second = store.requests[sent:]
+    assert [(op, [r.member_key for r in rows]) for op, _, rows in second] == [("remove", ["c000"])]
+    assert acked_hash() == old_hash and pending_batches(state_engine) == 0
+
+    del store.refuse_remove["c000"]
+    sent = len(store.requests)
+    runner.run("t/3", AS_OF)
+    third = [(op, [(r.member_key, r.email_sha256) for r in rows]) for op, _, rows in store.requests[sent:]]
+    assert third == [("remove", [("c000", old_hash)]), ("add", [("c000", new_hash)])]
+    assert acked_hash() == new_hash
+
+
+def test_every_removal_commits_before_the_first_add_is_read(runner, store, state_engine, people, monkeypatch):
+    """On Postgres a commit overlaps the next push. The last remove batch's commit is held until the
+    drain either waits for it or has pushed the next batch: without the wait, the add of the member
+    whose removal was refused would be read and sent before the commit withdrew it."""
+    runner.run("t/1", AS_OF)
+    changed = [dict(m) for m in MEMBERS]
+    changed[0]["email"] = "moved.house@example.com"
+    people.set(changed)
+    store.refuse_remove["c000"] = "member locked"
+    overlapped = state_engine.dialect.name == "postgresql"
+    release = threading.Event()
+    push_one, commit, wait = Pusher._push_one, Pusher._commit, sync._Pipeline.wait
+
+    def pushed_then_release(self, batch_no, op, key):  # type: ignore[no-untyped-def]
+        try:
+            return push_one(self, batch_no, op, key)
+        finally:
+            if op is Op.ADD:
+                release.set()
+
+    def held_commit(self, sync_id, batch_no, op, *args):  # type: ignore[no-untyped-def]
+        if overlapped and op is Op.REMOVE:
+            assert release.wait(timeout=30), "neither a wait nor a next push came"
+        commit(self, sync_id, batch_no, op, *args)
+
+    def waiting(self):  # type: ignore[no-untyped-def]
+        release.set()
+        wait(self)
+
+    monkeypatch.setattr(Pusher, "_push_one", pushed_then_release)
+    monkeypatch.setattr(Pusher, "_commit", held_commit)
+    monkeypatch.setattr(sync._Pipeline, "wait", waiting)
+    sent = len(store.requests)
+    runner.run("t/2", AS_OF)
+    assert [op for op, _, _ in store.requests[sent:]] == ["remove"]
