@@ -3,10 +3,13 @@
 The commit protocol, in order, for every batch:
 
 1. the batch and its idempotency key were written by the planner before anything was sent;
-2. ``attempts`` is incremented and committed, then the batch is pushed;
-3. in one transaction: accepted rows move into ``do_ack`` (adds) or out of it (removes), rejected rows go
-   to ``do_reject`` with a hashed key, the batch's pending rows are deleted and the sync's tallies
-   (``do_sync.added`` ...) are incremented, so parallel push shards add up and nothing counts twice.
+2. ``attempts`` is incremented and the rows are read, in one committed transaction that finds the
+   batch by number *and* key (numbers restart with every plan), then the batch is pushed;
+3. in one transaction: the batch row is deleted first (a batch another worker committed meanwhile is
+   gone: this commit then changes nothing), accepted rows move into ``do_ack`` (adds) or out of it
+   (removes), rejected rows go to ``do_reject`` with a hashed key, the batch's pending rows are
+   deleted and the sync's tallies (``do_sync.added`` ...) are incremented, so parallel push shards add
+   up and nothing counts twice.
 
 A crash between 2 and 3 leaves the batch pending; the next attempt pushes it again with the same key and
 the destination applies it at most once. State therefore only advances for what was acknowledged, and a
@@ -14,7 +17,8 @@ rerun converges without duplicate adds or lost removes.
 
 On Postgres, step 3 of one batch runs on a second connection while the next batch goes through step
 2 (``_Pipeline``): commits stay in batch order, and at most one accepted batch waits for its
-commit.
+commit. The last remove batch is committed before the first add batch is read: a refused removal of a
+member's old identity withdraws the add of its new one (``_commit``).
 
 A pusher drains one push shard (a mapped Airflow task) or, with ``shard=None``, every shard in batch
 order. Shards never share a member, so they commit independently and in any order.
