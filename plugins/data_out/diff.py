@@ -10,6 +10,8 @@ push them as parallel mapped tasks. All of one member's rows land in one shard, 
 every remove batch comes before every add batch. Batch numbers stay unique per (audience,
 destination): batch ``r`` of shard ``s`` out of ``n`` is number ``r * n + s``, and adds start at the
 round after the longest shard's removes, so ordering by number is remove-then-add overall as well.
+A full resync's re-sends of members acknowledged exactly as desired come last, as refreshes
+(``Op.REFRESH``): an add for lists and tables, but no second "entered" event for an event stream.
 """
 
 from __future__ import annotations
@@ -322,11 +324,16 @@ class Planner:
         removes = select(t.member_key, *[t[f"k_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_remove)
         adds = select(t.member_key, *[t[f"d_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_add)
         cols = ["audience", "destination", "op", "member_key", "batch_no", *IDENTITY_COLUMNS]
-        conn.execute(insert(p).from_select(cols, self._numbered(removes.subquery(), Op.REMOVE, n, first_round=0)))
+        groups = [(Op.REMOVE, removes), (Op.ADD, adds)]
+        if mode == "full_resync":  # re-sent as acknowledged: a refresh, which an event stream tells apart
+            unchanged = and_(t.in_k, t.rejected.is_(False), t.differs.is_(False))
+            groups = [(Op.REMOVE, removes), (Op.ADD, adds.where(~unchanged)), (Op.REFRESH, adds.where(unchanged))]
         mine = and_(p.c.audience == aud, p.c.destination == label)
-        last_remove = conn.scalar(select(func.max(p.c.batch_no)).where(mine, p.c.op == Op.REMOVE.value))
-        first_add_round = 0 if last_remove is None else last_remove // n + 1
-        conn.execute(insert(p).from_select(cols, self._numbered(adds.subquery(), Op.ADD, n, first_add_round)))
+        first_round = 0
+        for op, rows in groups:  # each group starts at the round after the longest shard's previous one
+            conn.execute(insert(p).from_select(cols, self._numbered(rows.subquery(), op, n, first_round)))
+            last = conn.scalar(select(func.max(p.c.batch_no)).where(mine))
+            first_round = 0 if last is None else last // n + 1
         delta.drop(conn)
         if keys is not None:
             keys.drop(conn)

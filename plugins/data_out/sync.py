@@ -145,7 +145,7 @@ class Pusher:
         with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
             previous: Op | None = None
             for batch_no, op, key, n in planned:
-                if previous is Op.REMOVE and op == Op.ADD.value:
+                if previous is Op.REMOVE and op != Op.REMOVE.value:
                     # every removal's answer is in before the first add is read: a refused removal
                     # withdraws the same member's add (``_commit``)
                     pipeline.wait()
@@ -196,7 +196,8 @@ class Pusher:
                 conn.execute(delete(b).where(self._batch(batch_no, key)))
                 return None
         faults.point("push.before")
-        outcome = self.dest.push(op, rows, key)
+        sent = op if op is not Op.REFRESH or self.dest.distinguishes_refresh else Op.ADD
+        outcome = self.dest.push(sent, rows, key)
         faults.point("push.accepted")  # the destination applied the batch; state does not know yet
         return rows, outcome
 
@@ -224,7 +225,7 @@ class Pusher:
         # not re-sent every run); a remove ends it unless the destination refused the removal, which
         # is then retried next run: a removal is never dropped. Keys as a list, not a subquery:
         # primary-key lookups whatever the table statistics say.
-        touched = [r.member_key for r in rows if op is Op.ADD or r.member_key not in outcome.rejected]
+        touched = [r.member_key for r in rows if op.adds or r.member_key not in outcome.rejected]
         with self.engine.begin() as conn:
             if not conn.execute(delete(b).where(self._batch(batch_no, key))).rowcount:
                 log.warning(
@@ -234,12 +235,12 @@ class Pusher:
                     batch_no,
                 )
                 return
-            acked_delta = len(rows) - len(rejected) if op is Op.ADD else 0
+            acked_delta = len(rows) - len(rejected) if op.adds else 0
             for chunk in _chunks(touched, 10_000):
                 ended = delete(a).where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
                 was_rejected = conn.execute(ended.returning(a.c.rejected)).scalars()
                 acked_delta -= sum(1 for r in was_rejected if not r)
-            if op is Op.ADD:
+            if op.adds:
                 conn.execute(
                     insert(a).from_select(
                         ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at"],
@@ -261,7 +262,7 @@ class Pusher:
                 # committing it would overwrite the acknowledged old identity the vendor still holds.
                 changes.record_refused(conn, self.audience, self.label, None, rejected)
                 for chunk in _chunks(sorted(set(rejected)), 10_000):
-                    added = and_(self._mine(p), p.c.op == Op.ADD.value)
+                    added = and_(self._mine(p), p.c.op != Op.REMOVE.value)
                     conn.execute(delete(p).where(added, state.key_in(conn.dialect, p.c.member_key, chunk)))
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             c = state.ack_count
@@ -274,7 +275,7 @@ class Pusher:
         result.received += outcome.received if outcome.received is not None else len(rows)
         if outcome.matched is not None:
             result.matched = (result.matched or 0) + outcome.matched
-        if op is Op.ADD:
+        if op.adds:
             result.added += len(rows) - refused
         else:
             result.removed += len(rows) - refused
@@ -344,7 +345,7 @@ def _tally(sync_id: int, op: Op, accepted: int, rejected: int, sent: int, outcom
         return func.coalesce(col, 0) + n
 
     values = {
-        "added": plus(s.c.added, accepted if op is Op.ADD else 0),
+        "added": plus(s.c.added, accepted if op.adds else 0),
         "removed": plus(s.c.removed, accepted if op is Op.REMOVE else 0),
         "rejected": plus(s.c.rejected, rejected),
         "batches": plus(s.c.batches, 1),

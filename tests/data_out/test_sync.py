@@ -280,3 +280,34 @@ def test_every_removal_commits_before_the_first_add_is_read(runner, store, state
     sent = len(store.requests)
     runner.run("t/2", AS_OF)
     assert [op for op, _, _ in store.requests[sent:]] == ["remove"]
+
+
+def test_a_full_resync_plans_removes_then_adds_then_refreshes(runner, store, state_engine, people):
+    """Members acknowledged exactly as desired are re-sent as refreshes, after every remove and add; a
+    changed identity is still remove-old then add-new. The memory destination takes a refresh as an add."""
+    runner.run("t/1", AS_OF)
+    changed = [dict(m) for m in MEMBERS[1:]] + [{"customer_id": "c100", "email": "new@example.com"}]
+    changed[0]["email"] = "moved.house@example.com"  # c001
+    people.set(changed)  # c000 leaves, c001 changes identity, c100 joins
+    run_id = runner.start("t/2", AS_OF)
+    runner.stage(run_id, "t/2")
+    plan = runner.plan(run_id, "memory", "t/2", mode="full_resync")
+    p = state.pending
+    with state_engine.connect() as conn:
+        order = (p.c.batch_no, p.c.member_key)
+        planned = conn.execute(select(p.c.batch_no, p.c.op, p.c.member_key).order_by(*order)).all()
+    ops = [op for _, op, _ in planned]
+    assert ops == sorted(ops, key=["remove", "add", "refresh"].index)  # batch order is remove, add, refresh
+    assert {(op, k) for _, op, k in planned if op != "refresh"} == {
+        ("remove", "c000"),
+        ("remove", "c001"),
+        ("add", "c001"),
+        ("add", "c100"),
+    }
+    assert {k for _, op, k in planned if op == "refresh"} == {m["customer_id"] for m in changed} - {"c001", "c100"}
+    assert plan.adds == len(changed)  # a full resync re-sends everyone desired
+    sent = len(store.requests)
+    runner.push(plan.sync_id, "memory", "t/2")
+    assert {op for op, _, _ in store.requests[sent:]} == {"remove", "add"}  # the refreshes went out as adds
+    assert set(store.audience("aud-1")) == {m["customer_id"] for m in changed}
+    assert _acked(state_engine) == ({m["customer_id"] for m in changed}, len(changed))

@@ -25,6 +25,14 @@ IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 class Op(StrEnum):
     ADD = "add"
     REMOVE = "remove"
+    #: a full resync re-sending a member the destination acknowledged unchanged: an add everywhere
+    #: except where an add is also an event (``Destination.distinguishes_refresh``)
+    REFRESH = "refresh"
+
+    @property
+    def adds(self) -> bool:
+        """The member is (again) in the audience afterwards: an add or a refresh."""
+        return self is not Op.REMOVE
 
 
 class GuardSettings(BaseModel):
@@ -136,6 +144,9 @@ class Destination(ABC):
     identity_columns: ClassVar[Mapping[str, str]] = {}
     #: whether ``replace`` swaps the whole audience in one vendor-side operation
     supports_replace: ClassVar[bool] = False
+    #: whether ``push`` is given ``Op.REFRESH`` as such; otherwise it gets ``Op.ADD`` (a list or a table
+    #: that already holds the member simply keeps it)
+    distinguishes_refresh: ClassVar[bool] = False
     #: the Airflow pool its push tasks run in: caps concurrent calls to the vendor across all workers
     #: (``deploy/pools.json`` defines one per destination type, sized from the vendor's rate limits)
     pool: ClassVar[str] = "default_pool"

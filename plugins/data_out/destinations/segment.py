@@ -38,6 +38,7 @@ class SegmentDestination(Destination):
     pool = "data_out_segment"  # see deploy/pools.json
     settings_model = SegmentSettings
     default_conn_id = "data_out_segment"
+    distinguishes_refresh = True  # a refresh restores the trait without a second "Audience Entered"
     max_batch_rows = 2_000
     activation = False  # the CDP receives the holdout flag so downstream tools can honour it
 
@@ -57,20 +58,21 @@ class SegmentDestination(Destination):
             return hashlib.sha256(f"{key}:{r.member_key}:{kind}".encode()).hexdigest()[:32]
 
         name = self.audience
-        entered = op is Op.ADD
+        entered = op.adds
         props = {"audience": name, "destination": self.settings.label, "holdout": bool(r.in_holdout)}
         traits: dict[str, Any] = {name: entered}
         if entered:
             traits[f"{name}_holdout"] = bool(r.in_holdout)
+        track = {
+            "type": "track",
+            "userId": r.member_key,
+            "messageId": mid("track"),
+            "timestamp": now,
+            "event": self.settings.entered_event if entered else self.settings.exited_event,
+            "properties": props,
+        }
         return [
-            {
-                "type": "track",
-                "userId": r.member_key,
-                "messageId": mid("track"),
-                "timestamp": now,
-                "event": self.settings.entered_event if entered else self.settings.exited_event,
-                "properties": props,
-            },
+            *([track] if op is not Op.REFRESH else []),  # a refresh is no new entry
             {
                 "type": "identify",
                 "userId": r.member_key,

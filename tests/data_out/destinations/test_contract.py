@@ -200,12 +200,15 @@ def test_full_resync_or_replace_restores_a_tampered_audience(env: Env):
     assert env.held() != env.expected(rows)
     env.run("t/2")  # an incremental run trusts acknowledged state: it cannot see the tampering
     assert env.held() != env.expected(rows)
+    entered = dict(getattr(env.standin, "events", {}))
     if env.case.supports_replace:
         env.run("t/3", mode="replace")
         assert env.last_sync()["mode"] == "replace"
     else:
         env.run("t/3", mode="full_resync")
     assert env.held() == env.expected(rows)
+    if env.case.type == "segment":  # traits restored by identify alone: nobody "entered" a second time
+        assert env.standin.events == entered and entered["Audience Entered"] == len(env.expected(rows))
 
 
 @pytest.mark.parametrize("env", [name for name, case in sorted(CASES.items()) if case.reject], indirect=True)
