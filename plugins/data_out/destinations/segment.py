@@ -3,7 +3,8 @@
 Connection (type ``data_out_segment``): ``host`` the API base URL (default https://api.segment.io),
 ``password`` the source's write key. Members are identified by ``userId`` = member key. Each add sends
 ``Audience Entered`` and an identify with ``{<audience>: true, <audience>_holdout: <bool>}``; each remove
-sends ``Audience Exited`` and ``{<audience>: false}``. ``messageId`` is derived from the batch's
+sends ``Audience Exited`` and ``{<audience>: false}``; a refresh (a full resync of a member already
+acknowledged) sends the identify alone. ``messageId`` is derived from the batch's
 idempotency key, so Segment drops a replayed batch's events as duplicates. Requests stay under 500 KB
 and events under 32 KB.
 """
