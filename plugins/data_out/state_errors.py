@@ -7,7 +7,9 @@ errors raised by the state engine's own connections (a SQLAlchemy ``handle_error
 ``translated`` turns the marked ones into a ``StateDatabaseError`` that names the database (never its
 password), carries the first line of the driver's message scrubbed of anything identifier-like, and
 says what happens next. Retrying is always safe: state only ever advances by committed transactions,
-so nothing past the last committed batch was marked as synced.
+so nothing past the last committed batch was marked as synced. Every other database error leaves
+``translated`` as a ``DatabaseError`` carrying the driver's first line with its quoted values masked
+(``redact.driver_line``): the rest of the driver's text can quote a member's row.
 """
 
 from __future__ import annotations
