@@ -2,7 +2,9 @@
 
 A lease row names the Airflow DAG run that owns an audience until it finishes or the lease expires
 (a killed worker cannot release it). Re-entrant for the same holder, so task retries within the run
-continue; a different run fails fast with a message naming the holder. Airflow's ``max_active_runs=1``
+continue; a different run fails fast with a message naming the holder. The holder renews it at the
+start of every step and, while a push drains, every ``RENEW_EVERY``: only a run that stopped working
+loses its audience, however long its pushes take. Airflow's ``max_active_runs=1``
 is the first line of defence; this is the one that also covers manual runs and other DAGs.
 """
 
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data_out import state
 
 DEFAULT_TTL = dt.timedelta(hours=3)
+#: how often a draining push renews its lease (a Google Ads job may poll for an hour)
+RENEW_EVERY = dt.timedelta(minutes=1)
 
 
 class LeaseHeld(Exception):
@@ -47,16 +51,19 @@ def acquire(engine: Engine, audience: str, holder: str, ttl: dt.timedelta = DEFA
         ) from None
 
 
-def check(engine: Engine, audience: str, holder: str) -> None:
-    """Fencing: refuse to write state for an audience this run no longer owns."""
+def check(engine: Engine, audience: str, holder: str, ttl: dt.timedelta = DEFAULT_TTL) -> None:
+    """Fencing and heartbeat: refuse to write state for an audience this run no longer owns, and
+    extend the lease of one it does."""
     lease = state.lease
-    with engine.connect() as conn:
+    with engine.begin() as conn:
+        mine = and_(lease.c.audience == audience, lease.c.holder == holder)
+        if conn.execute(update(lease).where(mine).values(expires_at=state.utcnow() + ttl)).rowcount:
+            return
         who = conn.scalar(select(lease.c.holder).where(lease.c.audience == audience))
-    if who != holder:
-        raise LeaseHeld(
-            f"audience {audience}: this run ({holder!r}) does not hold the lease (holder: {who!r}); "
-            "it may have expired. Rerun the DAG."
-        )
+    raise LeaseHeld(
+        f"audience {audience}: this run ({holder!r}) does not hold the lease (holder: {who!r}); "
+        "it may have expired. Rerun the DAG."
+    )
 
 
 def release(engine: Engine, audience: str, holder: str) -> None:

@@ -131,6 +131,10 @@ class AudienceRunner:
         with self.engine.begin() as conn:
             conn.execute(update(state.run).where(state.run.c.id == run_id).values(**values))
 
+    def _heartbeat(self, holder: str) -> Callable[[], None]:
+        """Renews this run's lease while a push drains; raises ``LeaseHeld`` once another run took it."""
+        return functools.partial(lease.check, self.engine, self.cfg.name, holder)
+
     def _update_sync(self, sync_id: int, **values: Any) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(state.sync).where(state.sync.c.id == sync_id).values(**values))
@@ -219,7 +223,8 @@ class AudienceRunner:
                 if plan.resumed_batches:
                     self._update_sync(sync_id, status="resuming", resumed_batches=plan.resumed_batches)
                     resumed = PushResult()
-                    Pusher(self.engine, self.cfg.name, label, dest).drain(sync_id, resumed)  # tallies: sync.py
+                    pusher = Pusher(self.engine, self.cfg.name, label, dest)
+                    pusher.drain(sync_id, resumed, heartbeat=self._heartbeat(holder))  # tallies: sync.py
                     self._update_sync(sync_id, push_seconds=resumed.seconds)
                     count, plan = plan.resumed_batches, self._plan(dest, label, sync_id, override_reason, mode)
                     plan.resumed_batches = count
@@ -260,7 +265,7 @@ class AudienceRunner:
         try:
             with self.destination_ctx(label) as dest:
                 pusher = Pusher(self.engine, self.cfg.name, label, dest)
-                pusher.drain(sync_id, result, shard=shard)
+                pusher.drain(sync_id, result, shard=shard, heartbeat=self._heartbeat(holder))
                 size = dest.size()
                 acked = pusher.acked_size()
         except Exception as exc:

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from data_out import changes, faults, state
+from data_out import changes, faults, lease, state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,20 @@ class Pusher:
     def _mine(self, table):  # type: ignore[no-untyped-def]
         return and_(table.c.audience == self.audience, table.c.destination == self.label)
 
-    def drain(self, sync_id: int, result: PushResult, shard: int | None = None) -> None:
+    def drain(
+        self,
+        sync_id: int,
+        result: PushResult,
+        shard: int | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        beat_every: float = lease.RENEW_EVERY.total_seconds(),
+    ) -> None:
         """Push every pending batch of this (audience, destination), or of one of its shards, in order.
 
         On Postgres the commit of one batch overlaps the push of the next (``_Pipeline``); SQLite,
-        which has one writer at a time, commits each batch before pushing the next.
+        which has one writer at a time, commits each batch before pushing the next. ``heartbeat``
+        (renewing the run's lease, raising if it was lost) is called before a batch once ``beat_every``
+        seconds have passed since the last call.
         """
         started = time.monotonic()
         # statistics go stale when do_ack grows by a good share (a first sync), not by a quiet day's
@@ -144,7 +153,11 @@ class Pusher:
             ).all()
         with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
             previous: Op | None = None
+            beat = time.monotonic()
             for batch_no, op, key, n in planned:
+                if heartbeat is not None and time.monotonic() - beat >= beat_every:
+                    heartbeat()
+                    beat = time.monotonic()
                 if previous is Op.REMOVE and op != Op.REMOVE.value:
                     # every removal's answer is in before the first add is read: a refused removal
                     # withdraws the same member's add (``_commit``)

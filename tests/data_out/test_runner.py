@@ -207,6 +207,15 @@ def test_an_expired_lease_can_be_taken_over(state_engine):
     lease.check(state_engine, TARGETS, "dag/next")
 
 
+def test_each_step_renews_the_lease_of_a_run_still_working(state_engine):
+    """A run whose lease ran out while it worked (a long push) renews it at its next step, before any
+    other run could take it: only a run that stopped working loses its audience."""
+    lease.acquire(state_engine, TARGETS, "dag/slow", ttl=dt.timedelta(seconds=-1))
+    lease.check(state_engine, TARGETS, "dag/slow")
+    with pytest.raises(lease.LeaseHeld, match="dag/slow"):
+        lease.acquire(state_engine, TARGETS, "dag/next")
+
+
 def test_a_failing_source_fails_the_run_and_keeps_state(audiences_dir, resolver, state_engine, people, store):
     people.set([person(i) for i in range(10)])
     run(audiences_dir, resolver, state_engine, "t/1")

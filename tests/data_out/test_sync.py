@@ -17,6 +17,7 @@ from data_out.config import load_audiences
 from data_out.destinations.base import BatchResult, MemberRow, Op
 from data_out.diff import idempotency_key
 from data_out.identity import sha256_hex
+from data_out.lease import LeaseHeld
 from data_out.runner import AudienceRunner, RunFailed
 from data_out.sync import Pusher
 from tests.conftest import write_audience
@@ -311,3 +312,31 @@ def test_a_full_resync_plans_removes_then_adds_then_refreshes(runner, store, sta
     assert {op for op, _, _ in store.requests[sent:]} == {"remove", "add"}  # the refreshes went out as adds
     assert set(store.audience("aud-1")) == {m["customer_id"] for m in changed}
     assert _acked(state_engine) == ({m["customer_id"] for m in changed}, len(changed))
+
+
+def test_a_drain_renews_its_lease_and_stops_once_another_run_took_it(runner, store, state_engine, monkeypatch):
+    """The heartbeat renews the run's lease between batches; a run whose audience was taken over (its
+    lease expired and another run acquired it) pushes no further batch."""
+    sync_id, batches = _planned(runner, "t/1")
+    push = MemoryDestination.push
+
+    def taken_over_after_the_second(self, op, rows, key):  # type: ignore[no-untyped-def]
+        result = push(self, op, rows, key)
+        if len(store.requests) == 2:
+            with state_engine.begin() as conn:
+                conn.execute(state.lease.update().values(holder="t/other"))
+        return result
+
+    monkeypatch.setattr(MemoryDestination, "push", taken_over_after_the_second)
+    beats = []
+    heartbeat = runner._heartbeat("t/1")
+
+    def beating() -> None:
+        beats.append(len(store.requests))
+        heartbeat()
+
+    pusher = Pusher(state_engine, AUD, "memory", runner.destination("memory"))
+    with pytest.raises(LeaseHeld, match="t/other"):
+        pusher.drain(sync_id, sync.PushResult(), heartbeat=beating, beat_every=0)
+    assert beats == [0, 1, 2] and len(store.requests) == 2 and len(batches) == 5
+    assert pending_batches(state_engine) == 3  # the two pushed batches committed; the rest wait for the new holder
