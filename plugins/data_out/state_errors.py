@@ -87,12 +87,10 @@ def state_fault(exc: BaseException) -> str | None:
 
 
 def message(exc: DBAPIError, database: str, during: str | None = None) -> str:
-    """Where, what the driver said (first line, scrubbed: it can quote a value), and what happens next."""
-    orig = exc.orig if exc.orig is not None else exc
-    detail = driver_line(exc)
+    """Where, what the driver said (first line, quoted values masked), and what happens next."""
     when = f" during {during}" if during else ""
     return (
-        f"state database {database} unavailable{when}: {type(orig).__name__}: {detail}; "
+        f"state database {database} unavailable{when}: {_driver_summary(exc)}; "
         "nothing past the last committed batch was marked as synced. Airflow retries the task; "
         "once the database is back, clear the task to retry at once"
     )
@@ -118,6 +116,7 @@ def error_text(exc: BaseException) -> str:
 
 
 def _driver_summary(exc: BaseException) -> str:
+    """The driver's error type and its redacted first line."""
     return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {driver_line(exc)}"
 
 

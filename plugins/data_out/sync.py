@@ -154,21 +154,21 @@ class Pusher:
         with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
             previous: Op | None = None
             beat = time.monotonic()
-            for batch_no, op, key, n in planned:
+            for batch_no, op_value, key, n in planned:
+                op = Op(op_value)
                 if heartbeat is not None and time.monotonic() - beat >= beat_every:
                     heartbeat()
                     beat = time.monotonic()
-                if previous is Op.REMOVE and op != Op.REMOVE.value:
+                if previous is Op.REMOVE and op is not Op.REMOVE:
                     # every removal's answer is in before the first add is read: a refused removal
                     # withdraws the same member's add (``_commit``)
                     pipeline.wait()
-                previous = Op(op)
-                pushed = self._push_one(batch_no, Op(op), key)
+                previous = op
+                pushed = self._push_one(batch_no, op, key)
                 if pushed is None:  # committed meanwhile by another worker of this shard (a zombie task)
                     continue
                 rows, outcome = pushed
-                commit = functools.partial(self._commit, sync_id, batch_no, Op(op), key, rows, outcome, result)
-                pipeline.then(commit)
+                pipeline.then(functools.partial(self._commit, sync_id, batch_no, op, key, rows, outcome, result))
                 moved += n
                 if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
                     pipeline.wait()
@@ -274,8 +274,8 @@ class Pusher:
                 # changed keeps its old one until then: its add of the new identity is withdrawn, since
                 # committing it would overwrite the acknowledged old identity the vendor still holds.
                 changes.record_refused(conn, self.audience, self.label, None, rejected)
-                for chunk in _chunks(sorted(set(rejected)), 10_000):
-                    added = and_(self._mine(p), p.c.op != Op.REMOVE.value)
+                added = and_(self._mine(p), p.c.op != Op.REMOVE.value)
+                for chunk in _chunks(rejected, 10_000):  # a batch holds each member once
                     conn.execute(delete(p).where(added, state.key_in(conn.dialect, p.c.member_key, chunk)))
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             c = state.ack_count
