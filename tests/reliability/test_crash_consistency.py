@@ -3,7 +3,9 @@
 Each case: a first full sync, a change of membership (joins, leaves, an email change), a run killed
 with SIGKILL at one point (no exception handling, no cleanup, the lease left held), then a rerun of the
 same Airflow-run identity (as a task retry does). Afterwards the Meta stand-in must hold exactly the
-desired members minus the holdout, and no idempotency key may have been applied twice.
+desired members minus the holdout. The stand-in ignores ``Idempotency-Key`` as Meta does: a batch the
+killed run had pushed but not committed is pushed and applied again by the retry, and Meta's set
+semantics (adding a member twice is harmless, removing twice too) are what keep the result exact.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def crash_and_rerun(tmp_path: Path, kill_at: str, mode: str = "run") -> Engine:
         applied = dict(standin.applied)
     want = {ident(r) for r in rows_after() if not is_held_out("crash-salt", r["customer_id"], 10)}
     assert held == want
-    assert max(applied.values()) == 1, "a batch was applied twice"
+    if kill_at.startswith("push.accepted"):  # the batch applied before the kill really was applied again
+        assert max(applied.values()) == 2
     return engine
 
 

@@ -5,8 +5,12 @@ Each stand-in subclasses ``StandIn`` and declares routes. Every stand-in shares:
 * auth checking (the subclass says how), request-size limits, a token-bucket rate limit that answers
   in the vendor's own rate-limit format, and a fault plan (forced statuses, a random failure rate,
   slow responses past the client's timeout, "down");
-* idempotency: a request carrying an ``Idempotency-Key`` it has already applied is answered with the
-  stored response and not applied again; ``applied`` counts applications per key (never above 1);
+* the vendor's own semantics for a request sent twice: no vendor stand-in honours ``Idempotency-Key``
+  (Meta, Google, TikTok and Segment ignore the header), so a repeated request is applied again and only
+  the vendor's semantics make that harmless (set membership; Segment's ``messageId`` dedupe). Only a
+  stand-in whose vendor promises it (``replays_idempotency_key``: our own signed webhooks) answers a
+  repeated key from the stored response without applying it again. ``applied`` counts applications per
+  key either way, so a test can see a request that really was applied twice;
 * an admin API under ``/_admin`` (state, faults, reset, member edits) for tests and the demo.
 
 Servers listen on loopback only.
@@ -80,6 +84,9 @@ class StandIn:
     rate_per_second: float | None = None  # None: no rate limit
     burst = 20
     persistent: tuple[str, ...] = ()  # attributes kept across restarts by save()/load() (the demo)
+    #: answer a repeated ``Idempotency-Key`` from the stored response, applying nothing: only where the
+    #: vendor's contract promises it, never because our client happens to send the header
+    replays_idempotency_key = False
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -179,15 +186,16 @@ class StandIn:
         try:
             self.check_auth(req)
             key = req.headers.get("idempotency-key")
-            if key and key in self.responses:
-                return self.responses[key]  # replay: answer again, apply nothing
+            if key and self.replays_idempotency_key and key in self.responses:
+                return self.responses[key]  # the vendor's promise: answer again, apply nothing
             for method, pattern, handler in self.routes:
                 m = pattern.match(req.path)
                 if m and method == req.method:
                     resp = handler(req, m)
                     if key and resp.status < 300:
                         self.applied[key] += 1
-                        self.responses[key] = resp
+                        if self.replays_idempotency_key:
+                            self.responses[key] = resp
                     if resp.status < 300 and self.seen in f.lose_response:
                         return self.server_error(503)  # applied, but the answer never arrives
                     return resp

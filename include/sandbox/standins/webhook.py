@@ -36,6 +36,7 @@ class WebhookStandIn(StandIn):
     name = "webhook"
     max_body_bytes = 5 * 1024 * 1024
     persistent = ("members",)
+    replays_idempotency_key = True  # our own webhook contract promises it
 
     def __init__(self, secret: str = "webhook-secret") -> None:
         self.secret = secret

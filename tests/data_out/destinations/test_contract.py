@@ -1,7 +1,8 @@
 """Every HTTP destination against its stand-in over real HTTP on loopback.
 
 Adds, removes, batch splitting, replace / full resync, rate limits, transient faults, fatal errors,
-partial rejects, and convergence after a failure half way with no batch applied twice.
+partial rejects, and convergence after a failure half way with no member's change applied twice as the
+vendor counts it (``applied_once``): the stand-ins apply a re-sent request again, as the vendors do.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +95,22 @@ class Env:
             return dict(conn.execute(select(s).order_by(s.c.id.desc()).limit(1)).mappings().one())
 
 
+def applied_once(env: Env) -> None:
+    """No change applied twice, in the vendor's own terms.
+
+    Only our webhook contract promises ``Idempotency-Key``: there each key is applied once. Segment
+    dedupes by ``messageId``: each member enters or exits once per change. Meta, Google and TikTok
+    audiences are sets: a re-sent add or remove is harmless, and the caller's comparison of what the
+    stand-in holds with what is desired is the whole check.
+    """
+    s = env.standin
+    if s.replays_idempotency_key:
+        assert max(s.applied.values()) == 1
+    if env.case.type == "segment":
+        per_change = Counter((t["userId"], t["event"]) for t in s.tracks)  # type: ignore[attr-defined]
+        assert per_change and max(per_change.values()) == 1
+
+
 @pytest.fixture(params=sorted(CASES))
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     case = CASES[request.param]  # parametrised below, or narrowed by a test through indirect=True
@@ -120,7 +138,7 @@ def test_adds_and_removes_in_batches(env: Env):
     env.people.set(rows)
     env.run("t/2")
     assert env.held() == env.expected(rows)
-    assert max(env.standin.applied.values()) == 1
+    applied_once(env)
 
 
 def test_batch_size_is_capped_at_the_vendor_limit(env: Env):
@@ -137,16 +155,18 @@ def test_rate_limits_and_transient_faults_are_retried(env: Env):
     assert env.held() == env.expected(rows)
     assert env.standin.faults.forced == []  # all three faults were served, and retried past
     assert sum(status >= 500 for _, _, status in env.standin.log) == 2
-    assert max(env.standin.applied.values()) == 1
+    applied_once(env)
 
 
-def test_a_lost_response_is_replayed_without_applying_twice(env: Env):
+def test_a_lost_response_is_resent_and_the_vendor_semantics_absorb_it(env: Env):
     rows = [person(i) for i in range(12)]
     env.people.set(rows)
     env.standin.faults.lose_response = [2]
     env.run("t/1")
     assert env.held() == env.expected(rows)
-    assert max(env.standin.applied.values()) == 1
+    applied_once(env)
+    (method, path, lost), (method_again, path_again, answered) = env.standin.log[1:3]
+    assert lost == 503 and (method_again, path_again) == (method, path) and answered < 300  # really re-sent
 
 
 def test_fatal_error_fails_clearly_and_keeps_state(env: Env):
@@ -175,7 +195,7 @@ def test_converges_after_the_vendor_goes_down_half_way(env: Env):
     env.standin.faults.down = False
     env.run("t/2")
     assert env.held() == env.expected(rows)
-    assert max(env.standin.applied.values()) == 1
+    applied_once(env)
 
 
 def test_full_resync_or_replace_restores_a_tampered_audience(env: Env):
@@ -287,4 +307,4 @@ def test_slow_responses_past_the_timeout_fail_cleanly_then_catch_up(tmp_path: Pa
             case.extra.clear()
             case.extra.update(case_extra)
     assert env.held() == env.expected(rows)
-    assert max(standin.applied.values()) == 1
+    applied_once(env)
