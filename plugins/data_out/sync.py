@@ -41,6 +41,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import changes, faults, lease, state
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
+from data_out.oversize import push_within_limits
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class Pusher:
                 return None
         faults.point("push.before")
         sent = op if op is not Op.REFRESH or self.dest.distinguishes_refresh else Op.ADD
-        outcome = self.dest.push(sent, rows, key)
+        outcome = push_within_limits(self.dest, sent, rows, key)  # a 413 splits the batch
         faults.point("push.accepted")  # the destination applied the batch; state does not know yet
         return rows, outcome
 

@@ -131,6 +131,32 @@ class DestinationError(Exception):
         self.retryable = retryable
 
 
+class PayloadTooLarge(DestinationError):
+    """The vendor refused a request as too large (HTTP 413): nothing of it was applied.
+
+    A destination sizes its requests under the vendor's limits, so this is a sizing bug in Data Out;
+    the push path reports it as one and splits the batch rather than failing it on every run.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+#: joins a planned batch's idempotency key and the number of one of its halves after a 413
+SPLIT_MARK = "~"
+
+
+def split_key(idempotency_key: str, half: int) -> str:
+    """The key of one half of a batch split after a 413: new for each half, stable across retries."""
+    return f"{idempotency_key}{SPLIT_MARK}{half}"
+
+
+def planned_key(idempotency_key: str) -> str:
+    """The key the planner gave the batch, whatever splits followed: what vendor-side dedupe ids
+    (Segment's ``messageId``) derive from, so a member's event keeps its id when its batch is split."""
+    return idempotency_key.split(SPLIT_MARK, 1)[0]
+
+
 class Destination(ABC):
     """Base class: one instance per (audience, destination) for the length of a task."""
 

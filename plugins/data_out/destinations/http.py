@@ -25,7 +25,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from data_out.connections import ConnectionInfo
-from data_out.destinations.base import DestinationError
+from data_out.destinations.base import DestinationError, PayloadTooLarge
 from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,11 @@ class HttpClient:
         if verdict is Verdict.RETRY:
             log.warning("%s %s %s: %s; will retry", self.vendor, method, path, message)
             raise _Retryable(message, _retry_after(resp))
+        if resp.status_code == 413:
+            sent = len(resp.request.body or b"")
+            raise PayloadTooLarge(
+                f"{self.vendor}: {method} {path} refused a {sent}-byte request as too large: {message}"
+            )
         raise DestinationError(f"{self.vendor}: {method} {path} refused: {message}", retryable=False)
 
     def close(self) -> None:

@@ -48,8 +48,11 @@ class MetaSettings(DestinationSettings):
 
 def _error(resp: requests.Response) -> tuple[int | None, int | None, str]:
     try:
-        err = resp.json().get("error", {})
+        body = resp.json()
     except ValueError:
+        return None, None, resp.text[:300]
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):  # not Meta's envelope: a proxy or a load balancer answered
         return None, None, resp.text[:300]
     return err.get("code"), err.get("error_subcode"), str(err.get("message", ""))
 

@@ -1,29 +1,31 @@
-"""Segment (HTTP Tracking API ``/v1/batch``): audience entry and exit as track events plus identify traits.
+"""Segment (HTTP Tracking API ``/v1/batch``): audience entry and exit as Segment's audience events.
 
 Connection (type ``data_out_segment``): ``host`` the API base URL (default https://api.segment.io),
-``password`` the source's write key. Members are identified by ``userId`` = member key. Each add sends
-``Audience Entered`` and an identify with ``{<audience>: true, <audience>_holdout: <bool>}``; each remove
-sends ``Audience Exited`` and ``{<audience>: false}``; a refresh (a full resync of a member already
-acknowledged) sends the identify alone. ``messageId`` is derived from the batch's
-idempotency key, so Segment drops a replayed batch's events as duplicates. Requests stay under 500 KB
-and events under 32 KB.
+``password`` the source's write key. Members are identified by ``userId`` = member key.
+
+Events follow the shape Segment's own audiences (Engage) send: an add sends ``Audience Entered`` with
+properties ``{audience_key: <audience>, <audience>: true}`` and an identify with the trait
+``{<audience>: true}``; a remove sends ``Audience Exited`` with ``{audience_key, <audience>: false}`` and
+the trait ``false``. Data Out adds its own properties beside the spec's, never instead of them:
+``destination`` (this destination's label) and ``holdout`` on the track, ``<audience>_holdout`` on the
+identify. A refresh (a full resync of a member already acknowledged) sends the identify alone.
+
+``messageId`` is derived from the planned batch's idempotency key, the member and the call, so a batch
+sent again (a lost answer, a crash before the commit, a split after a 413) carries the same ids and
+Segment drops the repeats. Requests are sized exactly as encoded (``segment_batch``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from data_out.destinations import register
-from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op
-from data_out.destinations.http import HttpClient, part_key, split_by_size
-
-MAX_REQUEST_BYTES = 500 * 1024
-MAX_EVENT_BYTES = 32 * 1024
-ENVELOPE_BYTES = 256  # {"batch": [...], "sentAt": ...} around the events
+from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op, planned_key
+from data_out.destinations.http import HttpClient, part_key
+from data_out.destinations.segment_batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
 
 
 class SegmentSettings(DestinationSettings):
@@ -60,7 +62,13 @@ class SegmentDestination(Destination):
 
         name = self.audience
         entered = op.adds
-        props = {"audience": name, "destination": self.settings.label, "holdout": bool(r.in_holdout)}
+        # Segment's audience spec first; Data Out's own properties beside them
+        props = {
+            "audience_key": name,
+            name: entered,
+            "destination": self.settings.label,
+            "holdout": bool(r.in_holdout),
+        }
         traits: dict[str, Any] = {name: entered}
         if entered:
             traits[f"{name}_holdout"] = bool(r.in_holdout)
@@ -84,23 +92,24 @@ class SegmentDestination(Destination):
         ]
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
-        now = dt.datetime.now(dt.UTC).isoformat()
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        ids_from = planned_key(idempotency_key)  # the same messageIds however the batch was split
         rejected: dict[str, str] = {}
-        sized: list[tuple[bytes, dict[str, Any]]] = []
+        encoded: list[bytes] = []
         for r in rows:
-            messages = self._messages(op, r, idempotency_key, now)
-            encoded = [json.dumps(m).encode() for m in messages]
-            if any(len(e) > MAX_EVENT_BYTES for e in encoded):
-                rejected[r.member_key] = "event larger than Segment's 32 KB limit"
+            messages = [encode_message(m) for m in self._messages(op, r, ids_from, now)]
+            if any(len(m) > MAX_EVENT_BYTES for m in messages):
+                rejected[r.member_key] = f"event larger than Segment's limit of {MAX_EVENT_BYTES} bytes"
                 continue
-            sized.extend(zip(encoded, messages, strict=True))
-        parts = split_by_size(sized, lambda pair: len(pair[0]) + 1, MAX_REQUEST_BYTES - ENVELOPE_BYTES)
-        for i, part in enumerate(parts):
+            encoded.extend(messages)
+        bodies = list(batch_bodies(encoded, now))
+        for i, (_, body) in enumerate(bodies):
             self.client.request(
                 "POST",
                 "/v1/batch",
-                json={"batch": [m for _, m in part], "sentAt": now},
-                headers={"Idempotency-Key": part_key(idempotency_key, i, len(parts))},
+                data=body,
+                # Segment ignores Idempotency-Key (it dedupes by messageId): sent to trace the request
+                headers={**JSON_HEADERS, "Idempotency-Key": part_key(idempotency_key, i, len(bodies))},
             )
         return BatchResult(rejected=rejected, received=len(rows) - len(rejected))
 

@@ -44,7 +44,8 @@ from sqlalchemy import (
 
 from data_out import state
 from data_out.connections import ConnectionInfo
-from data_out.destinations.http import HttpClient, split_by_size
+from data_out.destinations.http import HttpClient
+from data_out.destinations.segment_batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
 from data_out.destinations.webhook import sign
 from data_out.metrics.events import METRICS, Metric, store_many
 from data_out.sources.warehouse import window_params
@@ -55,17 +56,20 @@ ROUTING_ENV = "DATA_OUT_METRICS_ROUTING"
 DEFAULT_ROUTING = Path(__file__).resolve().parents[3] / "include" / "metrics" / "routing.yaml"
 NARROW: list[Metric] = ["sent", "failed", "bounced", "dropped"]
 
-SEGMENT_NAMES = {
-    "sent": "Sent",
-    "delivered": "Delivered",
-    "opened": "Opened",
-    "clicked": "Link Clicked",
-    "converted": "Converted",
-    "bounced": "Bounced",
-    "spammed": "Marked as Spam",
-    "dropped": "Dropped",
-    "failed": "Failed",
+#: metric -> Segment's Email Events spec name (email channel only): Email Delivered, Email Opened, Email
+#: Link Clicked, Email Bounced, Email Marked as Spam, Unsubscribed
+SEGMENT_EMAIL_SPEC = {
+    "delivered": "Email Delivered",
+    "opened": "Email Opened",
+    "clicked": "Email Link Clicked",
+    "bounced": "Email Bounced",
+    "spammed": "Email Marked as Spam",
+    "unsubscribed": "Unsubscribed",
 }
+#: metrics (and channels) the spec has no event for keep a name that says whose event it is, so no tool
+#: mistakes it for a spec event: "Customer.io Email Sent", "Customer.io SMS Delivered", ...
+SEGMENT_PRODUCT_PREFIX = "Customer.io"
+CHANNEL_NAMES = {"email": "Email", "sms": "SMS", "push": "Push", "in_app": "In-App", "webhook": "Webhook"}
 
 
 class Routing(BaseModel):
@@ -260,15 +264,28 @@ class MetricsPipeline:
             return 0
         conn: ConnectionInfo = self.resolve(self.routing.segment_conn_id)
         client = HttpClient("segment", conn, default_base_url="https://api.segment.io", auth=(conn.password or "", ""))
+        sent_at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         try:
-            events = [(t, segment_event(t)) for t in tasks if t["customer_id"]]
-            parts = split_by_size(events, lambda p: len(json.dumps(p[1])) + 1, 480 * 1024)
-            for part in parts:
-                key = "seg-" + hashlib.sha256("|".join(t["dedupe_key"] for t, _ in part).encode()).hexdigest()[:40]
-                client.request(
-                    "POST", "/v1/batch", json={"batch": [ev for _, ev in part]}, headers={"Idempotency-Key": key}
-                )
-                self._mark("segment", [t for t, _ in part])
+            routed, encoded = [], []
+            for t in tasks:
+                if not t["customer_id"]:
+                    continue
+                message = encode_message(segment_event(t))
+                if len(message) > MAX_EVENT_BYTES:
+                    log.error(
+                        "send task %s: its Segment event is over %d bytes; not sent", t["dedupe_key"], MAX_EVENT_BYTES
+                    )
+                    continue
+                routed.append(t)
+                encoded.append(message)
+            done = 0
+            for n, body in batch_bodies(encoded, sent_at):
+                part = routed[done : done + n]
+                key = "seg-" + hashlib.sha256("|".join(t["dedupe_key"] for t in part).encode()).hexdigest()[:40]
+                # Segment dedupes a re-sent part by messageId (the dedupe key); Idempotency-Key only traces it
+                client.request("POST", "/v1/batch", data=body, headers={**JSON_HEADERS, "Idempotency-Key": key})
+                self._mark("segment", part)
+                done += n
         finally:
             client.close()
         return len(tasks)
@@ -329,25 +346,32 @@ class MetricsPipeline:
 
 
 def segment_event(t: dict[str, Any]) -> dict[str, Any]:
-    """A Segment track call named after the spec (Email Delivered, Email Link Clicked, Unsubscribed...)."""
-    channel = "SMS" if t["channel"] == "sms" else "Push" if t["channel"] == "push" else "Email"
-    name = "Unsubscribed" if t["status"] == "unsubscribed" else f"{channel} {SEGMENT_NAMES[t['status']]}"
-    props = {
+    """A Segment track call: Segment's Email Events spec where it has the event, with the spec's property
+    names and types (``campaign_id`` a string), and Data Out's own properties beside them."""
+    channel = t["channel"] or "email"
+    name = SEGMENT_EMAIL_SPEC.get(t["status"]) if channel == "email" else None
+    if name is None:
+        label = CHANNEL_NAMES.get(channel, channel.replace("_", " ").title())
+        name = f"{SEGMENT_PRODUCT_PREFIX} {label} {t['status'].replace('_', ' ').title()}"
+    props: dict[str, Any] = {
         "email_id": t["delivery_id"],
-        "campaign_id": t["campaign_id"],
+        "campaign_id": None if t["campaign_id"] is None else str(t["campaign_id"]),
         "campaign_name": t["campaign_name"],
-        "broadcast_id": t["broadcast_id"],
-        "action_id": t["action_id"],
-        "channel": t["channel"],
     }
     if t["link"]:
         props["link_url"] = t["link"]
+    props.update(  # Data Out's own, beside the spec's
+        broadcast_id=t["broadcast_id"],
+        action_id=t["action_id"],
+        channel=channel,
+        metric=t["status"],
+    )
     return {
         "type": "track",
         "userId": t["customer_id"],
         "event": name,
         "messageId": t["dedupe_key"],
-        "timestamp": t["occurred_at"].replace(tzinfo=dt.UTC).isoformat(),
+        "timestamp": t["occurred_at"].replace(tzinfo=dt.UTC).isoformat(timespec="milliseconds"),
         "properties": props,
     }
 
