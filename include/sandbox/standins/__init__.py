@@ -32,7 +32,7 @@ STANDINS: dict[str, type[StandIn]] = {
 }
 #: the credentials each stand-in accepts, as the matching Airflow connection carries them
 CREDENTIALS: dict[str, dict[str, object]] = {
-    "meta": {"password": "meta-test-token"},
+    "meta": {"password": "meta-test-token", "extra": {"app_secret": "meta-app-secret"}},
     "google_ads": {"password": "google-test-token", "extra": {"developer_token": "dev-token", "poll_interval": 0.05}},
     "tiktok": {"password": "tiktok-test-token"},
     "segment": {"password": "segment-write-key"},
@@ -49,6 +49,8 @@ def serve(
     with contextlib.ExitStack() as stack:
         for i, name in enumerate(names):
             standin = STANDINS[name]()
+            if isinstance(standin, MetaStandIn):
+                standin.require_app_secret = True  # as a production app should have it: proof on every call
             if state_dir:
                 standin.load(str(state_dir / f"{name}.pickle"))
                 stack.callback(standin.save, str(state_dir / f"{name}.pickle"))

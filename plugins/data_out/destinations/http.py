@@ -138,7 +138,10 @@ class HttpClient:
             )
         return max(backoff, retry_after)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, *, resend_unanswered: bool = True, **kwargs: Any) -> requests.Response:
+        """Send with the retry policy. ``resend_unanswered=False``: a request whose outcome is unknown (no
+        answer, or a 5xx) is not sent again but fails retryably, for calls the vendor must not receive
+        twice; a refusal that applied nothing (429, a rate-limit code) is still retried."""
         url = urljoin(self.base_url.rstrip("/") + "/", path.lstrip("/"))
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.max_attempts),
@@ -147,28 +150,34 @@ class HttpClient:
             reraise=True,
         )
         try:
-            return retrying(self._once, method, url, path, **kwargs)
+            return retrying(self._once, method, url, path, resend_unanswered, **kwargs)
         except _Retryable as exc:
             raise DestinationError(
                 f"{self.vendor}: {method} {path} still failing after {self.policy.max_attempts} attempts: {exc}",
                 retryable=True,
             ) from None
 
-    def _once(self, method: str, url: str, path: str, **kwargs: Any) -> requests.Response:
+    def _once(self, method: str, url: str, path: str, resend: bool, **kwargs: Any) -> requests.Response:
         self.attempts += 1
         started = time.monotonic()
         try:
             resp = self.session.request(method, url, timeout=self.policy.timeout, **kwargs)
-        except requests.Timeout:
-            raise _Retryable(f"no response within {self.policy.timeout:.0f}s") from None
-        except requests.ConnectionError as exc:
-            raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            if isinstance(exc, requests.Timeout):
+                why = f"no response within {self.policy.timeout:.0f}s"
+            else:
+                why = f"connection failed ({type(exc).__name__})"
+            if not resend:
+                raise _unanswered(self.vendor, method, path, why) from None
+            raise _Retryable(why) from None
         log.debug("%s %s %s -> %d in %.2fs", self.vendor, method, path, resp.status_code, time.monotonic() - started)
         verdict = self.classify(resp)
         if verdict is Verdict.OK:
             return resp
         message = scrub(f"HTTP {resp.status_code}: {self.describe_error(resp)}")
         if verdict is Verdict.RETRY:
+            if not resend and resp.status_code >= 500:
+                raise _unanswered(self.vendor, method, path, message)
             log.warning("%s %s %s: %s; will retry", self.vendor, method, path, message)
             raise _Retryable(message, _retry_after(resp))
         if resp.status_code == 413:
@@ -180,6 +189,14 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _unanswered(vendor: str, method: str, path: str, why: str) -> DestinationError:
+    return DestinationError(
+        f"{vendor}: {method} {path}: {why}; whether it was applied is unknown and it must not be sent twice, "
+        "so it was not re-sent: the next attempt starts it again from the beginning",
+        retryable=True,
+    )
 
 
 def base_url(conn: ConnectionInfo, default: str) -> str:

@@ -1,7 +1,11 @@
 """Meta Custom Audiences: add and remove through ``/{audience_id}/users``, full replace via ``usersreplace``.
 
 Connection (type ``data_out_meta``): ``host`` the Graph API base URL (default https://graph.facebook.com),
-``password`` the system-user access token. Per audience: ``audience_id``, ``match_keys``, ``api_version``.
+``password`` the system-user access token, extra ``app_secret`` the app's secret: with it every call
+carries ``appsecret_proof`` (HMAC-SHA256 of the token keyed by the secret, hex), as Meta's SDK sends it,
+which apps with "Require app secret" on demand. Per audience: ``audience_id``, ``match_keys``,
+``api_version`` (default and Meta's expiry dates in ``meta_versions``; an expired one is refused when
+the audience is loaded).
 
 Keys are normalised as Meta's own SDK does (``CustomAudience.format_params``/``normalize_key``) and sent
 SHA-256 hashed; EXTERN_ID is sent unhashed (trimmed, lower-cased). The phone is digits with the country
@@ -11,6 +15,8 @@ feeds the run's match figures rather than row-level rejects.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Iterator, Sequence
@@ -22,12 +28,14 @@ from pydantic import Field, field_validator
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
 from data_out.destinations.http import FORM_CONTENT_TYPE, HttpClient, Verdict, default_classify, form_encode
+from data_out.destinations.meta_versions import DEFAULT_API_VERSION, current, expired
 from data_out.identity import META_EXTRA_KEYS
 
 MAX_ROWS = 10_000
 RATE_LIMIT_CODES = {4, 17, 32, 613, 80003, 80004}
 TRANSIENT_CODES = {1, 2}
 BLOCKED = (100, 1713230)
+DEPRECATED_VERSION = 2635
 
 MatchKey = Literal["EMAIL", "PHONE", "EXTERN_ID", "FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN"]
 
@@ -36,7 +44,17 @@ class MetaSettings(DestinationSettings):
     type: Literal["meta"]
     audience_id: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$")
     match_keys: list[MatchKey] = Field(default_factory=lambda: ["EMAIL", "PHONE"], min_length=1)
-    api_version: str = Field("v21.0", pattern=r"^v\d+\.\d+$")
+    api_version: str = Field(DEFAULT_API_VERSION, pattern=r"^v\d+\.\d+$")
+
+    @field_validator("api_version")
+    @classmethod
+    def _not_expired(cls, v: str) -> str:
+        if expired(v):
+            raise ValueError(
+                f"Meta retired Marketing API {v}; use one it still serves ({', '.join(current())}) "
+                f"or leave api_version out for the default {DEFAULT_API_VERSION}"
+            )
+        return v
 
     @field_validator("match_keys")
     @classmethod
@@ -75,7 +93,22 @@ def describe(resp: requests.Response) -> str:
         )
     if code == 190:
         return f"the access token was refused (code 190): {message}. Renew the token in the connection"
+    if code == DEPRECATED_VERSION:
+        return f"Meta retired this Marketing API version (code 2635): {message}. Set a current api_version"
+    if code == 100 and "appsecret_proof" in message:
+        return (
+            f"the app requires appsecret_proof (code 100): {message}. Put the app's secret in the "
+            "connection's extra as app_secret"
+        )
     return f"code {code}" + (f"/{subcode}" if subcode else "") + f": {message}"
+
+
+def appsecret_proof(access_token: str, app_secret: str | None) -> str | None:
+    """HMAC-SHA256 of the access token keyed by the app secret, hex (Meta's "Securing Graph API
+    requests"); ``None`` without a secret."""
+    if not app_secret:
+        return None
+    return hmac.new(str(app_secret).encode(), access_token.encode(), hashlib.sha256).hexdigest()
 
 
 @register
@@ -99,6 +132,9 @@ class MetaDestination(Destination):
             classify=classify,
             describe_error=describe,
         )
+        proof = appsecret_proof(self.connection.password or "", self.connection.extra.get("app_secret"))
+        if proof:
+            self.client.session.params = {"appsecret_proof": proof}  # on every call, as Meta's SDK does
         self.path = f"/{self.settings.api_version}/{self.settings.audience_id}"
 
     @classmethod
@@ -149,7 +185,14 @@ class MetaDestination(Destination):
         return self._result(resp)
 
     def replace(self, batches: Iterator[list[MemberRow]], total: int, idempotency_key: str) -> BatchResult:
-        """One ``usersreplace`` session: Meta swaps the audience only when the last batch arrives."""
+        """One ``usersreplace`` session: Meta swaps the audience only when the last batch arrives.
+
+        A batch whose answer was lost (timeout, 5xx) is not sent again: Meta documents no retry of a
+        ``batch_seq``, and the stand-in, like the strictest reading of the docs, refuses one it already
+        has. The session is abandoned instead (an unfinished session never swaps the audience) and the
+        error is retryable: the next attempt opens a new session, which replaces the audience whole,
+        so a session whose last batch did land is simply replaced again with the same members.
+        """
         if total == 0:
             raise DestinationError(
                 "meta: usersreplace cannot leave an audience empty; run an incremental sync to remove everyone",
@@ -157,7 +200,7 @@ class MetaDestination(Destination):
             )
         session_id = secrets.randbits(52)
         result = BatchResult(received=0, matched=0)
-        seq, current = 0, next(batches, [])
+        seq, batch = 0, next(batches, [])
         while True:
             following = next(batches, None)
             seq += 1
@@ -170,15 +213,16 @@ class MetaDestination(Destination):
             resp = self.client.request(
                 "POST",
                 f"{self.path}/usersreplace",
-                data=form_encode({"payload": self._payload(current), "session": json.dumps(session)}),
+                data=form_encode({"payload": self._payload(batch), "session": json.dumps(session)}),
                 headers={**FORM_CONTENT_TYPE, "Idempotency-Key": f"{idempotency_key}-{seq}"},
+                resend_unanswered=False,
             )
             part = self._result(resp)
             result.received = (result.received or 0) + (part.received or 0)
             result.matched = (result.matched or 0) + (part.matched or 0)
             if following is None:
                 return result
-            current = following
+            batch = following
 
     def size(self) -> int | None:
         resp = self.client.request(

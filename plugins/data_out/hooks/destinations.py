@@ -47,7 +47,8 @@ class MetaHook(DataOutDestinationHook):
     hook_name = "Data Out: Meta Custom Audiences"
     host_placeholder = "https://graph.facebook.com"
     password_label = "System user access token"
-    extra_placeholders = _RETRY_EXTRAS
+    #: app_secret: with it every call carries appsecret_proof (apps with "Require app secret" need it)
+    extra_placeholders = {"app_secret": "the app's secret (App settings > Basic)", **_RETRY_EXTRAS}
 
 
 class GoogleAdsHook(DataOutDestinationHook):
