@@ -2,7 +2,11 @@
 
 Enforces the ``Access-Token`` header, ``advertiser_ids``, ``action`` add/delete, ``id_schema`` of
 EMAIL_SHA256 / PHONE_SHA256 / IDFA / GAID, rows as long as the schema, SHA-256 hex ids and the batch size
-limit. Errors come as HTTP 200 with a non-zero ``code``, as TikTok does; 40100 means too many requests.
+limit. A row is positional to ``id_schema``: an identifier the member lacks is an empty object ``{}``
+(as Segment's TikTok connector sends it); an entry with an ``id`` must carry a real one, so
+``{"id": ""}`` is refused, and so is a row with no identifier at all. Errors come as HTTP 200 with a
+non-zero ``code``, as TikTok does; 40100 means too many requests. Requests sent twice are applied twice,
+as TikTok does (it ignores ``Idempotency-Key``); segments are sets, so that changes nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sandbox.standins.base import HttpError, Request, Response, StandIn, require_hex64
+from sandbox.standins.base import HEX64, HttpError, Request, Response, StandIn
 
 MAX_ROWS = 10_000
 SCHEMAS = {"EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256"}
@@ -60,15 +64,19 @@ class TikTokStandIn(StandIn):
         for row in rows:
             if not isinstance(row, list) or len(row) != len(schema):
                 raise tiktok_error(40002, "each batch_data row must have one entry per id_schema item")
-            segs = {tuple(e.get("audience_ids", [])) for e in row if e.get("id")}
+            for entry, kind in zip(row, schema, strict=True):
+                if entry == {}:
+                    continue  # the member has no identifier of this kind
+                if not isinstance(entry.get("id"), str) or not HEX64.match(entry["id"]):
+                    raise tiktok_error(40002, f"{kind} id must be a lowercase SHA-256 hex digest")
+                if not entry.get("audience_ids"):
+                    raise tiktok_error(40002, "each id needs audience_ids")
+            ids = tuple(f"{k}={e['id']}" for k, e in zip(schema, row, strict=True) if e)
+            if not ids:
+                raise tiktok_error(40002, "a batch_data row needs at least one id")
+            segs = {tuple(e["audience_ids"]) for e in row if e}
             if len(segs) > 1:
                 raise tiktok_error(40002, "all ids of a row must map to the same audiences")
-            for entry, kind in zip(row, schema, strict=True):
-                if entry.get("id"):
-                    require_hex64(entry["id"], kind)
-            ids = tuple(f"{k}={e['id']}" for k, e in zip(schema, row, strict=True) if e.get("id"))
-            if not ids:
-                continue
             for seg in next(iter(segs)):
                 members = self.segments.setdefault(seg, set())
                 members.add(ids) if action == "add" else members.discard(ids)

@@ -6,12 +6,18 @@ https://business-api.tiktok.com), ``password`` the access token. Per audience: `
 
 TikTok answers errors with HTTP 200 and a non-zero ``code``: 40100 (too many requests) and 5xxxx are
 retried, every other code fails the batch with TikTok's message.
+
+Each ``batch_data`` row holds one entry per ``id_schema`` item, in order. An identifier the member lacks
+is sent as an empty object ``{}``, never as ``{"id": ""}``: an empty id is no SHA-256 digest and matches
+nobody, and the row must keep its positions (Segment's TikTok Audiences connector does the same). A
+member with none of the schema's identifiers is not sent at all; the planner leaves such members out,
+and should one reach a batch its add is rejected by row with the reason, so it shows up as a number.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import requests
 from pydantic import Field
@@ -94,17 +100,27 @@ class TikTokDestination(Destination):
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
         s = self.settings
         values = {"EMAIL_SHA256": lambda r: r.email_sha256, "PHONE_SHA256": lambda r: r.phone_sha256}
-        batch = [[{"id": values[k](r) or "", "audience_ids": [s.segment_id]} for k in s.id_schema] for r in rows]
-        body = {
-            "advertiser_ids": [s.advertiser_id],
-            "action": "add" if op is Op.ADD else "delete",
-            "id_schema": list(s.id_schema),
-            "batch_data": batch,
-        }
-        self.client.request(
-            "POST", "/open_api/v1.3/segment/mapping/", json=body, headers={"Idempotency-Key": idempotency_key}
-        )
-        return BatchResult(received=len(rows))
+        batch: list[list[dict[str, Any]]] = []
+        rejected: dict[str, str] = {}
+        for r in rows:
+            ids = [values[k](r) for k in s.id_schema]
+            if not any(ids):
+                if op.adds:  # a removal of a member TikTok cannot have been given is simply done
+                    rejected[r.member_key] = f"no identifier of id_schema {'/'.join(s.id_schema)}"
+                continue
+            batch.append([{"id": v, "audience_ids": [s.segment_id]} if v else {} for v in ids])
+        if batch:
+            body = {
+                "advertiser_ids": [s.advertiser_id],
+                "action": "add" if op is Op.ADD else "delete",
+                "id_schema": list(s.id_schema),
+                "batch_data": batch,
+            }
+            # TikTok ignores Idempotency-Key (segments are sets): sent to trace the request
+            self.client.request(
+                "POST", "/open_api/v1.3/segment/mapping/", json=body, headers={"Idempotency-Key": idempotency_key}
+            )
+        return BatchResult(rejected=rejected, received=len(batch))
 
     def size(self) -> int | None:
         s = self.settings
