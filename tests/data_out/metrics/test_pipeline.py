@@ -111,3 +111,39 @@ def test_segment_events_follow_the_spec_and_carry_no_raw_email(world):
     assert "example.com" not in str(track).lower()
     with wh.connect() as conn:
         assert "example.com" not in str(conn.execute(text("SELECT * FROM cio_send_log")).all()).lower()
+
+
+def test_every_segment_request_conforms_to_the_library_and_the_email_spec(world):
+    """All ten metrics routed to Segment: each body against segment-analytics-python (sizes, message
+    shapes), each event named from Segment's Email Events spec where the spec has it, with its property
+    names and types, and a product-named event where it has none."""
+    from data_out.metrics.events import METRICS as ALL
+    from data_out.metrics.pipeline import SEGMENT_EMAIL_SPEC
+    from tests.data_out.destinations.test_segment import check_request
+
+    pipeline, wh, running, receiver = world
+    pipeline.routing = Routing(warehouse=list(ALL), segment=list(ALL), webhook=[])
+    for i, metric in enumerate(ALL):
+        extra = {"href": "https://shop.example.net/cart?token=abc", "link_id": 7} if metric == "clicked" else {}
+        receiver.post(event(200 + i, metric=metric, campaign_name="Cart", **extra))
+    receiver.post({**event(300, metric="delivered"), "object_type": "sms"})
+    run_window(pipeline, wh)
+    segment = running["segment"].standin
+    tracks = [m for body in segment.payloads for m in check_request(body)]
+    by_metric = {t["properties"]["metric"]: t for t in tracks if t["properties"]["channel"] == "email"}
+    assert set(by_metric) == set(ALL)
+    for metric, track in by_metric.items():
+        props = track["properties"]
+        assert track["event"] == SEGMENT_EMAIL_SPEC.get(metric, f"Customer.io Email {metric.title()}")
+        assert props["campaign_id"] == "101" and props["campaign_name"] == "Cart" and props["email_id"]
+    assert set(SEGMENT_EMAIL_SPEC.values()) == {
+        "Email Delivered",
+        "Email Opened",
+        "Email Link Clicked",
+        "Email Bounced",
+        "Email Marked as Spam",
+        "Unsubscribed",
+    }
+    assert by_metric["clicked"]["properties"]["link_url"] == "https://shop.example.net/cart"
+    [sms] = [t for t in tracks if t["properties"]["channel"] == "sms"]
+    assert sms["event"] == "Customer.io SMS Delivered"  # the Email spec does not cover other channels
