@@ -21,7 +21,7 @@ from sqlalchemy import select
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.destinations.base import DestinationError
+from data_out.destinations.base import DestinationError, MemberRow, Op
 from data_out.holdout import is_held_out
 from data_out.runner import AudienceRunner, RunFailed
 from data_out.state import ensure_schema
@@ -252,7 +252,6 @@ def test_meta_blocked_audience_fails_with_a_clear_message(tmp_path: Path):
     case = CASES["meta"]
     standin = case.make()
     standin.blocked.add("23850000001")
-    from data_out.destinations.base import MemberRow, Op
     from data_out.destinations.meta import MetaDestination, MetaSettings
 
     with Running(standin) as running:
@@ -307,4 +306,23 @@ def test_slow_responses_past_the_timeout_fail_cleanly_then_catch_up(tmp_path: Pa
             case.extra.clear()
             case.extra.update(case_extra)
     assert env.held() == env.expected(rows)
+    applied_once(env)
+
+
+def test_only_the_webhook_stand_in_answers_a_repeated_idempotency_key_from_memory(env: Env):
+    """Meta, Google, TikTok and Segment ignore ``Idempotency-Key``: the same batch pushed twice under the
+    same key is applied twice there, and only their own semantics keep the result right. Our webhook
+    contract promises the key: its stand-in answers the second push from memory and applies nothing."""
+    rows = [person(i) for i in range(6)]
+    env.people.set(rows)
+    env.run("t/1")
+    runner = AudienceRunner(env.state_engine, load_audiences(env.tmp / "aud"), AUDIENCE, env.resolve)
+    dest = runner.destination(env.case.type)
+    member = [MemberRow("c9999", "b" * 64, "c" * 64, None, None, False)]
+    env.standin.applied.clear()
+    dest.push(Op.ADD, member, "do-same-key")
+    dest.push(Op.ADD, member, "do-same-key")
+    dest.close()
+    key_counts = [n for k, n in env.standin.applied.items() if k.startswith("do-same-key")]
+    assert key_counts == ([1] if env.standin.replays_idempotency_key else [2])
     applied_once(env)
