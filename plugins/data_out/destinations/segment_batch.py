@@ -23,6 +23,7 @@ BATCH_BYTES = 475_000
 MAX_EVENT_BYTES = 32_000
 
 _SEP = b", "  # what json.dumps writes between list items
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def encode_message(message: dict[str, Any]) -> bytes:
@@ -39,8 +40,8 @@ def batch_bodies(encoded: Sequence[bytes], sent_at: str, max_bytes: int = BATCH_
     yields each body with the number of messages it holds.
 
     The body is exactly ``json.dumps({"batch": [...], "sentAt": sent_at}).encode()``. Deterministic: a
-    retried batch splits the same way. A message that cannot fit even alone is the caller's to refuse
-    (``MAX_EVENT_BYTES`` keeps every event far below ``max_bytes``).
+    retried batch splits the same way (``sentAt`` has a fixed length). A message that cannot fit even
+    alone raises ``ValueError``: callers refuse events over ``MAX_EVENT_BYTES``, far below ``max_bytes``.
     """
     head, tail = _envelope(sent_at)
     part: list[bytes] = []
@@ -57,6 +58,3 @@ def batch_bodies(encoded: Sequence[bytes], sent_at: str, max_bytes: int = BATCH_
         size += extra
     if part:
         yield len(part), head + _SEP.join(part) + tail
-
-
-JSON_HEADERS = {"Content-Type": "application/json"}
