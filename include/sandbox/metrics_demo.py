@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select, text
 from data_out import state
 from data_out.hooks.state import connection_info
 from data_out.metrics.pipeline import MetricsPipeline, load_routing
-from data_out.metrics.receiver import ReceiverSettings, create_app, signature
+from data_out.metrics.receiver import create_app, signature
 from sandbox.smtp_sink import free_port
 
 SECRET = "cio-demo-signing-key"
@@ -33,7 +33,7 @@ FOLLOW_UPS = [
 
 
 def _serve_receiver(engine: Engine) -> tuple[uvicorn.Server, str]:
-    app = create_app(lambda: ReceiverSettings(engine=engine, secret=SECRET))
+    app = create_app(lambda: SECRET, lambda: engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     threading.Thread(target=server.run, daemon=True).start()

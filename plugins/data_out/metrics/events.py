@@ -8,11 +8,11 @@ Links keep their scheme, host and path; query strings (which often carry tokens 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
 from data_out import state
 from data_out.identity import normalize_email, sha256_hex
@@ -34,19 +34,26 @@ Metric = Literal[
 ]
 
 
+#: Customer.io's numeric ids, bounded to the state database's BIGINT: anything larger is refused as a
+#: malformed field (400), never left to fail at insert time as an outage (503) the sender retries for days
+Id = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: unix seconds up to the last second of year 9999, the largest datetime Python represents
+UnixSeconds = Annotated[int, Field(gt=0, le=253_402_300_799)]
+
+
 class WebhookData(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    customer_id: str | int | None = None
+    customer_id: Annotated[str, Field(max_length=256)] | Id | None = None
     identifiers: dict[str, Any] = Field(default_factory=dict)
-    delivery_id: str | None = None
-    campaign_id: int | None = None
+    delivery_id: str | None = Field(None, max_length=128)
+    campaign_id: Id | None = None
     campaign_name: str | None = None
-    broadcast_id: int | None = None
-    action_id: int | None = None
+    broadcast_id: Id | None = None
+    action_id: Id | None = None
     recipient: str | None = None
     href: str | None = None
-    link_id: int | None = None
+    link_id: Id | None = None
 
 
 class WebhookEvent(BaseModel):
@@ -57,7 +64,7 @@ class WebhookEvent(BaseModel):
     event_id: str = Field(min_length=1, max_length=64)
     object_type: str = Field(min_length=1, max_length=32)
     metric: Metric
-    timestamp: int = Field(gt=0)
+    timestamp: UnixSeconds
     data: WebhookData
 
 
@@ -96,12 +103,6 @@ def row_from_event(event: WebhookEvent, received_at: dt.datetime) -> dict[str, A
         "link_id": d.link_id,
         "href": safe_link(d.href),
     }
-
-
-def store_one(engine: Engine, row: dict[str, Any]) -> bool:
-    """Insert one event; ``False`` when its ``event_id`` was already stored (a replay)."""
-    with engine.begin() as conn:
-        return bool(conn.execute(state.insert_ignore(engine, state.metric_event), row).rowcount)
 
 
 def store_many(conn: Connection, rows: list[dict[str, Any]]) -> None:

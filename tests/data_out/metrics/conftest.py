@@ -6,14 +6,16 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 import uvicorn
+from fastapi import FastAPI
 
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.metrics.receiver import ReceiverSettings, create_app, signature
+from data_out.metrics.receiver import create_app, signature
 from data_out.state import ensure_schema
 from sandbox.smtp_sink import free_port
 
@@ -33,14 +35,13 @@ class Receiver:
             "X-CIO-Signature": signature(secret, stamp, raw),
             "Content-Type": "application/json",
         }
-        return requests.post(f"{self.url}/customerio", data=raw, headers=headers, timeout=30, **kw)
+        kw.setdefault("timeout", 30)
+        return requests.post(f"{self.url}/customerio", data=raw, headers=headers, **kw)
 
 
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    engine = engine_for(ConnectionInfo("s", "sqlite", host=str(tmp_path / "state.db")))
-    ensure_schema(engine)
-    app = create_app(lambda: ReceiverSettings(engine=engine, secret=SECRET))
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -49,9 +50,19 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     while not server.started:  # wait for the condition, not a fixed sleep
         assert time.monotonic() < deadline, "receiver did not start"
         time.sleep(0.01)
-    yield Receiver(f"http://127.0.0.1:{port}", engine)
-    server.should_exit = True
-    thread.join(5)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    engine = engine_for(ConnectionInfo("s", "sqlite", host=str(tmp_path / "state.db")))
+    ensure_schema(engine)
+    with serving(create_app(lambda: SECRET, lambda: engine)) as url:
+        yield Receiver(url, engine)
 
 
 def event(i: int, metric: str = "delivered", ts: int = 1_793_000_000, **data: object) -> dict:
