@@ -39,7 +39,7 @@ from data_out.connections import ConnectionInfo, engine_for
 from data_out.holdout import is_held_out
 from data_out.hooks.state import connection_info
 from data_out.identity import sha256_hex
-from data_out.metrics.receiver import MAX_BODY_BYTES, ReceiverSettings, create_app, signature
+from data_out.metrics.receiver import MAX_BODY_BYTES, create_app, signature
 from data_out.operators.audience import next_step
 from data_out.runner import AudienceRunner
 from data_out.state import ensure_schema
@@ -256,7 +256,7 @@ def webhook(
 ) -> tuple[int, dict[str, Any], int]:
     """POST to the receiver: (status, reply, bytes it read). ``body`` may be a lazy stream of chunks, sent
     without a Content-Length; ``secret`` signs it (the receiver always checks with the real one)."""
-    app = create_app(lambda: ReceiverSettings(engine=w.engine, secret=SECRET))
+    app = create_app(lambda: SECRET, lambda: w.engine)
     stamp = str(int(time.time()))
     headers = {"x-cio-timestamp": stamp, "content-type": "application/json"}
     if isinstance(body, bytes):

@@ -18,14 +18,16 @@ from sandbox.standins.base import HttpError, Request, Response, StandIn
 TOLERANCE_S = 300
 
 
-def verify(secret: str, header: str | None, body: bytes, now: float | None = None) -> None:
+def verify(
+    secret: str, header: str | None, body: bytes, now: float | None = None, tolerance_s: float = TOLERANCE_S
+) -> None:
     try:
         parts = dict(p.split("=", 1) for p in (header or "").split(","))
         ts = int(parts["t"])
         given = parts["v1"]
     except (ValueError, KeyError):
         raise HttpError(401, {"error": "missing or malformed signature"}) from None
-    if abs((now or time.time()) - ts) > TOLERANCE_S:
+    if abs((now or time.time()) - ts) > tolerance_s:
         raise HttpError(401, {"error": "signature timestamp outside the replay window"})
     expected = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, given):
@@ -38,8 +40,9 @@ class WebhookStandIn(StandIn):
     persistent = ("members",)
     replays_idempotency_key = True  # our own webhook contract promises it
 
-    def __init__(self, secret: str = "webhook-secret") -> None:
+    def __init__(self, secret: str = "webhook-secret", tolerance_s: float = TOLERANCE_S) -> None:
         self.secret = secret
+        self.tolerance_s = tolerance_s  # the replay window: how old a signature's timestamp may be
         self.members: dict[str, dict[str, dict[str, Any]]] = {}
         self.reject: dict[str, str] = {}
         self.tasks: dict[str, dict[str, Any]] = {}  # send tasks by dedupe key
@@ -51,7 +54,7 @@ class WebhookStandIn(StandIn):
         self.route("POST", "/hooks/(?P<name>[\\w-]+)", self.receive)
 
     def check_auth(self, req: Request) -> None:
-        verify(self.secret, req.headers.get("x-dataout-signature"), req.body)
+        verify(self.secret, req.headers.get("x-dataout-signature"), req.body, tolerance_s=self.tolerance_s)
 
     def receive(self, req: Request, m: re.Match[str]) -> Response:
         body = req.json()

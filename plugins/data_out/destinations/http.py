@@ -157,8 +157,20 @@ class HttpClient:
                 retryable=True,
             ) from None
 
-    def _once(self, method: str, url: str, path: str, resend: bool, **kwargs: Any) -> requests.Response:
+    def _once(
+        self,
+        method: str,
+        url: str,
+        path: str,
+        resend: bool,
+        attempt_headers: Callable[[], dict[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """One attempt. ``attempt_headers`` is called anew for each attempt (a signature with a fresh
+        timestamp: a retry after a long Retry-After must not arrive outside the receiver's window)."""
         self.attempts += 1
+        if attempt_headers is not None:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **attempt_headers()}
         started = time.monotonic()
         try:
             resp = self.session.request(method, url, timeout=self.policy.timeout, **kwargs)

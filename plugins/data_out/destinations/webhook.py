@@ -5,8 +5,10 @@ secret. Per audience: ``path``, the hashed ``fields`` to include, ``batch_size``
 
 Each request is ``{"audience", "destination", "op", "batch_id", "sent_at", "members": [...]}`` signed in
 ``X-DataOut-Signature: t=<unix seconds>,v1=<hex>`` where ``v1`` is HMAC-SHA256 over ``<t>.<raw body>``, with
-the batch's idempotency key in ``Idempotency-Key``. A receiver may answer
-``{"rejected": [{"member_key", "reason"}]}`` to refuse single rows; the rest of the batch stands.
+the batch's idempotency key in ``Idempotency-Key``. Every attempt is signed afresh, so a retry after a long
+``Retry-After`` still falls inside the receiver's replay window; the body (and so ``batch_id``) stays the
+same. A receiver may answer ``{"rejected": [{"member_key", "reason"}]}`` to refuse single rows; the rest of
+the batch stands. docs/webhooks.md has the contract and a verifier to copy.
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import Field
 
+from data_out.connections import ConnectionInfo
 from data_out.destinations import register
-from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op
+from data_out.destinations.base import (
+    BatchResult,
+    Destination,
+    DestinationError,
+    DestinationSettings,
+    MemberRow,
+    Op,
+)
 from data_out.destinations.http import HttpClient
 from data_out.redact import scrub
+from data_out.signing import unusable_secret
 
 FIELD_COLUMNS = {
     "email_sha256": ("email_sha256", "email_sha256"),
@@ -33,10 +44,30 @@ FIELD_COLUMNS = {
 }
 
 
+SIGNATURE_HEADER = "X-DataOut-Signature"
+
+
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     ts = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={ts},v1={digest}"
+
+
+def signing_secret(conn: ConnectionInfo) -> str:
+    """The connection's signing secret; an empty or placeholder one is refused before anything is sent."""
+    problem = unusable_secret(conn.password)
+    if problem:
+        raise DestinationError(
+            f"webhook: the password of connection {conn.conn_id!r} is the signing secret and {problem}; "
+            "set the secret the receiver verifies with (see docs/webhooks.md)",
+            retryable=False,
+        )
+    return (conn.password or "").strip()
+
+
+def fresh_signature(secret: str, body: bytes) -> Callable[[], dict[str, str]]:
+    """Headers for one attempt, signed at the moment it is sent (``HttpClient`` calls it per attempt)."""
+    return lambda: {SIGNATURE_HEADER: sign(secret, body)}
 
 
 class WebhookSettings(DestinationSettings):
@@ -58,7 +89,7 @@ class WebhookDestination(Destination):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.secret = self.connection.password or ""
+        self.secret = signing_secret(self.connection)
         self.client = HttpClient("webhook", self.connection, default_base_url="http://127.0.0.1")
 
     @classmethod
@@ -92,11 +123,8 @@ class WebhookDestination(Destination):
             "POST",
             self.settings.path,
             data=body,
-            headers={
-                "Content-Type": "application/json",
-                "Idempotency-Key": idempotency_key,
-                "X-DataOut-Signature": sign(self.secret, body),
-            },
+            headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
+            attempt_headers=fresh_signature(self.secret, body),
         )
         answer = resp.json() if resp.content else {}
         sent = {r.member_key for r in rows}

@@ -46,7 +46,7 @@ from data_out import state
 from data_out.connections import ConnectionInfo
 from data_out.destinations.http import HttpClient
 from data_out.destinations.segment_batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
-from data_out.destinations.webhook import sign
+from data_out.destinations.webhook import fresh_signature, signing_secret
 from data_out.metrics.events import METRICS, Metric, store_many
 from data_out.sources.warehouse import window_params
 
@@ -296,6 +296,7 @@ class MetricsPipeline:
         if not tasks:
             return 0
         conn: ConnectionInfo = self.resolve(self.routing.webhook_conn_id)
+        secret = signing_secret(conn)
         client = HttpClient("webhook", conn, default_base_url="http://127.0.0.1")
         try:
             chunks = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
@@ -312,11 +313,8 @@ class MetricsPipeline:
                     "POST",
                     self.routing.webhook_path,
                     data=body,
-                    headers={
-                        "Content-Type": "application/json",
-                        "Idempotency-Key": key,
-                        "X-DataOut-Signature": sign(conn.password or "", body),
-                    },
+                    headers={"Content-Type": "application/json", "Idempotency-Key": key},
+                    attempt_headers=fresh_signature(secret, body),
                 )
                 self._mark("webhook", chunk)
         finally:

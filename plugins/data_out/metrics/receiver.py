@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from data_out import state
 from data_out.connections import SQLITE_BUSY_TIMEOUT_MS
 from data_out.metrics.events import WebhookEvent, row_from_event
+from data_out.signing import unusable_secret
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,10 @@ _MAX_INT_DIGITS = 20
 _TIMESTAMP_HEADER = re.compile(r"[0-9]{1,12}")
 _DIGITS = re.compile(r"[0-9]+")
 _UNION_TAGS = frozenset({"int", "str", "float", "bool", "none"})
-#: values that mean "nobody set the key": the env template's ``change-me-...`` and friends
-_PLACEHOLDER = re.compile(r"change[-_ ]?me|^(secret|password|signing[-_ ]?key|todo|xxx+)$", re.IGNORECASE)
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-
-
-def unusable_key(key: str | None) -> str | None:
-    """Why ``key`` cannot verify anything (empty or a template placeholder), or None when it can."""
-    if not key or not key.strip():
-        return "it is empty"
-    if _PLACEHOLDER.search(key.strip()):
-        return "it is still a placeholder value"
-    return None
 
 
 class SigningKey:
@@ -117,7 +107,7 @@ class SigningKey:
     def _read(self) -> None:
         try:
             raw = self._load()
-            problem = unusable_key(raw)
+            problem = unusable_secret(raw)
         except Exception as exc:  # a missing connection or an unreachable secrets backend
             raw, problem = None, f"it could not be read ({type(exc).__name__})"
         self._loaded_at = self._clock()
