@@ -324,21 +324,64 @@ def test_the_env_template_holds_placeholders_not_secrets(example_env: dict[str, 
                     assert "change-me" in str(extra_value), f"{key}: extra {extra_key} is not a placeholder"
 
 
-def test_the_env_template_sets_every_connection_the_product_uses(
-    example_env: dict[str, str], resolved: dict[str, dict[str, Any]]
-) -> None:
+def product_connections() -> dict[str, str]:
+    """Every connection the product uses: conn_id -> conn_type."""
     expected = {c["connection-type"]: c["connection-type"] for c in get_provider_info()["connection-types"]}
-    expected |= {
+    return expected | {
         DataOutStateHook.default_conn_name: "postgres",
         "data_out_warehouse": "postgres",
         "data_out_customerio_webhook": "generic",
         "smtp_default": "smtp",
     }
-    for conn_id, conn_type in expected.items():
+
+
+#: the connections each Airflow service needs. Tasks (and their failure callbacks) run on the workers; the
+#: api-server serves the Customer.io receiver; airflow-init migrates the state database and, as the gate
+#: of the stack, sees every connection once to refuse placeholders.
+RECEIVER_CONNECTIONS = {"data_out_state", "data_out_customerio_webhook"}
+SERVICE_CONNECTIONS = {
+    "airflow-init": set(product_connections()),
+    "airflow-apiserver": RECEIVER_CONNECTIONS,
+    "airflow-worker": set(product_connections()) - {"data_out_customerio_webhook"},
+    "airflow-scheduler": set(),
+    "airflow-dag-processor": set(),
+    "airflow-triggerer": set(),
+}
+
+
+def connections_of(service: Mapping[str, Any]) -> set[str]:
+    env = service.get("environment") or {}
+    return {key.removeprefix("AIRFLOW_CONN_").lower() for key in env if key.startswith("AIRFLOW_CONN_")}
+
+
+def test_the_env_template_sets_every_connection_the_product_uses(
+    example_env: dict[str, str], resolved: dict[str, dict[str, Any]]
+) -> None:
+    for conn_id, conn_type in product_connections().items():
         key = f"AIRFLOW_CONN_{conn_id.upper()}"
         assert connection(example_env, conn_id)["conn_type"] == conn_type, conn_id
-        for name in AIRFLOW_SERVICES:
+        receivers = [name for name in AIRFLOW_SERVICES if conn_id in SERVICE_CONNECTIONS[name]]
+        assert receivers, f"no service receives {conn_id}"
+        for name in receivers:
             assert json.loads(resolved[name]["environment"][key])["conn_type"] == conn_type, (name, key)
+
+
+def test_each_service_receives_only_the_connections_it_needs(resolved: dict[str, dict[str, Any]]) -> None:
+    assert set(SERVICE_CONNECTIONS) == AIRFLOW_SERVICES
+    for name in AIRFLOW_SERVICES:
+        assert connections_of(resolved[name]) == SERVICE_CONNECTIONS[name], name
+    # vendor tokens never reach the internet-facing api-server; the signing key never reaches a task
+    assert "data_out_meta" not in connections_of(resolved["airflow-apiserver"])
+    assert "data_out_customerio_webhook" not in connections_of(resolved["airflow-worker"])
+    for name in ("standins", "postgres", "redis"):
+        assert connections_of(resolved[name]) == set(), name
+
+
+def test_the_receiver_needs_only_what_the_api_server_gets() -> None:
+    """The plugin the api-server loads reads exactly the connections the api-server receives."""
+    import data_out_plugin
+
+    assert {data_out_plugin.SIGNING_KEY_CONN_ID, data_out_plugin.STATE_CONN_ID} == RECEIVER_CONNECTIONS
 
 
 def test_the_env_template_shows_the_standin_connections(services: dict[str, Any]) -> None:
@@ -429,9 +472,13 @@ def test_metadata_and_state_are_two_databases_on_the_postgres_service(
     for name in AIRFLOW_SERVICES:
         env = resolved[name]["environment"]
         metadata = make_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        assert (metadata.host, metadata.database) == ("postgres", postgres["AIRFLOW_DB_NAME"])
+        assert (metadata.username, metadata.password) == (postgres["AIRFLOW_DB_USER"], postgres["AIRFLOW_DB_PASSWORD"])
+        assert metadata.username != postgres["POSTGRES_USER"], "Airflow must not connect as the postgres superuser"
+        assert postgres["POSTGRES_PASSWORD"] not in json.dumps(env), f"{name} received the superuser password"
+        if "data_out_state" not in SERVICE_CONNECTIONS[name]:
+            continue
         state = json.loads(env["AIRFLOW_CONN_DATA_OUT_STATE"])
-        assert (metadata.host, metadata.database) == ("postgres", postgres["POSTGRES_DB"])
-        assert (metadata.username, metadata.password) == (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
         assert state["conn_type"] == "postgres" and state["host"] == "postgres"
         assert (state["schema"], state["login"], state["password"]) == (
             postgres["DATA_OUT_STATE_DB_NAME"],
@@ -445,7 +492,9 @@ def test_metadata_and_state_are_two_databases_on_the_postgres_service(
     initdb = ROOT / mounts["/docker-entrypoint-initdb.d"]
     scripts = sorted(initdb.glob("*.sh"))
     assert scripts and "CREATE DATABASE" in scripts[0].read_text(encoding="utf-8")
-    assert "DATA_OUT_STATE_DB_NAME" in scripts[0].read_text(encoding="utf-8")
+    for variable in ("AIRFLOW_DB_NAME", "AIRFLOW_DB_USER", "AIRFLOW_DB_PASSWORD", "DATA_OUT_STATE_DB_NAME"):
+        assert variable in scripts[0].read_text(encoding="utf-8"), variable
+        assert variable in postgres, f"the postgres service does not pass {variable} to its init script"
 
 
 def test_the_init_service_runs_both_migrations_imports_pools_and_creates_the_admin(
@@ -455,6 +504,7 @@ def test_the_init_service_runs_both_migrations_imports_pools_and_creates_the_adm
     assert init["entrypoint"] == "/bin/bash" and init["command"][0] == "-c"
     lines = list(_iter_lines(init_script(compose)))
     assert lines[0] == "set -euo pipefail", "a failed step must fail airflow-init (and so block the stack)"
+    assert lines[1] == "bash /opt/airflow/deploy/check-placeholders.sh", "placeholders are refused before anything"
     order = [
         lines.index("airflow db migrate"),
         lines.index("python -m data_out.migrate"),
