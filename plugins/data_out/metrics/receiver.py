@@ -16,6 +16,7 @@ time so a locked table answers a quick 503 instead of holding a thread. See docs
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -23,16 +24,18 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 
 from data_out import state
 from data_out.connections import SQLITE_BUSY_TIMEOUT_MS
@@ -124,11 +127,38 @@ class SigningKey:
         self._reported = problem
 
 
+#: worker threads the receiver may hold at once: the api-server's threadpool also runs Airflow's own
+#: endpoints, so a burst of webhooks against a slow database queues here instead of starving them
+RECEIVER_THREADS = 4
+
+
 @dataclass(frozen=True)
 class ReceiverLimits:
     max_body_bytes: int = MAX_BODY_BYTES
     tolerance_s: int = TOLERANCE_S
     statement_timeout_s: float = STATEMENT_TIMEOUT_S
+    threads: int = RECEIVER_THREADS
+
+
+class ThreadBudget:
+    """A capacity limiter per event loop (anyio binds one to the loop that uses it)."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def limiter(self) -> anyio.CapacityLimiter:
+        loop = asyncio.get_running_loop()
+        if loop not in self._by_loop:
+            self._by_loop[loop] = anyio.CapacityLimiter(self.tokens)
+        return self._by_loop[loop]
+
+    def in_use(self) -> tuple[int, int]:
+        """(threads held, requests waiting for one), over every loop."""
+        stats = [limiter.statistics() for limiter in list(self._by_loop.values())]
+        return sum(int(s.borrowed_tokens) for s in stats), sum(s.tasks_waiting for s in stats)
 
 
 @dataclass(frozen=True)
@@ -262,7 +292,9 @@ def create_app(
     called only for requests whose signature holds, so a forged request never opens a connection."""
     key = signing_key if isinstance(signing_key, SigningKey) else SigningKey(signing_key)
     receiver = CustomerioReceiver(key, engine, limits)
+    budget = ThreadBudget(limits.threads)
     app = FastAPI(title="Data Out metrics receiver", docs_url=None, redoc_url=None)
+    app.state.thread_budget = budget
 
     @app.post("/customerio")
     async def customerio(request: Request) -> JSONResponse:
@@ -276,7 +308,8 @@ def create_app(
                 return _reply(413, "body too large", limit=limits.max_body_bytes).response()
         ts = request.headers.get("x-cio-timestamp", "")
         given = request.headers.get("x-cio-signature", "")
-        reply = await run_in_threadpool(receiver.handle, ts, given, bytes(received))
+        body = bytes(received)
+        reply = await anyio.to_thread.run_sync(receiver.handle, ts, given, body, limiter=budget.limiter())
         return reply.response()
 
     @app.get("/health")

@@ -199,6 +199,26 @@ def test_a_signed_post_waiting_on_a_locked_table_does_not_block_other_requests(
 
 
 @pytest.mark.postgres
+def test_a_burst_against_a_locked_table_holds_at_most_its_thread_budget(
+    pg_engine: Engine, locked_events: Callable[[], None]
+) -> None:
+    """Airflow's own sync endpoints share the api-server's threadpool: the receiver never takes more than
+    its budget of it; further webhooks wait on the event loop, which stays free."""
+    app = create_app(lambda: SECRET, lambda: pg_engine, ReceiverLimits(statement_timeout_s=60, threads=2))
+    budget = app.state.thread_budget
+    with serving(app) as url, ThreadPoolExecutor(5) as pool:
+        sender = Receiver(url, pg_engine)
+        pending = [pool.submit(sender.post, event(i)) for i in range(5)]
+        wait_for(lambda: budget.in_use() == (2, 3), "two webhooks in threads, three queued")
+        wait_for(lambda: _lock_waiters(pg_engine) == 2, "both threads waiting on the lock")
+        assert requests.get(f"{url}/health", timeout=5).status_code == 200
+        assert budget.in_use() == (2, 3) and not any(p.done() for p in pending)
+        locked_events()
+        assert [p.result(timeout=30).status_code for p in pending] == [200] * 5
+    assert stored(pg_engine) == 5
+
+
+@pytest.mark.postgres
 def test_a_locked_table_answers_a_quick_retryable_503_and_the_retry_is_stored(
     pg_engine: Engine, locked_events: Callable[[], None]
 ) -> None:
