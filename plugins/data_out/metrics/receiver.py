@@ -259,7 +259,9 @@ class CustomerioReceiver:
         try:
             engine = self.engine()
         except Exception as exc:  # the state connection is missing or its database is down
-            log.warning("metric event %s: no state database (%s); the sender will retry", parsed.event_id, exc)
+            log.warning(
+                "metric event %s: no state database (%s); the sender will retry", parsed.event_id, type(exc).__name__
+            )
             return _reply(503, "storage unavailable; retry later")
         try:
             stored = store_bounded(engine, row_from_event(parsed, state.utcnow()), self.limits.statement_timeout_s)
@@ -275,11 +277,14 @@ class CustomerioReceiver:
         return _reply(200, "stored" if stored else "duplicate", event_id=parsed.event_id)
 
     def _verified(self, secret: str, timestamp: str, given: str, body: bytes) -> bool:
-        if hmac.compare_digest(signature(secret, timestamp, body), given):
+        # as bytes: compare_digest refuses str with non-ASCII characters, which a forged header may hold
+        # (the server decodes header values as latin-1, so this encoding never fails)
+        raw = given.encode("latin-1")
+        if hmac.compare_digest(signature(secret, timestamp, body).encode(), raw):
             return True
         if self.key.refresh():  # the key was rotated since it was last read
             fresh = self.key.get()
-            return fresh is not None and hmac.compare_digest(signature(fresh, timestamp, body), given)
+            return fresh is not None and hmac.compare_digest(signature(fresh, timestamp, body).encode(), raw)
         return False
 
 
