@@ -147,5 +147,5 @@ def test_the_documented_verify_checks_body_secret_and_age_of_real_requests(
     assert not verify(SECRET.encode(), header, body, now=sent_at + 301)  # a replay after the window
     assert not verify(SECRET.encode(), header, body.replace(b"c0001", b"c0009"), now=sent_at)  # tampered body
     assert not verify(b"wrong", header, body, now=sent_at)
-    for broken in ("", "t=1", "v1=abc", "t=x,v1=abc", "t=" + "9" * 5000 + ",v1=abc", "garbage"):
-        assert not verify(SECRET.encode(), broken, body)
+    for broken in ("", "t=1", "v1=abc", "t=x,v1=abc", "t=" + "9" * 5000 + ",v1=abc", "garbage", f"t={sent_at},v1=é"):
+        assert not verify(SECRET.encode(), broken, body, now=sent_at)
