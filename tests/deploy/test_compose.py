@@ -425,6 +425,8 @@ def test_the_healthchecks_are_the_kinds_airflow_uses(
     api = healthcheck_text(services["airflow-apiserver"])
     assert "curl --fail http://localhost:8080/api/v2/monitor/health" in api
     assert any(p.endswith(":8080") for p in resolved["airflow-apiserver"]["ports"])
+    # published on loopback unless the operator says otherwise: only the proxied receiver faces the internet
+    assert resolved["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
     assert "http://localhost:8974/health" in healthcheck_text(services["airflow-scheduler"])
     assert resolved["airflow-scheduler"]["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
     for name, job in {"airflow-dag-processor": "DagProcessorJob", "airflow-triggerer": "TriggererJob"}.items():
