@@ -128,7 +128,8 @@ class SigningKey:
 
 
 #: worker threads the receiver may hold at once: the api-server's threadpool also runs Airflow's own
-#: endpoints, so a burst of webhooks against a slow database queues here instead of starving them
+#: endpoints, so a burst of webhooks against a slow database queues here instead of starving them. Four
+#: is what the state engine's pool holds (``connections``: 2 + 2 overflow), so no thread waits for one.
 RECEIVER_THREADS = 4
 
 
