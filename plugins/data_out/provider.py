@@ -10,6 +10,7 @@ _HOOKS = "data_out.hooks.destinations"
 def get_provider_info() -> dict[str, Any]:
     types = {
         "data_out_meta": "MetaHook",
+        "data_out_google": "GoogleHook",
         "data_out_google_ads": "GoogleAdsHook",
         "data_out_tiktok": "TikTokHook",
         "data_out_segment": "SegmentHook",

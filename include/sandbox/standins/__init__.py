@@ -1,6 +1,6 @@
 """Local stand-ins for the vendor APIs, served on loopback.
 
-    python -m sandbox.standins --state-dir .demo/standins      # from include/, all on ports 18081..18085
+    python -m sandbox.standins --state-dir .demo/standins      # from include/, all on ports 18081..18086
 
 Each prints its URL; point the matching connection's ``host`` at it. State survives restarts through
 ``--state-dir``. The stand-ins enforce each API's contract (see each module's docstring).
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from sandbox.standins.base import Running, StandIn
 from sandbox.standins.google_ads import GoogleAdsStandIn
+from sandbox.standins.google_dm import GoogleDataManagerStandIn
+from sandbox.standins.google_oauth import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN
 from sandbox.standins.meta import MetaStandIn
 from sandbox.standins.segment import SegmentStandIn
 from sandbox.standins.tiktok import TikTokStandIn
@@ -29,11 +31,19 @@ STANDINS: dict[str, type[StandIn]] = {
     "tiktok": TikTokStandIn,
     "segment": SegmentStandIn,
     "webhook": WebhookStandIn,
+    "google": GoogleDataManagerStandIn,
 }
+#: an OAuth client and refresh token the Google stand-ins honour; access tokens come from their ``/token``
+GOOGLE_OAUTH = {"login": CLIENT_ID, "password": CLIENT_SECRET}
+GOOGLE_OAUTH_EXTRA = {"refresh_token": REFRESH_TOKEN, "token_uri": "/token"}
 #: the credentials each stand-in accepts, as the matching Airflow connection carries them
 CREDENTIALS: dict[str, dict[str, object]] = {
     "meta": {"password": "meta-test-token", "extra": {"app_secret": "meta-app-secret"}},
-    "google_ads": {"password": "google-test-token", "extra": {"developer_token": "dev-token", "poll_interval": 0.05}},
+    "google_ads": {
+        **GOOGLE_OAUTH,
+        "extra": {**GOOGLE_OAUTH_EXTRA, "developer_token": "dev-token", "poll_interval": 0.05},
+    },
+    "google": {**GOOGLE_OAUTH, "extra": GOOGLE_OAUTH_EXTRA},
     "tiktok": {"password": "tiktok-test-token"},
     "segment": {"password": "segment-write-key"},
     "webhook": {"password": "webhook-secret"},

@@ -3,17 +3,22 @@
 Enforces: bearer token and ``developer-token`` header, job type CUSTOMER_MATCH_USER_LIST with a user list
 of the same customer, at most 100,000 user identifiers per addOperations request and 20 per UserData,
 SHA-256 hex for hashedEmail / hashedPhoneNumber, ``removeAll`` only as a job's first operation, partial
-failure reporting by operation index, asynchronous jobs polled through their long-running operation,
-and ``user_list.size_for_search`` through ``googleAds:search``.
+failure reporting by operation index, a job that runs once (a second ``:run`` is refused, and
+``Idempotency-Key`` is ignored as Google ignores it), asynchronous jobs polled through their long-running
+operation or through ``offline_user_data_job.status`` in ``googleAds:search`` (also found by
+``external_id``), and ``user_list.size_for_search``. OAuth access tokens come from ``/token``
+(``google_oauth``) and expire. Bodies have no size cap: Google has none, only the identifier counts.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import sys
 from typing import Any
 
-from sandbox.standins.base import HttpError, Request, Response, StandIn, bearer, require_hex64
+from sandbox.standins.base import HttpError, Request, Response, StandIn, require_hex64
+from sandbox.standins.google_oauth import TokenIssuer
 
 MAX_IDENTIFIERS = 100_000
 MAX_PER_USER = 20
@@ -26,14 +31,15 @@ def google_error(status: int, code: str, message: str) -> HttpError:
 
 class GoogleAdsStandIn(StandIn):
     name = "google_ads"
+    max_body_bytes = sys.maxsize
     rate_per_second = 100.0
     burst = 50
     persistent = ("lists",)
 
     def __init__(
-        self, token: str = "google-test-token", developer_token: str = "dev-token", polls_until_done: int = 2
+        self, developer_token: str = "dev-token", polls_until_done: int = 2, token_ttl: float = 3600.0
     ) -> None:
-        self.token = token
+        self.oauth = TokenIssuer("https://www.googleapis.com/auth/adwords", token_ttl=token_ttl)
         self.developer_token = developer_token
         self.polls_until_done = polls_until_done
         self.lists: dict[str, set[frozenset[tuple[str, str]]]] = {}
@@ -43,6 +49,7 @@ class GoogleAdsStandIn(StandIn):
         super().__init__()
 
     def setup_routes(self) -> None:
+        self.route("POST", "/token", self.token)
         v = r"/v\d+/customers/(?P<cid>\d+)"
         self.route("POST", f"{v}/offlineUserDataJobs:create", self.create)
         self.route("POST", f"{v}/offlineUserDataJobs/(?P<jid>\\d+):addOperations", self.add_operations)
@@ -50,13 +57,23 @@ class GoogleAdsStandIn(StandIn):
         self.route("GET", f"{v}/operations/(?P<jid>\\d+)", self.operation)
         self.route("POST", f"{v}/googleAds:search", self.search)
 
+    def token(self, req: Request, m: re.Match[str] | None = None) -> Response:
+        return self.oauth.token(req, f"http://{req.headers.get('host', '')}/token")
+
+    def dispatch(self, req: Request) -> Response:
+        # Google's token endpoint is another service: the API's faults, rate limit and log are not its own
+        if req.path == "/token" and req.method == "POST":
+            with self.lock:
+                try:
+                    return self.token(req)
+                except HttpError as exc:
+                    return exc.response
+        return super().dispatch(req)
+
     def check_auth(self, req: Request) -> None:
-        try:
-            bearer(req, self.token)
-        except HttpError:
-            raise google_error(
-                401, "UNAUTHENTICATED", "Request is missing required authentication credential"
-            ) from None
+        if req.path == "/token":
+            return
+        self.oauth.check(req)
         if req.headers.get("developer-token") != self.developer_token:
             raise google_error(403, "PERMISSION_DENIED", "The developer token is not valid")
 
@@ -81,8 +98,14 @@ class GoogleAdsStandIn(StandIn):
         for k, v in consent.items():
             if k not in {"adUserData", "adPersonalization"} or v not in {"GRANTED", "DENIED", "UNSPECIFIED"}:
                 raise google_error(400, "INVALID_ARGUMENT", f"invalid consent {k}={v}")
+        ext = job.get("externalId")
+        if ext is not None and not re.fullmatch(r"-?\d+", str(ext)):
+            raise google_error(400, "INVALID_ARGUMENT", f"externalId {ext!r} is not an int64")
         jid = str(next(self._ids))
-        self.jobs[jid] = {"list": user_list, "ops": [], "status": "PENDING", "polls": 0, "consent": consent}
+        self.jobs[jid] = {
+            "list": user_list, "ops": [], "status": "PENDING", "polls": 0, "consent": consent,
+            "external_id": None if ext is None else str(ext), "customer": m["cid"],
+        }  # fmt: skip
         return Response(200, {"resourceName": f"customers/{m['cid']}/offlineUserDataJobs/{jid}"})
 
     def _job(self, jid: str) -> dict[str, Any]:
@@ -160,14 +183,36 @@ class GoogleAdsStandIn(StandIn):
 
     def operation(self, req: Request, m: re.Match[str]) -> Response:
         job = self._job(m["jid"])
-        job["polls"] += 1
-        if job["polls"] >= self.polls_until_done:
-            job["status"] = "SUCCESS"
+        if self._poll(job) == "SUCCESS":
             return Response(200, {"name": f"customers/{m['cid']}/operations/{m['jid']}", "done": True})
         return Response(200, {"name": f"customers/{m['cid']}/operations/{m['jid']}", "done": False})
 
+    def _poll(self, job: dict[str, Any]) -> str:
+        """Status after one more look: a running job is done after ``polls_until_done`` looks."""
+        if job["status"] == "RUNNING":
+            job["polls"] += 1
+            if job["polls"] >= self.polls_until_done:
+                job["status"] = "SUCCESS"
+        return str(job["status"])
+
     def search(self, req: Request, m: re.Match[str]) -> Response:
         query = req.json()["query"]
+        if "FROM offline_user_data_job" in query:
+            by_ext = re.search(r"WHERE offline_user_data_job\.external_id = (-?\d+)$", query)
+            by_name = re.search(r"WHERE offline_user_data_job\.resource_name = '([^']+)'$", query)
+            if not (by_ext or by_name):
+                raise google_error(400, "INVALID_ARGUMENT", "the stand-in answers job lookups by external_id or name")
+            results = []
+            for jid, job in self.jobs.items():
+                name = f"customers/{job['customer']}/offlineUserDataJobs/{jid}"
+                if job["customer"] != m["cid"]:
+                    continue
+                if (by_ext and job["external_id"] == by_ext[1]) or (by_name and name == by_name[1]):
+                    row = {"resourceName": name, "status": self._poll(job)}
+                    if job["status"] == "FAILED":
+                        row["failureReason"] = "UNKNOWN"
+                    results.append({"offlineUserDataJob": row})
+            return Response(200, {"results": results} if results else {})
         hit = re.search(r"FROM user_list WHERE user_list\.id = (\d+)", query)
         if not hit or "user_list.size_for_search" not in query:
             raise google_error(400, "INVALID_ARGUMENT", "the stand-in answers only user_list size queries")
@@ -189,6 +234,9 @@ class GoogleAdsStandIn(StandIn):
             for u in sorted(users, key=sorted)[: int(body.get("count", 1))]:
                 users.discard(u)
             return Response(200, {"size": len(users)})
+        if action == "expire_tokens":
+            self.oauth.expire_tokens()
+            return Response(200, {"ok": True})
         if action == "reject_hashes":
             self.reject_hashes.update(body["hashes"])
             return Response(200, {"ok": True})

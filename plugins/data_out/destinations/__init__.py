@@ -26,4 +26,4 @@ def destination_class(type_name: str) -> type[Destination]:
 
 
 # Imported for their @register side effect; keep alphabetical.
-from data_out.destinations import google_ads, meta, segment, tiktok, warehouse, webhook  # noqa: E402,F401
+from data_out.destinations import google, google_ads, meta, segment, tiktok, warehouse, webhook  # noqa: E402,F401

@@ -1,55 +1,75 @@
 """Google Ads Customer Match through OfflineUserDataJobs: create -> addOperations -> run -> poll.
 
+Google directs Customer Match to the Data Manager API (type ``google``); this path serves developer
+tokens Google still allowlists for Customer Match through the Google Ads API. The API version is
+``API_VERSION`` below, the one place it is kept; a test fails once the pinned ``google-ads`` library no
+longer ships it.
+
 Connection (type ``data_out_google_ads``): ``host`` the API base URL (default
-https://googleads.googleapis.com), ``password`` an OAuth access token, extras ``developer_token``,
-optional ``login_customer_id``, ``poll_interval`` (seconds, default 5) and ``poll_timeout`` (default 3600).
-Per audience: ``customer_id``, ``user_list_id``, ``consent`` and ``api_version``.
+https://googleads.googleapis.com), the credential as ``google_auth`` describes (access tokens are minted
+and renewed, never stored), extras ``developer_token``, optional ``login_customer_id``,
+``poll_interval`` (seconds, default 5) and ``poll_timeout`` (default 3600). Per audience:
+``customer_id``, ``user_list_id`` and ``consent``.
 
 Email is hashed trimmed and lower-cased, the phone as E.164 **with** the plus sign, as Google specifies.
 Partial failures name the failing operation, so one bad identifier is a row-level reject and the rest
 of the batch is applied. A full replace is one job whose first operation is ``removeAll``.
+
+Jobs as Google runs them: a job runs once (a second ``:run`` is refused) and Google ignores
+``Idempotency-Key``. Each batch's job carries an ``external_id`` derived from the batch's idempotency
+key, so a retry after a lost answer, a timed-out ``:run`` or a crash finds its job again and carries on
+from the job's status instead of applying the batch twice: PENDING is filled and run, RUNNING is
+polled, SUCCESS is done, FAILED is replaced by a new job whose ``external_id`` derives from the key and
+the failed job.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-import requests
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
+from data_out.destinations.google import GoogleConsent, describe_google_error, require_consent
+from data_out.destinations.google_auth import GoogleTokenAuth
 from data_out.destinations.http import HttpClient, split_by_size
 from data_out.redact import scrub
 
+log = logging.getLogger(__name__)
+
+#: the Google Ads API version every request uses; the only place it is set
+API_VERSION = "v26"
+SCOPE = "https://www.googleapis.com/auth/adwords"
+DEFAULT_BASE_URL = "https://googleads.googleapis.com"
 MAX_IDENTIFIERS_PER_REQUEST = 100_000
-Consent = Literal["GRANTED", "DENIED", "UNSPECIFIED"]
-
-
-class ConsentSettings(BaseModel):
-    """EEA consent signals sent with every job (``ad_user_data``, ``ad_personalization``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    ad_user_data: Consent = "UNSPECIFIED"
-    ad_personalization: Consent = "UNSPECIFIED"
+#: failed jobs of one batch replaced before the batch fails for good
+MAX_JOB_GENERATIONS = 5
 
 
 class GoogleAdsSettings(DestinationSettings):
     type: Literal["google_ads"]
     customer_id: str = Field(pattern=r"^\d{10}$", description="the ad account, 10 digits without dashes")
     user_list_id: str = Field(pattern=r"^\d+$")
-    consent: ConsentSettings = ConsentSettings()
-    api_version: str = Field("v19", pattern=r"^v\d+$")
+    consent: GoogleConsent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _consent_is_explicit(cls, data: Any) -> Any:
+        return require_consent(data)
 
 
-def _describe(resp: requests.Response) -> str:
-    try:
-        err = resp.json().get("error", {})
-        return f"{err.get('status', '')}: {err.get('message', '')}"
-    except ValueError:
-        return resp.text[:300]
+#: job statuses, furthest along first
+_PROGRESS = {"SUCCESS": 0, "RUNNING": 1, "PENDING": 2, "FAILED": 3}
+
+
+def external_id(seed: str) -> int:
+    """A job's ``external_id`` (int64) for a batch key: found again by a retry, unique across installations."""
+    return int.from_bytes(hashlib.sha256(seed.encode("utf-8")).digest()[:8], "big") >> 1
 
 
 @register
@@ -69,23 +89,21 @@ class GoogleAdsDestination(Destination):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         extra = dict(self.connection.extra)
-        headers = {
-            "Authorization": f"Bearer {self.connection.password or ''}",
-            "developer-token": str(extra.get("developer_token", "")),
-        }
+        headers = {"developer-token": str(extra.get("developer_token", ""))}
         if extra.get("login_customer_id"):
             headers["login-customer-id"] = str(extra["login_customer_id"])
+        self.auth = GoogleTokenAuth("google_ads", self.connection, [SCOPE], DEFAULT_BASE_URL)
         self.client = HttpClient(
             "google_ads",
             self.connection,
-            default_base_url="https://googleads.googleapis.com",
+            default_base_url=DEFAULT_BASE_URL,
             headers=headers,
-            describe_error=_describe,
+            auth=self.auth,
+            describe_error=describe_google_error,
         )
         self.poll_interval = float(extra.get("poll_interval", 5))
         self.poll_timeout = float(extra.get("poll_timeout", 3600))
-        s = self.settings
-        self.prefix = f"/{s.api_version}/customers/{s.customer_id}"
+        self.prefix = f"/{API_VERSION}/customers/{self.settings.customer_id}"
 
     @staticmethod
     def _user(r: MemberRow) -> dict[str, Any]:
@@ -96,10 +114,36 @@ class GoogleAdsDestination(Destination):
             ids.append({"hashedPhoneNumber": r.phone_sha256})
         return {"userIdentifiers": ids}
 
-    def _create_job(self) -> str:
+    # -- jobs ----------------------------------------------------------------------------------------
+    def _search(self, query: str) -> list[dict[str, Any]]:
+        resp = self.client.request("POST", f"{self.prefix}/googleAds:search", json={"query": query})
+        return list(resp.json().get("results", []))
+
+    def _job_by_external_id(self, ext: int) -> dict[str, Any] | None:
+        """The batch's job; when a retried ``create`` made two, the one furthest along."""
+        rows = self._search(
+            "SELECT offline_user_data_job.resource_name, offline_user_data_job.status, "
+            "offline_user_data_job.failure_reason FROM offline_user_data_job "
+            f"WHERE offline_user_data_job.external_id = {ext}"
+        )
+        jobs = [r["offlineUserDataJob"] for r in rows]
+        return min(jobs, key=lambda j: _PROGRESS.get(str(j.get("status")), len(_PROGRESS)), default=None)
+
+    def _job_status(self, job: str) -> dict[str, Any]:
+        rows = self._search(
+            "SELECT offline_user_data_job.resource_name, offline_user_data_job.status, "
+            "offline_user_data_job.failure_reason FROM offline_user_data_job "
+            f"WHERE offline_user_data_job.resource_name = '{job}'"
+        )
+        if not rows:
+            raise DestinationError(f"google_ads: job {job} is gone", retryable=True)
+        return dict(rows[0]["offlineUserDataJob"])
+
+    def _create_job(self, ext: int) -> str:
         s = self.settings
         job = {
             "type": "CUSTOMER_MATCH_USER_LIST",
+            "externalId": str(ext),
             "customerMatchUserListMetadata": {
                 "userList": f"customers/{s.customer_id}/userLists/{s.user_list_id}",
                 "consent": {"adUserData": s.consent.ad_user_data, "adPersonalization": s.consent.ad_personalization},
@@ -107,6 +151,28 @@ class GoogleAdsDestination(Destination):
         }
         resp = self.client.request("POST", f"{self.prefix}/offlineUserDataJobs:create", json={"job": job})
         return str(resp.json()["resourceName"])
+
+    def _find_or_create(self, idempotency_key: str) -> tuple[str, str]:
+        """The batch's current job and its status: found by external id, or created (status ``NEW``)."""
+        seed = idempotency_key
+        for _ in range(MAX_JOB_GENERATIONS):
+            ext = external_id(seed)
+            found = self._job_by_external_id(ext)
+            if found is None:
+                return self._create_job(ext), "NEW"
+            if found.get("status") != "FAILED":
+                return str(found["resourceName"]), str(found.get("status"))
+            log.warning(
+                "google_ads: job %s of this batch failed (%s); replacing it with a new job",
+                found["resourceName"],
+                found.get("failureReason", "no reason given"),
+            )
+            seed = f"{idempotency_key}:{found['resourceName']}"
+        raise DestinationError(
+            f"google_ads: {MAX_JOB_GENERATIONS} jobs for this batch failed at Google; see the jobs in the Google "
+            "Ads UI (Tools > Offline data jobs)",
+            retryable=False,
+        )
 
     def _add(self, job: str, operations: list[dict[str, Any]], rows: Sequence[MemberRow | None]) -> dict[str, str]:
         """Send operations in requests of at most 100,000 identifiers; return rejects by member key."""
@@ -119,7 +185,7 @@ class GoogleAdsDestination(Destination):
         for chunk in split_by_size(list(zip(operations, rows, strict=True)), size, MAX_IDENTIFIERS_PER_REQUEST):
             resp = self.client.request(
                 "POST",
-                f"/{self.settings.api_version}/{job}:addOperations",
+                f"/{API_VERSION}/{job}:addOperations",
                 json={"operations": [op for op, _ in chunk], "enablePartialFailure": True},
             )
             failure = resp.json().get("partialFailureError")
@@ -139,45 +205,66 @@ class GoogleAdsDestination(Destination):
                         rejected[row.member_key] = scrub(f"{code}: {err.get('message', '')}")
         return rejected
 
-    def _run_and_wait(self, job: str, idempotency_key: str) -> None:
-        resp = self.client.request(
-            "POST", f"/{self.settings.api_version}/{job}:run", headers={"Idempotency-Key": idempotency_key}
-        )
-        operation = resp.json()["name"]
+    def _run(self, job: str) -> None:
+        """Start the job once. A ``:run`` whose answer was lost may have started it: its status decides."""
+        try:
+            self.client.request("POST", f"/{API_VERSION}/{job}:run")
+        except DestinationError:
+            if self._job_status(job).get("status") == "PENDING":
+                raise
+            log.info("google_ads: job %s started although its :run answer was lost", job)
+
+    def _wait(self, job: str) -> None:
         deadline = time.monotonic() + self.poll_timeout
         while True:
-            status = self.client.request("GET", f"/{self.settings.api_version}/{operation}").json()
-            if status.get("done"):
-                if status.get("error"):
-                    raise DestinationError(
-                        f"google_ads: job {job} failed: {scrub(str(status['error'].get('message', '')))}",
-                        retryable=False,
-                    )
+            status = self._job_status(job)
+            if status.get("status") == "SUCCESS":
                 return
+            if status.get("status") == "FAILED":
+                raise DestinationError(
+                    f"google_ads: job {job} failed: {status.get('failureReason', 'no reason given')}; the batch's "
+                    "next attempt uses a new job",
+                    retryable=True,
+                )
             if time.monotonic() > deadline:
                 raise DestinationError(f"google_ads: job {job} not done after {self.poll_timeout:.0f}s", retryable=True)
             time.sleep(self.poll_interval)
 
+    def _apply(
+        self, idempotency_key: str, fill: Iterator[tuple[list[dict[str, Any]], Sequence[MemberRow | None]]]
+    ) -> dict[str, str]:
+        job, status = self._find_or_create(idempotency_key)
+        rejected: dict[str, str] = {}
+        if status in ("NEW", "PENDING"):
+            # a PENDING job found again may hold some of these operations already: Customer Match lists
+            # are sets, so adding a member twice in one job changes nothing
+            for operations, rows in fill:
+                rejected.update(self._add(job, operations, rows))
+            self._run(job)
+        else:
+            log.info("google_ads: found job %s of this batch %s; not running it again", job, status)
+        self._wait(job)
+        return rejected
+
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
-        kind = "create" if op is Op.ADD else "remove"
-        job = self._create_job()
-        rejected = self._add(job, [{kind: self._user(r)} for r in rows], rows)
-        self._run_and_wait(job, idempotency_key)
+        kind = "remove" if op is Op.REMOVE else "create"
+        rejected = self._apply(idempotency_key, iter([([{kind: self._user(r)} for r in rows], rows)]))
         return BatchResult(rejected=rejected, received=len(rows))
 
     def replace(self, batches: Iterator[list[MemberRow]], total: int, idempotency_key: str) -> BatchResult:
-        job = self._create_job()
-        rejected = self._add(job, [{"removeAll": True}], [None])
-        for rows in batches:
-            rejected.update(self._add(job, [{"create": self._user(r)} for r in rows], rows))
-        self._run_and_wait(job, idempotency_key)
+        def fill() -> Iterator[tuple[list[dict[str, Any]], Sequence[MemberRow | None]]]:
+            yield [{"removeAll": True}], [None]
+            for rows in batches:
+                yield [{"create": self._user(r)} for r in rows], rows
+
+        rejected = self._apply(idempotency_key, fill())
         return BatchResult(rejected=rejected, received=total)
 
     def size(self) -> int | None:
         query = f"SELECT user_list.size_for_search FROM user_list WHERE user_list.id = {self.settings.user_list_id}"
-        resp = self.client.request("POST", f"{self.prefix}/googleAds:search", json={"query": query})
-        results = resp.json().get("results", [])
+        results = self._search(query)
         return int(results[0]["userList"]["sizeForSearch"]) if results else 0
 
     def close(self) -> None:
         self.client.close()
+        self.auth.close()

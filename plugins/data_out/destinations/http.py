@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote_plus, urljoin
 
 import requests
+from requests.auth import AuthBase
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from data_out.connections import ConnectionInfo
@@ -101,6 +102,19 @@ class RetryPolicy:
         return cls(**fields)
 
 
+class RefreshableAuth(AuthBase):
+    """Auth whose credential can be renewed (OAuth access tokens): a 401 gets one ``refresh`` and one retry.
+
+    ``refused`` turns the second 401 into the terminal error that names the credential to fix.
+    """
+
+    def refresh(self) -> None:
+        raise NotImplementedError
+
+    def refused(self, message: str) -> DestinationError:
+        return DestinationError(message, retryable=False)
+
+
 class HttpClient:
     """A requests session bound to one vendor's base URL, auth headers and retry policy."""
 
@@ -111,7 +125,7 @@ class HttpClient:
         *,
         default_base_url: str,
         headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
+        auth: tuple[str, str] | AuthBase | None = None,
         classify: Callable[[requests.Response], Verdict] = default_classify,
         describe_error: Callable[[requests.Response], str] | None = None,
     ) -> None:
@@ -183,6 +197,8 @@ class HttpClient:
                 raise _unanswered(self.vendor, method, path, why) from None
             raise _Retryable(why) from None
         log.debug("%s %s %s -> %d in %.2fs", self.vendor, method, path, resp.status_code, time.monotonic() - started)
+        if resp.status_code == 401 and isinstance(self.session.auth, RefreshableAuth):
+            resp = self._reauthorised(method, url, path, **kwargs)
         verdict = self.classify(resp)
         if verdict is Verdict.OK:
             return resp
@@ -198,6 +214,23 @@ class HttpClient:
                 f"{self.vendor}: {method} {path} refused a {sent}-byte request as too large: {message}"
             )
         raise DestinationError(f"{self.vendor}: {method} {path} refused: {message}", retryable=False)
+
+    def _reauthorised(self, method: str, url: str, path: str, **kwargs: Any) -> requests.Response:
+        """The token was refused: renew it once and send again; a second 401 is the credential's fault."""
+        auth = self.session.auth
+        assert isinstance(auth, RefreshableAuth)
+        log.info("%s %s %s: access token refused; refreshing it once", self.vendor, method, path)
+        auth.refresh()
+        self.attempts += 1
+        try:
+            resp = self.session.request(method, url, timeout=self.policy.timeout, **kwargs)
+        except requests.Timeout:
+            raise _Retryable(f"no response within {self.policy.timeout:.0f}s") from None
+        except requests.ConnectionError as exc:
+            raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+        if resp.status_code == 401:
+            raise auth.refused(scrub(f"{self.vendor}: {method} {path} refused: HTTP 401: {self.describe_error(resp)}"))
+        return resp
 
     def close(self) -> None:
         self.session.close()

@@ -51,13 +51,36 @@ class MetaHook(DataOutDestinationHook):
     extra_placeholders = {"app_secret": "the app's secret (App settings > Basic)", **_RETRY_EXTRAS}
 
 
-class GoogleAdsHook(DataOutDestinationHook):
+class GoogleHook(DataOutDestinationHook):
+    """Google credentials renew: an OAuth client (login, password) with a refresh token, or a service
+    account key (JSON) as password; access tokens are minted from them (docs/destinations/google.md)."""
+
+    default_conn_name = "data_out_google"
+    conn_type = "data_out_google"
+    hook_name = "Data Out: Google Customer Match (Data Manager API)"
+    host_placeholder = "https://datamanager.googleapis.com"
+    password_label = "OAuth client secret, or service account key (JSON)"
+    extra_placeholders = {"refresh_token": "...", "token_uri": "https://oauth2.googleapis.com/token", **_RETRY_EXTRAS}
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        behaviour = super().get_ui_field_behaviour()
+        behaviour["hidden_fields"] = ["schema", "port"]
+        behaviour["relabeling"]["login"] = "OAuth client id (empty with a service account key)"
+        return behaviour
+
+
+class GoogleAdsHook(GoogleHook):
     default_conn_name = "data_out_google_ads"
     conn_type = "data_out_google_ads"
-    hook_name = "Data Out: Google Ads Customer Match"
+    hook_name = "Data Out: Google Ads Customer Match (Google Ads API)"
     host_placeholder = "https://googleads.googleapis.com"
-    password_label = "OAuth access token"
-    extra_placeholders = {"developer_token": "...", "login_customer_id": "1234567890", **_RETRY_EXTRAS}
+    extra_placeholders = {
+        "refresh_token": "...",
+        "developer_token": "...",
+        "login_customer_id": "1234567890",
+        **_RETRY_EXTRAS,
+    }
 
 
 class TikTokHook(DataOutDestinationHook):

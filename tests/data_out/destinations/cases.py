@@ -14,6 +14,8 @@ from data_out.connections import ConnectionInfo
 from data_out.identity import identity_forms
 from sandbox.standins.base import StandIn
 from sandbox.standins.google_ads import GoogleAdsStandIn
+from sandbox.standins.google_dm import GoogleDataManagerStandIn
+from sandbox.standins.google_oauth import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN
 from sandbox.standins.meta import MetaStandIn
 from sandbox.standins.segment import SegmentStandIn
 from sandbox.standins.tiktok import TikTokStandIn
@@ -21,6 +23,8 @@ from sandbox.standins.webhook import WebhookStandIn
 
 FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 4, "timeout": 2, "poll_interval": 0.01}
 AUDIENCE = "dest_test_v1"
+GOOGLE_CONSENT = {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"}
+GOOGLE_OAUTH_EXTRA = {"refresh_token": REFRESH_TOKEN, "token_uri": "/token"}
 
 
 def forms(row: dict) -> Any:
@@ -39,12 +43,14 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
     supports_replace: bool = False
     reject: Callable[[StandIn, dict], None] | None = None  # make the stand-in refuse one row
+    login: str | None = None
 
     def connection(self, url: str, secret: str | None = None) -> ConnectionInfo:
         return ConnectionInfo(
             f"data_out_{self.type}",
             f"data_out_{self.type}",
             host=url,
+            login=self.login,
             password=self.secret if secret is None else secret,
             extra={**FAST_RETRIES, **self.extra},
         )
@@ -60,6 +66,16 @@ def _meta_ident(r: dict) -> tuple:
         )
         if x
     )
+
+
+def _google_dm_ident(r: dict) -> frozenset:
+    f = forms(r)
+    ids = set()
+    if f.email_sha256:
+        ids.add(("emailAddress", f.email_sha256))
+    if f.phone_e164_sha256:
+        ids.add(("phoneNumber", f.phone_e164_sha256))
+    return frozenset(ids)
 
 
 def _google_ident(r: dict) -> frozenset:
@@ -103,17 +119,34 @@ CASES = {
         10_000,
         supports_replace=True,
     ),
+    "google": Case(
+        "google",
+        GoogleDataManagerStandIn,
+        {
+            "customer_id": "1234567890",
+            "user_list_id": "555",
+            "consent": GOOGLE_CONSENT,
+            "customer_match_terms_accepted": True,
+        },
+        CLIENT_SECRET,
+        _google_dm_ident,
+        lambda s: set(s.lists.get(("1234567890", "555"), set())),
+        10_000,
+        extra=GOOGLE_OAUTH_EXTRA,
+        login=CLIENT_ID,
+    ),
     "google_ads": Case(
         "google_ads",
         GoogleAdsStandIn,
-        {"customer_id": "1234567890", "user_list_id": "555", "consent": {"ad_user_data": "GRANTED"}},
-        "google-test-token",
+        {"customer_id": "1234567890", "user_list_id": "555", "consent": GOOGLE_CONSENT},
+        CLIENT_SECRET,
         _google_ident,
         lambda s: set(s.lists.get("customers/1234567890/userLists/555", set())),
         50_000,
-        extra={"developer_token": "dev-token"},
+        extra={**GOOGLE_OAUTH_EXTRA, "developer_token": "dev-token"},
         supports_replace=True,
         reject=_google_reject,
+        login=CLIENT_ID,
     ),
     "tiktok": Case(
         "tiktok",

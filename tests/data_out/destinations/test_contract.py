@@ -207,6 +207,7 @@ def test_full_resync_or_replace_restores_a_tampered_audience(env: Env):
         container = {
             "meta": lambda s: s.audiences["23850000001"],
             "google_ads": lambda s: s.lists["customers/1234567890/userLists/555"],
+            "google": lambda s: s.lists[("1234567890", "555")],
             "tiktok": lambda s: s.segments["seg42"],
             "segment": lambda s: None,
             "webhook": lambda s: s.members[AUDIENCE],
