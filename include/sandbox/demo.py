@@ -3,9 +3,9 @@
 Uses the embedded default: SQLite state and warehouse files under ``.demo/`` (see the Makefile for the
 connections). The sample warehouse is generated once and kept, and every run evaluates the audiences
 at the sample's ``as_of``, so a second ``make demo`` shows the true incremental diff: zero when nothing
-changed. The Meta, Google Ads, Segment and webhook destinations are local stand-ins served by this process (their state
-is kept in ``.demo/standins/``). ``make demo-churn`` adds two hours of carts and orders to the sample
-to see real adds and removes.
+changed. The Meta, Google (Data Manager and Google Ads APIs), Segment and webhook destinations are
+local stand-ins served by this process (their state is kept in ``.demo/standins/``). ``make demo-churn``
+adds two hours of carts and orders to the sample to see real adds and removes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sandbox import metrics_demo, sample_warehouse  # noqa: E402
 from sandbox.smtp_sink import SmtpSink, bodies  # noqa: E402
 from sandbox.standins import connection_env, serve  # noqa: E402
 
-DEMO_STANDINS = ["meta", "google_ads", "segment", "webhook"]
+DEMO_STANDINS = ["meta", "google", "google_ads", "segment", "webhook"]
 PLANTED_AUDIENCE = "cio_cart_abandon_6h_v1"
 PLANTED_LOSS = 200
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(os.environ.get("DATA_OUT_DEMO_DIR", ROOT / ".demo")) / "standins"
     state_dir.mkdir(parents=True, exist_ok=True)
     with serve(DEMO_STANDINS, state_dir) as running:
-        os.environ.update(connection_env(running))  # the audiences' Meta and Google Ads connections
+        os.environ.update(connection_env(running))  # the audiences' Meta and Google connections
         print("stand-ins: " + ", ".join(f"{name} at {r.url}" for name, r in running.items()))
         return _run_dags(as_of, running)
 

@@ -44,7 +44,7 @@ def test_policies(bag):
 
 def test_one_task_group_per_destination(bag):
     dag = bag.get_dag("audience__cio_cart_abandon_6h_v1")
-    groups = ("warehouse", "meta", "google_ads")
+    groups = ("warehouse", "meta", "google")
     assert {t.task_id for t in dag.tasks} == {"stage", "finish"} | {
         f"{g}.{s}" for g in groups for s in ("plan", "push")
     }
@@ -54,7 +54,7 @@ def test_one_task_group_per_destination(bag):
 
 def test_push_is_mapped_over_the_plans_shards_in_the_vendors_pool(bag):
     dag = bag.get_dag("audience__cio_cart_abandon_6h_v1")
-    for group in ("warehouse", "meta", "google_ads"):
+    for group in ("warehouse", "meta", "google"):
         plan, push = dag.get_task(f"{group}.plan"), dag.get_task(f"{group}.push")
         assert isinstance(push, MappedOperator) and not isinstance(plan, MappedOperator)
         [(upstream, key)] = list(push.expand_input.value["shard"].iter_references())

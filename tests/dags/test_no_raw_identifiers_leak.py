@@ -64,7 +64,17 @@ def test_a_full_run_with_a_failure_leaks_no_raw_identifier(monkeypatch, tmp_path
         holdout: {percent: 10, salt: leak-salt}
         destinations:
           - {type: meta, audience_id: "123", batch_size: 7}
-          - {type: google_ads, customer_id: "1234567890", user_list_id: "9", batch_size: 7}
+          - type: google_ads
+            customer_id: "1234567890"
+            user_list_id: "9"
+            batch_size: 7
+            consent: {ad_user_data: GRANTED, ad_personalization: DENIED}
+          - type: google
+            customer_id: "1234567890"
+            user_list_id: "9"
+            batch_size: 7
+            consent: {ad_user_data: GRANTED, ad_personalization: DENIED}
+            customer_match_terms_accepted: true
           - {type: webhook, path: /hooks/crm, fields: [email_sha256, phone_sha256]}
           - {type: tiktok, advertiser_id: "7000000001", segment_id: "s1"}
     """,
@@ -73,7 +83,7 @@ def test_a_full_run_with_a_failure_leaks_no_raw_identifier(monkeypatch, tmp_path
     db = airflow_conn(pg_database)
     monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_STATE", db)
     monkeypatch.setenv("AIRFLOW_CONN_LEAK_DB", db)
-    with serve(["meta", "google_ads", "webhook", "tiktok"]) as running:
+    with serve(["meta", "google_ads", "google", "webhook", "tiktok"]) as running:
         for name, r in running.items():
             creds = dict(CREDENTIALS[name])
             if name == "tiktok":
@@ -87,6 +97,7 @@ def test_a_full_run_with_a_failure_leaks_no_raw_identifier(monkeypatch, tmp_path
 
     assert str(dr.state) == "failed"  # tiktok failed; the others synced
     assert len(running["meta"].standin.audiences["123"]) > 0
+    assert len(running["google"].standin.lists[("1234567890", "9")]) > 0
 
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session

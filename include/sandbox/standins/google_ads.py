@@ -58,7 +58,7 @@ class GoogleAdsStandIn(StandIn):
         self.route("POST", f"{v}/googleAds:search", self.search)
 
     def token(self, req: Request, m: re.Match[str] | None = None) -> Response:
-        return self.oauth.token(req, f"http://{req.headers.get('host', '')}/token")
+        return self.oauth.token(req)
 
     def dispatch(self, req: Request) -> Response:
         # Google's token endpoint is another service: the API's faults, rate limit and log are not its own

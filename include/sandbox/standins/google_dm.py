@@ -202,7 +202,7 @@ class GoogleDataManagerStandIn(StandIn):
         return dm_error(status, "UNAVAILABLE", "The service is currently unavailable.").response
 
     def token(self, req: Request, m: re.Match[str] | None = None) -> Response:
-        return self.oauth.token(req, f"http://{req.headers.get('host', '')}/token")
+        return self.oauth.token(req)
 
     def dispatch(self, req: Request) -> Response:
         # Google's token endpoint is another service: the API's faults, rate limit and log are not its own

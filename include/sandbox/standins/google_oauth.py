@@ -4,8 +4,9 @@
 
 * ``grant_type=refresh_token`` with ``client_id``, ``client_secret`` and ``refresh_token``;
 * ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`` with an ``assertion``: a JWT signed RS256 by
-  a registered service account key, ``iss`` its email, ``aud`` this endpoint, ``scope`` the scopes asked
-  for, ``iat``/``exp`` at most an hour apart.
+  a registered service account key, ``iss`` its email, ``aud`` Google's token endpoint (what google-auth
+  and Google's docs put there, wherever the request is sent), ``scope`` the scopes asked for,
+  ``iat``/``exp`` at most an hour apart.
 
 Access tokens expire after ``token_ttl`` seconds; ``expire_tokens`` revokes every token at once (an
 early expiry the client cannot see coming). Errors use Google's shapes: ``{"error": "invalid_grant",
@@ -25,6 +26,7 @@ import jwt
 from sandbox.standins.base import HttpError, Request, Response
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 #: what the demo's and the tests' connections carry
 CLIENT_ID = "standin-client.apps.googleusercontent.com"
 CLIENT_SECRET = "standin-client-secret"
@@ -47,7 +49,7 @@ class TokenIssuer:
     issued: dict[str, float] = field(default_factory=dict)  # access token -> expiry (monotonic)
     grants: list[str] = field(default_factory=list)  # grant types served, in order
 
-    def token(self, req: Request, token_url: str) -> Response:
+    def token(self, req: Request) -> Response:
         if req.headers.get("content-type", "").split(";")[0] != "application/x-www-form-urlencoded":
             raise oauth_error(400, "invalid_request", "the body must be application/x-www-form-urlencoded")
         form = {k: v[0] for k, v in parse_qs(req.body.decode("utf-8"), strict_parsing=True).items()}
@@ -59,7 +61,7 @@ class TokenIssuer:
             if self.refresh_tokens.get(form.get("refresh_token", "")) != client:
                 raise oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
         elif grant == JWT_BEARER:
-            self._check_assertion(form.get("assertion", ""), token_url)
+            self._check_assertion(form.get("assertion", ""))
         else:
             raise oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant}")
         self.grants.append(grant)
@@ -70,14 +72,14 @@ class TokenIssuer:
             body["scope"] = self.scope
         return Response(200, body)
 
-    def _check_assertion(self, assertion: str, token_url: str) -> None:
+    def _check_assertion(self, assertion: str) -> None:
         try:
             claims = jwt.decode(assertion, options={"verify_signature": False})
             key = self.service_accounts.get(str(claims.get("iss")))
             if key is None:
                 raise oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
             claims = jwt.decode(
-                assertion, key, algorithms=["RS256"], audience=token_url, options={"require": ["iat", "exp"]}
+                assertion, key, algorithms=["RS256"], audience=TOKEN_AUDIENCE, options={"require": ["iat", "exp"]}
             )
         except jwt.InvalidAudienceError:
             raise oauth_error(400, "invalid_grant", "Invalid JWT: audience is not the token endpoint.") from None

@@ -12,6 +12,7 @@ from data_out.provider import get_provider_info
 
 HOOKS = [
     hooks.MetaHook,
+    hooks.GoogleHook,
     hooks.GoogleAdsHook,
     hooks.TikTokHook,
     hooks.SegmentHook,
@@ -49,4 +50,12 @@ def test_hook_resolves_its_connection_and_describes_its_form(monkeypatch, hook):
         5,
     )
     ui = hook.get_ui_field_behaviour()
-    assert "login" in ui["hidden_fields"] and ui["relabeling"]["host"] == "Base URL"
+    assert ui["relabeling"]["host"] == "Base URL"
+    assert ("login" in ui["hidden_fields"]) != ("login" in ui["relabeling"])  # hidden, or labelled for its use
+
+
+@pytest.mark.parametrize("hook", [hooks.GoogleHook, hooks.GoogleAdsHook])
+def test_google_forms_ask_for_a_credential_that_renews(hook):
+    ui = hook.get_ui_field_behaviour()
+    assert "client id" in ui["relabeling"]["login"] and "service account key" in ui["relabeling"]["password"]
+    assert "refresh_token" in ui["placeholders"]["extra"]
