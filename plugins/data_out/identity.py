@@ -20,7 +20,7 @@ import phonenumbers
 
 #: Bumped whenever a rule below changes, so that cached normalisations in the state database are
 #: recomputed instead of trusted (it is part of the row fingerprint, see ``staging.py``).
-NORMALIZATION_VERSION = "2"
+NORMALIZATION_VERSION = "3"
 
 MISSING = "missing"
 INVALID = "invalid"
@@ -74,6 +74,19 @@ def normalize_email(raw: Any) -> Normalized:
     if len(text) > MAX_EMAIL_LENGTH or not _EMAIL_RE.match(text):
         return Normalized(None, INVALID)
     return Normalized(text)
+
+
+_GOOGLE_MAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def google_email(normalized: str) -> str:
+    """Google's Data Manager form of a normalised address: for gmail.com and googlemail.com, the local part
+    without dots and without a plus sign and what follows (Google's "Format user data" rules); others as
+    they are. Google matches the hash of this form, so a dotted Gmail address would otherwise miss."""
+    local, _, domain = normalized.rpartition("@")
+    if domain not in _GOOGLE_MAIL_DOMAINS:
+        return normalized
+    return f"{local.split('+', 1)[0].replace('.', '')}@{domain}"
 
 
 def normalize_phone(raw: Any, default_region: str) -> Normalized:
@@ -153,6 +166,7 @@ class IdentityForms:
     """
 
     email_sha256: str | None
+    email_google_sha256: str | None  # Google's Data Manager form (``google_email``)
     phone_e164_sha256: str | None
     phone_digits_sha256: str | None
     external_id: str | None
@@ -168,6 +182,7 @@ def identity_forms(email: Any, phone: Any, external_id: Any, default_region: str
     x = normalize_external_id(external_id)
     return IdentityForms(
         email_sha256=sha256_hex(e.value) if e.value else None,
+        email_google_sha256=sha256_hex(google_email(e.value)) if e.value else None,
         phone_e164_sha256=sha256_hex(p.value) if p.value else None,
         phone_digits_sha256=sha256_hex(p.value[1:]) if p.value else None,
         external_id=x.value,

@@ -68,6 +68,7 @@ class Normaliser:
         return {
             "bucket": bucket_for(self.holdout_salt, key) if self.holdout_salt is not None else None,
             "email_sha256": f.email_sha256,
+            "email_google_sha256": f.email_google_sha256,
             "phone_e164_sha256": f.phone_e164_sha256,
             "phone_digits_sha256": f.phone_digits_sha256,
             "external_id": f.external_id,

@@ -54,6 +54,7 @@ _UNCHANGED: dict[str, Any] = {
     "computed": False,
     "bucket": None,
     "email_sha256": None,
+    "email_google_sha256": None,
     "phone_e164_sha256": None,
     "phone_digits_sha256": None,
     "external_id": None,

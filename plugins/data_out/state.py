@@ -86,6 +86,7 @@ _member_columns = lambda: [  # noqa: E731 - the same identity columns in snapsho
     Column("email_issue", String(16)),
     Column("phone_issue", String(16)),
     Column("external_id_issue", String(16)),
+    Column("email_google_sha256", _HASH),  # Google's Data Manager form of the email (identity.google_email)
 ]
 
 member = Table(

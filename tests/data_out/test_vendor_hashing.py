@@ -92,3 +92,20 @@ def test_phone_hashes(raw, region, e164):
 )
 def test_meta_name_and_location_keys_match_the_sdk(key, raw):
     assert sha256_hex(normalize_meta_field(key, raw)) == meta_sdk(key, raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "documented"),
+    [
+        # Google's Data Manager "Format user data" examples: Gmail loses dots and the plus suffix ...
+        ("cloudy.sanfrancisco+shopping@gmail.com", "cloudysanfrancisco@gmail.com"),
+        (" First.Last@GoogleMail.com ", "firstlast@googlemail.com"),
+        # ... any other domain keeps both, lower-cased
+        ("user.name+NYC@Example.com", "user.name+nyc@example.com"),
+    ],
+)
+def test_data_manager_email_hash_follows_googles_gmail_rules(raw, documented):
+    f = identity_forms(raw, None, None, "US")
+    assert f.email_google_sha256 == h(documented)
+    if not documented.endswith(("@gmail.com", "@googlemail.com")):
+        assert f.email_google_sha256 == f.email_sha256  # one hash serves every vendor outside Gmail

@@ -5,8 +5,9 @@ Google directs Customer Match uploads to the Data Manager API; the Google Ads AP
 
 Requests (``https://datamanager.googleapis.com/v1``): ``audienceMembers:ingest`` for adds and refreshes,
 ``audienceMembers:remove`` for removals, each with at most 10,000 audience members and 10 user
-identifiers a member, identifiers SHA-256 hex (``encoding: HEX``): the email trimmed and lower-cased, the
-phone E.164 with its plus sign. Every ingest carries the audience's EEA consent (``consent``) and the
+identifiers a member, identifiers SHA-256 hex (``encoding: HEX``): the email trimmed and lower-cased, for gmail.com and
+googlemail.com addresses also without dots and plus suffix in the local part (``identity.google_email``),
+the phone E.164 with its plus sign. Every ingest carries the audience's EEA consent (``consent``) and the
 Customer Match terms of service the account accepted. Lists have set semantics, so a batch re-sent
 after a lost answer changes nothing; Google has no idempotency key and none is sent.
 
@@ -142,7 +143,7 @@ class GoogleDestination(Destination):
     settings_model = GoogleSettings
     default_conn_id = "data_out_google"
     max_batch_rows = MAX_MEMBERS_PER_REQUEST
-    identity_columns = {"email_sha256": "email_sha256", "phone_sha256": "phone_e164_sha256"}
+    identity_columns = {"email_sha256": "email_google_sha256", "phone_sha256": "phone_e164_sha256"}
 
     settings: GoogleSettings
 

@@ -71,8 +71,8 @@ def _meta_ident(r: dict) -> tuple:
 def _google_dm_ident(r: dict) -> frozenset:
     f = forms(r)
     ids = set()
-    if f.email_sha256:
-        ids.add(("emailAddress", f.email_sha256))
+    if f.email_google_sha256:
+        ids.add(("emailAddress", f.email_google_sha256))
     if f.phone_e164_sha256:
         ids.add(("phoneNumber", f.phone_e164_sha256))
     return frozenset(ids)

@@ -5,6 +5,7 @@ Both run against their stand-ins over real HTTP; google-auth mints the tokens at
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pkgutil
 import re
@@ -254,6 +255,16 @@ def test_request_status_feeds_received_and_matched_into_the_run_record(tmp_path:
         [lower] = [lo for lo, hi, _ in RANGES if lo <= rate < hi]  # the range Google reports holds the rate
         assert sync["received"] == len(sent)
         assert sync["matched"] == len(sent) * lower // 100 < len(sent) - 6
+
+
+def test_gmail_addresses_reach_the_data_manager_in_googles_form(tmp_path: Path):
+    standin = GoogleDataManagerStandIn()
+    for env in _env("google", standin, tmp_path):
+        rows = [person(i, email=f"First.Last+{i}@Gmail.com") for i in range(12)]
+        env.people.set(rows)
+        env.run("t/1")
+        emails = {v for member in env.held() for k, v in member if k == "emailAddress"}
+        assert emails == {hashlib.sha256(b"firstlast@gmail.com").hexdigest()}  # Google's documented form
 
 
 def test_a_request_still_processing_reports_no_match_figure(tmp_path: Path):
