@@ -18,9 +18,9 @@ of the batch is applied. A full replace is one job whose first operation is ``re
 Jobs as Google runs them: a job runs once (a second ``:run`` is refused) and Google ignores
 ``Idempotency-Key``. Each batch's job carries an ``external_id`` derived from the batch's idempotency
 key, so a retry after a lost answer, a timed-out ``:run`` or a crash finds its job again and carries on
-from the job's status instead of applying the batch twice: PENDING is filled and run, RUNNING is
-polled, SUCCESS is done, FAILED is replaced by a new job whose ``external_id`` derives from the key and
-the failed job.
+from the job's status instead of applying the batch twice: RUNNING is polled, SUCCESS is done; a
+FAILED job, or a PENDING one that never started, is replaced by a new job whose ``external_id`` derives
+from the key and that job.
 """
 
 from __future__ import annotations
@@ -153,24 +153,31 @@ class GoogleAdsDestination(Destination):
         return str(resp.json()["resourceName"])
 
     def _find_or_create(self, idempotency_key: str) -> tuple[str, str]:
-        """The batch's current job and its status: found by external id, or created (status ``NEW``)."""
+        """The batch's job and its status: found by external id, or created (status ``NEW``).
+
+        A job found RUNNING or SUCCESS is the batch's, and is never run again. A FAILED job, or a PENDING
+        one (never started, and holding an unknown part of the operations), is left alone: the batch gets
+        a new job whose external id derives from the key and that job, so a later retry finds it too.
+        """
         seed = idempotency_key
         for _ in range(MAX_JOB_GENERATIONS):
             ext = external_id(seed)
             found = self._job_by_external_id(ext)
             if found is None:
                 return self._create_job(ext), "NEW"
-            if found.get("status") != "FAILED":
-                return str(found["resourceName"]), str(found.get("status"))
+            status = str(found.get("status"))
+            if status in ("RUNNING", "SUCCESS"):
+                return str(found["resourceName"]), status
             log.warning(
-                "google_ads: job %s of this batch failed (%s); replacing it with a new job",
+                "google_ads: job %s of this batch is %s%s; the batch goes into a new job",
                 found["resourceName"],
-                found.get("failureReason", "no reason given"),
+                status,
+                f" ({found['failureReason']})" if found.get("failureReason") else "",
             )
             seed = f"{idempotency_key}:{found['resourceName']}"
         raise DestinationError(
-            f"google_ads: {MAX_JOB_GENERATIONS} jobs for this batch failed at Google; see the jobs in the Google "
-            "Ads UI (Tools > Offline data jobs)",
+            f"google_ads: {MAX_JOB_GENERATIONS} jobs for this batch did not complete; see them in the Google Ads "
+            "UI (Tools > Offline data jobs)",
             retryable=False,
         )
 
@@ -235,9 +242,7 @@ class GoogleAdsDestination(Destination):
     ) -> dict[str, str]:
         job, status = self._find_or_create(idempotency_key)
         rejected: dict[str, str] = {}
-        if status in ("NEW", "PENDING"):
-            # a PENDING job found again may hold some of these operations already: Customer Match lists
-            # are sets, so adding a member twice in one job changes nothing
+        if status == "NEW":
             for operations, rows in fill:
                 rejected.update(self._add(job, operations, rows))
             self._run(job)

@@ -384,6 +384,23 @@ def test_a_failed_job_is_replaced_by_a_new_job_for_the_same_batch(tmp_path: Path
     assert len(standin.lists["customers/1234567890/userLists/555"]) == 3
 
 
+def test_a_job_left_pending_is_not_filled_again_and_the_replace_still_starts_with_remove_all(tmp_path: Path):
+    standin = GoogleAdsStandIn()
+    with Running(standin) as running:
+        dest = _ads(running)
+        dest.push(Op.ADD, _rows(4), "add-1")
+        standin.faults.down_after = 4  # lookup, create, two addOperations: then the :run never gets through
+        rows = _rows(2)
+        with pytest.raises(DestinationError, match="still failing"):
+            dest.replace(iter([rows[:1], rows[1:]]), 2, "replace-1")
+        standin.faults = type(standin.faults)()
+        assert len(standin.lists["customers/1234567890/userLists/555"]) == 4  # nothing applied yet
+        dest.replace(iter([rows[:1], rows[1:]]), 2, "replace-1")
+    statuses = sorted(j["status"] for j in standin.jobs.values())
+    assert statuses == ["PENDING", "SUCCESS", "SUCCESS"]  # the half-filled job was left alone
+    assert len(standin.lists["customers/1234567890/userLists/555"]) == 2
+
+
 def test_a_full_size_batch_over_10_mib_is_accepted(tmp_path: Path):
     """Google caps identifiers per request, not bytes: 50,000 members with two hashes is about 10.5 MB."""
     standin = GoogleAdsStandIn()
