@@ -205,11 +205,12 @@ class GoogleDestination(Destination):
         path = "/v1/audienceMembers:ingest" if op.adds else "/v1/audienceMembers:remove"
         resp = self.client.request("POST", path, json=self.request_body(op, members))
         request_id = str(resp.json().get("requestId", ""))
-        received, matched = self._diagnostics(request_id, len(members))
-        return BatchResult(rejected=rejected, received=received, matched=matched if op.adds else None)
+        received, matched = self._diagnostics(request_id, len(members), op)
+        return BatchResult(rejected=rejected, received=received, matched=matched)
 
-    def _diagnostics(self, request_id: str, sent: int) -> tuple[int, int | None]:
-        """(records Google counted, matched records by the match-rate range's lower bound) for one request."""
+    def _diagnostics(self, request_id: str, sent: int, op: Op) -> tuple[int, int | None]:
+        """(records Google counted, matched records) for one request: for an ingest the match-rate range's
+        lower bound times the records; a processed removal counts whole, so the sync's rate is the adds'."""
         if not request_id:
             return sent, None
         deadline = time.monotonic() + self.status_wait
@@ -239,10 +240,12 @@ class GoogleDestination(Destination):
             rng,
             f", errors {errors}" if errors else "",
         )
-        floor = MATCH_RATE_FLOOR.get(rng)
-        if state not in ("SUCCESS", "PARTIAL_SUCCESS") or floor is None:
+        if state not in ("SUCCESS", "PARTIAL_SUCCESS"):
             return records, None
-        return records, math.floor(records * floor / 100)
+        if not op.adds:
+            return records, records
+        floor = MATCH_RATE_FLOOR.get(rng)
+        return records, None if floor is None else math.floor(records * floor / 100)
 
     def close(self) -> None:
         self.client.close()

@@ -255,6 +255,10 @@ def test_request_status_feeds_received_and_matched_into_the_run_record(tmp_path:
         [lower] = [lo for lo, hi, _ in RANGES if lo <= rate < hi]  # the range Google reports holds the rate
         assert sync["received"] == len(sent)
         assert sync["matched"] == len(sent) * lower // 100 < len(sent) - 6
+        env.people.set(rows[:10])
+        env.run("t/2")  # removals only: Google processed every record, no match rate to report
+        removed = env.last_sync()
+        assert removed["removed"] == removed["received"] == removed["matched"] > 0
 
 
 def test_gmail_addresses_reach_the_data_manager_in_googles_form(tmp_path: Path):
