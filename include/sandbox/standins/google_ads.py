@@ -21,6 +21,15 @@ from sandbox.standins.base import HttpError, Request, Response, StandIn, require
 from sandbox.standins.google_oauth import TokenIssuer
 
 MAX_IDENTIFIERS = 100_000
+#: [lower, upper) percent of each OfflineUserDataJobMatchRateRange value
+MATCH_RANGES = [
+    (0, 20, "MATCH_RANGE_LESS_THAN_20"),
+    *(
+        (lo, hi + 1, f"MATCH_RANGE_{lo}_TO_{hi}")
+        for lo, hi in ((20, 30), (31, 40), (41, 50), (51, 60), (61, 70), (71, 80), (81, 90))
+    ),
+    (91, 101, "MATCH_RANGE_91_TO_100"),
+]
 MAX_PER_USER = 20
 ID_FIELDS = ("hashedEmail", "hashedPhoneNumber", "thirdPartyUserId")
 
@@ -45,6 +54,7 @@ class GoogleAdsStandIn(StandIn):
         self.lists: dict[str, set[frozenset[tuple[str, str]]]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.reject_hashes: set[str] = set()
+        self.unmatched_hashes: set[str] = set()  # identifiers Google finds no account for
         self._ids = itertools.count(1)
         super().__init__()
 
@@ -187,6 +197,14 @@ class GoogleAdsStandIn(StandIn):
             return Response(200, {"name": f"customers/{m['cid']}/operations/{m['jid']}", "done": True})
         return Response(200, {"name": f"customers/{m['cid']}/operations/{m['jid']}", "done": False})
 
+    def _match_rate_range(self, job: dict[str, Any]) -> str:
+        """The job's match-rate range: the share of its users with an identifier Google knows."""
+        users = [u for kind, u in job["ops"] if kind == "create"]
+        if not users:
+            return "UNKNOWN"
+        pct = 100 * sum(any(v not in self.unmatched_hashes for _, v in u) for u in users) / len(users)
+        return next(name for lo, hi, name in MATCH_RANGES if lo <= pct < hi)
+
     def _poll(self, job: dict[str, Any]) -> str:
         """Status after one more look: a running job is done after ``polls_until_done`` looks."""
         if job["status"] == "RUNNING":
@@ -208,9 +226,11 @@ class GoogleAdsStandIn(StandIn):
                 if job["customer"] != m["cid"]:
                     continue
                 if (by_ext and job["external_id"] == by_ext[1]) or (by_name and name == by_name[1]):
-                    row = {"resourceName": name, "status": self._poll(job)}
+                    row: dict[str, Any] = {"resourceName": name, "status": self._poll(job)}
                     if job["status"] == "FAILED":
                         row["failureReason"] = "UNKNOWN"
+                    if job["status"] == "SUCCESS":
+                        row["operationMetadata"] = {"matchRateRange": self._match_rate_range(job)}
                     results.append({"offlineUserDataJob": row})
             return Response(200, {"results": results} if results else {})
         hit = re.search(r"FROM user_list WHERE user_list\.id = (\d+)", query)
@@ -226,6 +246,7 @@ class GoogleAdsStandIn(StandIn):
         self.lists.clear()
         self.jobs.clear()
         self.reject_hashes.clear()
+        self.unmatched_hashes.clear()
 
     def admin(self, req: Request, action: str) -> Response:
         body = req.json() or {}

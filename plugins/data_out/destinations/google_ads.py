@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from pydantic import Field, model_validator
 
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
-from data_out.destinations.google import GoogleConsent, describe_google_error, require_consent
+from data_out.destinations.google import MATCH_RATE_FLOOR, GoogleConsent, describe_google_error, require_consent
 from data_out.destinations.google_auth import GoogleTokenAuth
 from data_out.destinations.http import HttpClient, split_by_size
 from data_out.redact import scrub
@@ -132,7 +133,8 @@ class GoogleAdsDestination(Destination):
     def _job_status(self, job: str) -> dict[str, Any]:
         rows = self._search(
             "SELECT offline_user_data_job.resource_name, offline_user_data_job.status, "
-            "offline_user_data_job.failure_reason FROM offline_user_data_job "
+            "offline_user_data_job.failure_reason, offline_user_data_job.operation_metadata.match_rate_range "
+            "FROM offline_user_data_job "
             f"WHERE offline_user_data_job.resource_name = '{job}'"
         )
         if not rows:
@@ -221,12 +223,15 @@ class GoogleAdsDestination(Destination):
                 raise
             log.info("google_ads: job %s started although its :run answer was lost", job)
 
-    def _wait(self, job: str) -> None:
+    def _wait(self, job: str) -> str | None:
+        """Poll until the job is done; its match-rate range, when Google reports one."""
         deadline = time.monotonic() + self.poll_timeout
         while True:
             status = self._job_status(job)
             if status.get("status") == "SUCCESS":
-                return
+                rng = status.get("operationMetadata", {}).get("matchRateRange")
+                log.info("google_ads: job %s done, match rate %s", job, rng or "not reported")
+                return rng
             if status.get("status") == "FAILED":
                 raise DestinationError(
                     f"google_ads: job {job} failed: {status.get('failureReason', 'no reason given')}; the batch's "
@@ -248,13 +253,13 @@ class GoogleAdsDestination(Destination):
             self._run(job)
         else:
             log.info("google_ads: found job %s of this batch %s; not running it again", job, status)
-        self._wait(job)
-        return rejected
+        return rejected, self._wait(job)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
         kind = "remove" if op is Op.REMOVE else "create"
-        rejected = self._apply(idempotency_key, iter([([{kind: self._user(r)} for r in rows], rows)]))
-        return BatchResult(rejected=rejected, received=len(rows))
+        rejected, rng = self._apply(idempotency_key, iter([([{kind: self._user(r)} for r in rows], rows)]))
+        sent = len(rows) - len(rejected)
+        return BatchResult(rejected=rejected, received=len(rows), matched=_matched(op, sent, rng))
 
     def replace(self, batches: Iterator[list[MemberRow]], total: int, idempotency_key: str) -> BatchResult:
         def fill() -> Iterator[tuple[list[dict[str, Any]], Sequence[MemberRow | None]]]:
@@ -262,8 +267,8 @@ class GoogleAdsDestination(Destination):
             for rows in batches:
                 yield [{"create": self._user(r)} for r in rows], rows
 
-        rejected = self._apply(idempotency_key, fill())
-        return BatchResult(rejected=rejected, received=total)
+        rejected, rng = self._apply(idempotency_key, fill())
+        return BatchResult(rejected=rejected, received=total, matched=_matched(Op.ADD, total - len(rejected), rng))
 
     def size(self) -> int | None:
         query = f"SELECT user_list.size_for_search FROM user_list WHERE user_list.id = {self.settings.user_list_id}"
@@ -273,3 +278,15 @@ class GoogleAdsDestination(Destination):
     def close(self) -> None:
         self.client.close()
         self.auth.close()
+
+
+def _matched(op: Op, accepted: int, match_rate_range: str | None) -> int | None:
+    """Matched members by the lower bound of the job's match-rate range (a removal counts whole)."""
+    if op is Op.REMOVE:
+        return accepted
+    floor = (
+        MATCH_RATE_FLOOR.get(f"MATCH_RATE_RANGE_{match_rate_range.removeprefix('MATCH_RANGE_')}")
+        if match_rate_range
+        else None
+    )
+    return None if floor is None else math.floor(accepted * floor / 100)

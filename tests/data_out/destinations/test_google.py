@@ -405,6 +405,18 @@ def test_a_job_left_pending_is_not_filled_again_and_the_replace_still_starts_wit
     assert len(standin.lists["customers/1234567890/userLists/555"]) == 2
 
 
+def test_a_google_ads_jobs_match_rate_range_feeds_the_match_figures(tmp_path: Path):
+    standin = GoogleAdsStandIn()
+    rows = _rows(10)
+    standin.unmatched_hashes.update(h for r in rows[:3] for h in (r.email_sha256, r.phone_sha256))  # 70 % match
+    with Running(standin) as running:
+        dest = _ads(running)
+        added = dest.push(Op.ADD, rows, "add")
+        removed = dest.push(Op.REMOVE, rows[:2], "remove")
+    assert (added.received, added.matched) == (10, 10 * 61 // 100)  # MATCH_RANGE_61_TO_70: at least 61 %
+    assert (removed.received, removed.matched) == (2, 2)
+
+
 def test_a_full_size_batch_over_10_mib_is_accepted(tmp_path: Path):
     """Google caps identifiers per request, not bytes: 50,000 members with two hashes is about 10.5 MB."""
     standin = GoogleAdsStandIn()
