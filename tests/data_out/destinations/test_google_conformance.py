@@ -41,12 +41,14 @@ class Capture:
 
     def __init__(self, standin: StandIn) -> None:
         self.requests: list[tuple[str, str, dict[str, list[str]], bytes]] = []
+        self.headers: list[dict[str, str]] = []
         self.inner = standin.dispatch
         standin.dispatch = self  # type: ignore[method-assign]
 
     def __call__(self, req: Request) -> Response:
         if req.path != "/token" and not req.path.startswith("/_admin"):
             self.requests.append((req.method, req.path, req.query, req.body))
+            self.headers.append(req.headers)
         return self.inner(req)
 
 
@@ -75,15 +77,31 @@ def _parse(message: type[proto.Message], body: bytes) -> Any:
 
 
 @pytest.fixture(scope="module")
-def dm_requests(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, dict[str, list[str]], bytes]]:
-    _, capture = _scenario("google", tmp_path_factory.mktemp("dm"))
-    return capture.requests
+def dm_capture(tmp_path_factory: pytest.TempPathFactory) -> Capture:
+    return _scenario("google", tmp_path_factory.mktemp("dm"))[1]
 
 
 @pytest.fixture(scope="module")
-def ads_requests(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, dict[str, list[str]], bytes]]:
-    _, capture = _scenario("google_ads", tmp_path_factory.mktemp("ads"))
-    return capture.requests
+def ads_capture(tmp_path_factory: pytest.TempPathFactory) -> Capture:
+    return _scenario("google_ads", tmp_path_factory.mktemp("ads"))[1]
+
+
+@pytest.fixture
+def dm_requests(dm_capture: Capture) -> list[tuple[str, str, dict[str, list[str]], bytes]]:
+    return dm_capture.requests
+
+
+@pytest.fixture
+def ads_requests(ads_capture: Capture) -> list[tuple[str, str, dict[str, list[str]], bytes]]:
+    return ads_capture.requests
+
+
+@pytest.mark.parametrize("capture", ["dm_capture", "ads_capture"])
+def test_google_requests_carry_a_bearer_token_and_no_idempotency_key(capture: str, request: pytest.FixtureRequest):
+    """Google ignores ``Idempotency-Key``: relying on it would be a misunderstanding, so none is sent."""
+    headers = request.getfixturevalue(capture).headers
+    assert headers and all("idempotency-key" not in h for h in headers)
+    assert all(h["authorization"].startswith("Bearer ya29.") for h in headers)  # minted, not from the connection
 
 
 # -- Data Manager API ---------------------------------------------------------------------------------
