@@ -343,9 +343,13 @@ def test_the_google_ads_api_version_is_one_the_pinned_library_still_ships():
     assert int(API_VERSION[1:]) <= shipped[-1]
 
 
-def _ads(running: Running) -> GoogleAdsDestination:
+def _ads(running: Running, **extra: object) -> GoogleAdsDestination:
     settings = GoogleAdsSettings.model_validate({**CASES["google_ads"].settings, "type": "google_ads"})
-    return GoogleAdsDestination(AUDIENCE, settings, CASES["google_ads"].connection(running.url))
+    conn = CASES["google_ads"].connection(running.url)
+    conn = ConnectionInfo(
+        conn.conn_id, conn.conn_type, conn.host, login=conn.login, password=conn.password, extra={**conn.extra, **extra}
+    )
+    return GoogleAdsDestination(AUDIENCE, settings, conn)
 
 
 def _runs(standin: GoogleAdsStandIn) -> list[str]:
@@ -373,6 +377,19 @@ def test_a_batch_pushed_again_finds_its_job_and_does_not_apply_it_twice(tmp_path
         dest.push(Op.REMOVE, _rows(1), "batch-key-2")
     assert len(standin.jobs) == 2 and len(_runs(standin)) == 2
     assert len(standin.lists["customers/1234567890/userLists/555"]) == 2
+
+
+def test_a_job_still_running_when_the_task_gave_up_is_polled_again_not_rerun(tmp_path: Path):
+    standin = GoogleAdsStandIn(polls_until_done=10**6)
+    with Running(standin) as running:
+        with pytest.raises(DestinationError, match="not done after") as exc:
+            _ads(running, poll_timeout=0).push(Op.ADD, _rows(), "batch-key-1")
+        assert exc.value.retryable
+        [job] = standin.jobs.values()
+        assert job["status"] == "RUNNING"
+        standin.polls_until_done = job["polls"] + 2  # Google finishes it meanwhile
+        _ads(running).push(Op.ADD, _rows(), "batch-key-1")  # the task's retry: same batch, same key
+    assert len(standin.jobs) == 1 and len(_runs(standin)) == 1 and job["status"] == "SUCCESS"
 
 
 def test_a_failed_job_is_replaced_by_a_new_job_for_the_same_batch(tmp_path: Path):
