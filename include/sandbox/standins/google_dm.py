@@ -2,7 +2,8 @@
 
 Routes (v1, JSON as Google's REST transport speaks it): ``POST /v1/audienceMembers:ingest``,
 ``POST /v1/audienceMembers:remove``, ``POST /v1/audienceMembers:removeAll``,
-``GET /v1/requestStatus:retrieve?requestId=...``, and ``POST /token`` (``google_oauth``).
+``GET /v1/requestStatus:retrieve?requestId=...``, ``GET /v1/accountTypes/GOOGLE_ADS/accounts/{id}/userLists/{id}``
+(its ``sizeInfo``), and ``POST /token`` (``google_oauth``).
 
 Enforces what Google documents for these requests: OAuth bearer tokens that expire, only known fields
 (a misspelt or invented field is ``INVALID_ARGUMENT``, as proto JSON parsing refuses it), enum values by
@@ -186,6 +187,11 @@ class GoogleDataManagerStandIn(StandIn):
         self.route("POST", r"/v1/audienceMembers:remove", self.remove)
         self.route("POST", r"/v1/audienceMembers:removeAll", self.remove_all)
         self.route("GET", r"/v1/requestStatus:retrieve", self.status)
+        self.route(
+            "GET",
+            r"/v1/accountTypes/(?P<type>[A-Z_]+)/accounts/(?P<account>\d+)/userLists/(?P<list>\d+)",
+            self.user_list,
+        )
 
     def check_auth(self, req: Request) -> None:
         if req.path != "/token":
@@ -408,6 +414,23 @@ class GoogleDataManagerStandIn(StandIn):
                     entry["removeAllAudienceMembersStatus"] = {}
             out.append(entry)
         return Response(200, {"requestStatusPerDestination": out})
+
+    def user_list(self, req: Request, m: re.Match[str]) -> Response:
+        if m["type"] not in ACCOUNT_TYPES:
+            raise dm_error(400, "INVALID_ARGUMENT", f"unknown account type {m['type']}", "INVALID_ENUM_VALUE")
+        login = req.headers.get("login-account")
+        if login is not None and not re.fullmatch(r"accountTypes/[A-Z_]+/accounts/\d+", login):
+            raise dm_error(400, "INVALID_ARGUMENT", "login-account must be accountTypes/{type}/accounts/{id}")
+        # every list id is taken to exist (made in Google Ads beforehand); one never written to is empty
+        size = str(len(self.lists.get((m["account"], m["list"]), set())))
+        return Response(
+            200,
+            {
+                "name": f"accountTypes/{m['type']}/accounts/{m['account']}/userLists/{m['list']}",
+                "id": m["list"],
+                "sizeInfo": {"displayNetworkMembersCount": size, "searchNetworkMembersCount": size},
+            },
+        )
 
     # -- admin -------------------------------------------------------------------------------------
     def state(self) -> Any:

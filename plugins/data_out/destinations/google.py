@@ -16,7 +16,8 @@ processing status and, for an ingest, the record count and the upload's match-ra
 destination asks once after each request (and keeps asking for up to the connection's ``status_wait``
 seconds while it is ``PROCESSING``); the record count becomes the batch's ``received`` figure and the
 lower bound of the match-rate range its ``matched`` figure, which the run record and the daily match-rate
-check read. A ``FAILED`` request fails the batch with Google's error reasons.
+check read. A ``FAILED`` request fails the batch with Google's error reasons. The list's size is
+Google's estimate of its members on Search (``userLists`` ``sizeInfo``).
 
 Connection (type ``data_out_google``): ``host`` the API base URL (default
 https://datamanager.googleapis.com), the credential as ``google_auth`` describes, extras ``status_wait``
@@ -246,6 +247,18 @@ class GoogleDestination(Destination):
             return records, records
         floor = MATCH_RATE_FLOOR.get(rng)
         return records, None if floor is None else math.floor(records * floor / 100)
+
+    def size(self) -> int | None:
+        """The list's estimated members on Google Search (``sizeInfo.searchNetworkMembersCount``), as the
+        Google Ads path reads ``size_for_search``: Google's estimate, for the reconciliation gap check."""
+        s = self.settings
+        headers = {}
+        if s.login_customer_id:
+            headers["login-account"] = f"accountTypes/GOOGLE_ADS/accounts/{s.login_customer_id}"
+        path = f"/v1/accountTypes/GOOGLE_ADS/accounts/{s.customer_id}/userLists/{s.user_list_id}"
+        body = self.client.request("GET", path, headers=headers).json()
+        count = (body.get("sizeInfo") or {}).get("searchNetworkMembersCount")
+        return None if count is None else int(count)
 
     def close(self) -> None:
         self.client.close()

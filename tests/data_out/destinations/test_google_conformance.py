@@ -137,6 +137,10 @@ def test_every_data_manager_request_parses_strictly_with_googles_types(dm_reques
             assert set(query) == {"requestId"} and req.request_id
             kinds["status"] = kinds.get("status", 0) + 1
             continue
+        if method == "GET" and re.fullmatch(r"/v1/accountTypes/GOOGLE_ADS/accounts/\d{10}/userLists/\d+", path):
+            assert not body and not query  # GetUserListRequest: the name is the path, nothing else
+            kinds["size"] = kinds.get("size", 0) + 1
+            continue
         message = DM_ROUTES[(method, path)]  # no other route is called
         req = _parse(message, body)
         _check_members(req)
@@ -148,6 +152,7 @@ def test_every_data_manager_request_parses_strictly_with_googles_types(dm_reques
     # the scenario exercised every kind of request, and each accepted one was diagnosed
     assert kinds["IngestAudienceMembersRequest"] >= 3 and kinds["RemoveAudienceMembersRequest"] >= 1
     assert kinds["status"] == kinds["IngestAudienceMembersRequest"] + kinds["RemoveAudienceMembersRequest"]
+    assert kinds["size"] >= 3  # one size read a sync
 
 
 def test_the_data_manager_oracle_refuses_what_google_refuses(dm_requests):
