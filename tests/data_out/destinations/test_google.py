@@ -23,6 +23,7 @@ from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError, MemberRow, Op
 from data_out.destinations.google import GoogleDestination, GoogleSettings, describe_google_error
 from data_out.destinations.google_ads import API_VERSION, GoogleAdsDestination, GoogleAdsSettings
+from data_out.destinations.google_auth import token_uri
 from data_out.runner import RunFailed
 from data_out.state import ensure_schema
 from sandbox.standins.base import Request, Response, Running, StandIn
@@ -225,6 +226,15 @@ def test_a_service_account_key_signed_by_another_key_is_refused(tmp_path: Path):
         )
         with pytest.raises(DestinationError, match="service account key of connection 'g'.*Invalid JWT Signature"):
             GoogleDestination(AUDIENCE, _settings(), conn).push(Op.ADD, _rows(), "key-1")
+
+
+def test_the_token_endpoint_is_configurable():
+    def uri(host: str | None, extra: dict) -> str:
+        return token_uri(ConnectionInfo("g", "data_out_google", host=host, extra=extra), "https://api.example")
+
+    assert uri(None, {}) == "https://oauth2.googleapis.com/token"
+    assert uri("http://127.0.0.1:8080", {"token_uri": "/token"}) == "http://127.0.0.1:8080/token"
+    assert uri(None, {"token_uri": "https://sts.example/token"}) == "https://sts.example/token"
 
 
 def test_a_connection_without_a_credential_says_what_to_set():
