@@ -325,5 +325,8 @@ def test_only_the_webhook_stand_in_answers_a_repeated_idempotency_key_from_memor
     dest.push(Op.ADD, member, "do-same-key")
     dest.close()
     key_counts = [n for k, n in env.standin.applied.items() if k.startswith("do-same-key")]
-    assert key_counts == ([1] if env.standin.replays_idempotency_key else [2])
+    if env.case.type in ("google", "google_ads"):
+        assert key_counts == []  # Google has no idempotency key, so none is sent (jobs carry an external id)
+    else:
+        assert key_counts == ([1] if env.standin.replays_idempotency_key else [2])
     applied_once(env)
