@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,6 +38,8 @@ DEFAULT_AUDIENCES_DIR = Path(__file__).resolve().parents[2] / "include" / "audie
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,54}_v[0-9]{1,3}$")
 SCHEDULE_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once"}
+#: column names that say they hold contact data (a member key must be an opaque id)
+_CONTACT_COLUMN = re.compile(r"^(e_?mail|email_?address|phone|phone_?number|mobile|mobile_?number|msisdn)$", re.I)
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -68,6 +71,17 @@ class SqlSource(_Model):
     sql_file: str | None = Field(None, description="path relative to the audience file")
     query: str | None = None
     windows: dict[str, Duration] = Field(default_factory=dict)
+    statement_timeout: Duration = Field(
+        dt.timedelta(minutes=15),
+        description="longest a statement of the query may run before it is cancelled (e.g. 15m, 2h)",
+    )
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _timeout(cls, v: dt.timedelta) -> dt.timedelta:
+        if not dt.timedelta(seconds=1) <= v <= dt.timedelta(hours=24):
+            raise ValueError("must be between 1s and 24h (e.g. 15m)")
+        return v
 
     @model_validator(mode="after")
     def _one_of_file_or_query(self) -> SqlSource:
@@ -158,8 +172,8 @@ class AudienceConfig(_Model):
     status: Literal["active", "paused", "retired"] = "active"
     schedule: str | None = "@daily"
     source: Source
+    identifiers: Identifiers = Identifiers()  # before member_key: its validator reads the mapping
     member_key: str = "customer_id"
-    identifiers: Identifiers = Identifiers()
     holdout: Holdout | None = None
     exclusions: list[str] = Field(default_factory=list)
     destinations: list[_destination_union()] = Field(min_length=1)  # type: ignore[valid-type]
@@ -189,6 +203,26 @@ class AudienceConfig(_Model):
     def _schedule(cls, v: str | None) -> str | None:
         if v is not None and v not in SCHEDULE_PRESETS and not croniter.is_valid(v):
             raise ValueError(f"{v!r} is neither a cron expression nor one of {sorted(SCHEDULE_PRESETS)}")
+        return v
+
+    @field_validator("member_key")
+    @classmethod
+    def _member_key_is_not_contact_data(cls, v: str, info: ValidationInfo) -> str:
+        """The member key is stored raw in the state tables and sent as Segment's userId and in webhook
+        payloads: a column of emails or phone numbers would spread them everywhere."""
+        ids = info.data.get("identifiers")
+        mapped = {}
+        if isinstance(ids, Identifiers):
+            mapped = {"identifiers.email": ids.email, "identifiers.phone": ids.phone}
+            mapped.update({f"identifiers.extra.{k}": c for k, c in ids.extra.items()})
+        used_as = [name for name, column in mapped.items() if column and column == v]
+        if used_as or _CONTACT_COLUMN.match(v):
+            what = f"the column mapped as {used_as[0]}" if used_as else "a column of contact data by its name"
+            raise ValueError(
+                f"member_key {v!r} is {what}; the member key is stored and sent unhashed, so it must be a "
+                "stable customer id, never an email, a phone number or other personal data. Select your "
+                "customer id (or another opaque id) and name its column here"
+            )
         return v
 
     @model_validator(mode="after")

@@ -100,6 +100,7 @@ class AudienceRunner:
             window_params(as_of, src.windows),
             required,
             label=f"audience {cfg.name} ({src.sql_file or 'inline query'})",
+            statement_timeout=src.statement_timeout,
         )
 
     def exclusion_sources(self, as_of: dt.datetime) -> dict[str, tuple[Source, str]]:

@@ -43,7 +43,7 @@ from data_out import changes, faults, figures, state, state_errors
 from data_out.config import AudienceConfig
 from data_out.identity import NORMALIZATION_VERSION
 from data_out.normalise import Normaliser, in_order, workers_for
-from data_out.sources.base import Source, member_key
+from data_out.sources.base import Source, contact_keys_error, looks_like_contact, member_key
 from data_out.sources.warehouse import query_failed
 from data_out.staging_sql import InDatabase, InDatabaseStaging
 
@@ -267,6 +267,9 @@ class Stager:
             keyed.append((key, raw_fingerprint(self._context, raw), raw))
         if not keyed:
             return
+        contact = sum(1 for key, _, _ in keyed if looks_like_contact(key))
+        if contact:  # before anything of this batch is written
+            raise contact_keys_error(f"audience {cfg.name}", cfg.member_key, contact, f"in a batch of {len(rows)} rows")
         m = state.member
         with self.engine.begin() as conn:
             known = dict(

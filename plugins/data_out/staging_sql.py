@@ -47,8 +47,15 @@ from sqlalchemy import Connection, Engine, Select, and_, column, delete, func, s
 from data_out import figures, state
 from data_out.config import AudienceConfig
 from data_out.normalise import MEMBER_COLUMNS
-from data_out.sources.base import KEY_WHITESPACE, MAX_MEMBER_KEY_LENGTH, Source, SourceError
-from data_out.sources.warehouse import SqlSource
+from data_out.sources.base import (
+    KEY_WHITESPACE,
+    MAX_MEMBER_KEY_LENGTH,
+    Source,
+    SourceError,
+    contact_key_sql,
+    contact_keys_error,
+)
+from data_out.sources.warehouse import SqlSource, read_only_section
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +154,8 @@ class InDatabase:
         encoding = conn.execute(text("SHOW server_encoding")).scalar()
         if str(encoding).upper() not in {"UTF8", "UTF-8"}:
             return f"the database encoding is {encoding}, not UTF8"
-        cursor = conn.execute(text(f"SELECT * FROM ({self.sql}) AS src LIMIT 0"), self.params()).cursor
+        with read_only_section(conn, self.source):
+            cursor = conn.execute(text(f"SELECT * FROM ({self.sql}) AS src LIMIT 0"), self.params()).cursor
         types = {col.name: col.type_code for col in cursor.description or ()}
         needed = [self.key_column, *(c for c in self.value_columns if c)]
         missing = [c for c in needed if c not in types]
@@ -215,8 +223,17 @@ class InDatabaseStaging:
             SELECT nullif({p.key_expr()}, '') AS member_key, {p.fingerprint_expr()} AS fp{values if with_values else ""}
             FROM ({p.sql}) AS src"""
 
-    def _diff_sql(self, table: str, half: int | None = None) -> str:
-        """The full join of the source with the snapshot into ``table``; ``half``: only keys of that hash parity.
+    def _materialise(self, conn: Connection, table: str, select_sql: str) -> None:
+        """``select_sql`` into a new temporary ``table``: created empty, then filled in a read-only section.
+
+        (``CREATE TABLE AS`` is refused in read-only mode, so the table is made first, from the plan alone.)
+        """
+        conn.execute(text(f"CREATE TEMP TABLE {table} ON COMMIT DROP AS {select_sql} WITH NO DATA"), self._params())
+        with read_only_section(conn, self.plan.source):
+            conn.execute(text(f"INSERT INTO {table} {select_sql}"), self._params())
+
+    def _diff_sql(self, half: int | None = None) -> str:
+        """The full join of the source with the snapshot; ``half``: only keys of that hash parity.
 
         Key-less rows go with half 0, so each source row lands in exactly one half.
         """
@@ -225,7 +242,6 @@ class InDatabaseStaging:
             source = f" WHERE coalesce(hashtext(r.member_key) & 1, 0) = {half}"
             snapshot = f" AND (hashtext(member_key) & 1) = {half}"
         return f"""
-            CREATE TEMP TABLE {table} ON COMMIT DROP AS
             SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
                    1 AS n, {", ".join(f"s.v{i}" for i in range(len(self.plan.value_columns)))}
             FROM (SELECT * FROM ({self._source_rows(with_values=True)}) AS r{source}) AS s
@@ -246,12 +262,13 @@ class InDatabaseStaging:
         if before >= SPLIT_MIN_MEMBERS:
             self._find_delta_in_halves(conn)
         else:
-            conn.execute(text(self._diff_sql("do_delta")), self._params())
+            self._materialise(conn, "do_delta", self._diff_sql())
         conn.execute(  # an over-long key matched nothing, so every such row is here: it has no usable key
             text(f"UPDATE do_delta SET src_key = NULL WHERE length(src_key) > {MAX_MEMBER_KEY_LENGTH}")
         )
         # the source's row count, a read without any expression (key-less rows are all in the delta)
-        rows = state.scalar_int(conn, text(f"SELECT count(*) FROM ({self.plan.sql}) AS src"), **self.plan.params())
+        with read_only_section(conn, self.plan.source):
+            rows = state.scalar_int(conn, text(f"SELECT count(*) FROM ({self.plan.sql}) AS src"), **self.plan.params())
         gone, new_keys, missing = conn.execute(
             text(
                 """
@@ -265,6 +282,7 @@ class InDatabaseStaging:
         if rows - missing > before - gone + new_keys:  # more keyed rows than distinct keys: a key appears twice
             conn.execute(text("DROP TABLE do_delta"))
             self._find_grouped_delta(conn)
+        self._refuse_contact_keys(conn)
         conn.execute(text("ANALYZE do_delta"))  # temp tables are never auto-analysed
         row = conn.execute(
             text(
@@ -302,7 +320,7 @@ class InDatabaseStaging:
                     helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
                     helper.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
                     helper.execute(text(_NO_WORKERS))
-                    helper.execute(text(self._diff_sql("do_delta_half", half=1)), self._params())
+                    self._materialise(helper, "do_delta_half", self._diff_sql(half=1))
                 except BaseException as exc:  # re-raised in the staging thread below
                     failed.append(exc)
 
@@ -310,7 +328,7 @@ class InDatabaseStaging:
             thread.start()
             try:
                 conn.execute(text(_NO_WORKERS))
-                conn.execute(text(self._diff_sql("do_delta", half=0)), self._params())
+                self._materialise(conn, "do_delta", self._diff_sql(half=0))
                 conn.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))  # the scans that follow
             finally:
                 thread.join()
@@ -330,10 +348,10 @@ class InDatabaseStaging:
     def _find_grouped_delta(self, conn: Connection) -> None:
         """The delta for a source with duplicate keys: grouped by key, the lowest fingerprint stands."""
         self.grouped = True
-        conn.execute(
-            text(
-                f"""
-                CREATE TEMP TABLE do_delta ON COMMIT DROP AS
+        self._materialise(
+            conn,
+            "do_delta",
+            f"""
                 WITH s AS (
                     SELECT member_key, min(fp) AS raw_fp, count(*) AS n
                     FROM ({self._source_rows(with_values=False)}) AS r
@@ -346,10 +364,14 @@ class InDatabaseStaging:
                        s.raw_fp AS new_fp, m.raw_fp AS old_fp, coalesce(s.n, 0) AS n
                 FROM s FULL JOIN m ON m.member_key = s.member_key
                 WHERE s.raw_fp IS DISTINCT FROM m.raw_fp OR s.n > 1
-                """
-            ),
-            self._params(),
+                """,
         )
+
+    def _refuse_contact_keys(self, conn: Connection) -> None:
+        """Every key that reaches the snapshot passes through the delta: refuse emails and phones there."""
+        found = state.scalar_int(conn, text(f"SELECT count(*) FROM do_delta WHERE {contact_key_sql('src_key')}"))
+        if found:
+            raise contact_keys_error(self.plan.source.label, self.plan.key_column, found, "among new and changed rows")
 
     @staticmethod
     def changed_keys() -> Select:
@@ -393,14 +415,20 @@ class InDatabaseStaging:
             sql = f"SELECT src_key, new_fp, n, {', '.join(values)} FROM do_delta WHERE src_key IS NOT NULL"
         else:
             # one row per key: identical duplicates (same fingerprint, same values) must not reach
-            # the COPY twice, and they may fall into different batches
-            sql = f"""
+            # the COPY twice, and they may fall into different batches. Read from the source into a
+            # table first: a cursor over the source would go on evaluating it outside the read-only section
+            self._materialise(
+                conn,
+                "do_changed",
+                f"""
                 SELECT DISTINCT ON (d.src_key) d.src_key, d.new_fp, d.n, {", ".join("s." + v for v in values)}
                 FROM ({self._source_rows(with_values=True)}) AS s
                 JOIN do_delta d ON d.src_key = s.member_key
                 WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = s.fp
                 ORDER BY d.src_key
-                """
+                """,
+            )
+            sql = "SELECT * FROM do_changed"
         result = conn.execute(
             text(sql),
             self._params(),
@@ -420,15 +448,24 @@ class InDatabaseStaging:
                 copy.write_row(row)
 
     def stage_exclusion(self, conn: Connection, excluded: InDatabase) -> None:
-        """An excluded audience whose source is in this database: one INSERT ... SELECT."""
+        """An excluded audience whose source is in this database: its keys read read-only, then inserted."""
+        conn.execute(text("CREATE TEMP TABLE do_excluded_keys (k text) ON COMMIT DROP"))
+        with read_only_section(conn, excluded.source):
+            conn.execute(
+                text(
+                    f"""
+                    INSERT INTO do_excluded_keys
+                    SELECT k FROM (SELECT {excluded.key_expr()} AS k FROM ({excluded.sql}) AS src) AS r
+                    WHERE length(k) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH}
+                    """
+                ),
+                excluded.params(ws=KEY_WHITESPACE),
+            )
         conn.execute(
             text(
-                f"""
-                INSERT INTO do_exclusion (audience, member_key)
-                SELECT DISTINCT :aud, k FROM (SELECT {excluded.key_expr()} AS k FROM ({excluded.sql}) AS src) AS r
-                WHERE length(k) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH}
-                ON CONFLICT DO NOTHING
-                """
+                "INSERT INTO do_exclusion (audience, member_key) SELECT DISTINCT :aud, k FROM do_excluded_keys "
+                "ON CONFLICT DO NOTHING"
             ),
-            excluded.params(aud=self.audience, ws=KEY_WHITESPACE),
+            {"aud": self.audience},
         )
+        conn.execute(text("DROP TABLE do_excluded_keys"))

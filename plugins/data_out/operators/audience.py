@@ -22,6 +22,7 @@ from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.lease import LeaseHeld
 from data_out.redact import scrub
 from data_out.runner import AudienceRunner, RunFailed
+from data_out.sources.base import SourceError
 from data_out.state_errors import StateDatabaseError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class AudienceStepOperator(BaseOperator):
             raise  # retryable: Airflow retries the task; state holds only what was committed
         except FATAL as exc:
             raise AirflowFailException(str(exc)) from None
-        except DestinationError as exc:
+        except (DestinationError, SourceError) as exc:
             if exc.retryable:
                 raise
             raise AirflowFailException(str(exc)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -9,7 +10,15 @@ Row = Mapping[str, Any]
 
 
 class SourceError(Exception):
-    """The source could not be read. The message names the audience and source, never a row's values."""
+    """The source could not be read. The message names the audience and source, never a row's values.
+
+    ``retryable`` is False when running the task again cannot help (a refused credential, a query that
+    tries to write): the task then fails at once instead of spending its retries.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class Source(Protocol):
@@ -38,3 +47,34 @@ def member_key(raw: Any) -> str | None:
     if not key or len(key) > MAX_MEMBER_KEY_LENGTH:
         return None
     return key
+
+
+#: a key with an at sign (ASCII or full-width) is an email address, or close enough to one
+_EMAIL_MARKS = ("@", "\uff20")
+#: phone-shaped keys: a leading ``+`` and digits, or digit groups split by phone separators. Plain
+#: digit strings are accepted: numeric customer ids look exactly like them. The same pattern is used
+#: by Python's ``re`` and Postgres' regular expressions (``contact_key_sql``).
+_SEP = "[ .\\-\u2013/]"
+PHONE_PATTERN = f"^(\\+[0-9][0-9 ().\\-\u2013/]{{5,}}[0-9]|\\(?[0-9]{{2,4}}\\)?{_SEP}[0-9]{{2,4}}{_SEP}[0-9]{{3,5}})$"
+_PHONE = re.compile(PHONE_PATTERN)
+
+
+def contact_key_sql(key: str) -> str:
+    """``looks_like_contact`` as a Postgres condition on the text expression ``key``."""
+    marks = " OR ".join(f"strpos({key}, '{m}') > 0" for m in _EMAIL_MARKS)
+    return f"({marks} OR {key} ~ '{PHONE_PATTERN}')"
+
+
+def looks_like_contact(key: str) -> bool:
+    """Whether a member key looks like an email address or a phone number (never stored or sent raw)."""
+    return any(m in key for m in _EMAIL_MARKS) or bool(_PHONE.match(key))
+
+
+def contact_keys_error(label: str, member_key_column: str, found: int, scanned: str) -> SourceError:
+    """Staging refuses such keys: the count only, never a value."""
+    return SourceError(
+        f"{label}: {found} member keys in column {member_key_column!r} ({scanned}) look like email addresses or "
+        "phone numbers; member keys are stored and sent unhashed, so nothing was staged. Point member_key "
+        "at a customer id (an opaque id) in the audience file, then clear the stage task",
+        retryable=False,
+    )
