@@ -1,5 +1,8 @@
 """Run history for humans: the last runs of an audience, one row per destination sync.
 
+``no key`` counts the source rows staged without a usable member key (for a Customer.io segment: people
+without an id), which no destination receives.
+
     python -m data_out.history cio_cart_abandon_6h_v1 --last 10
 
 (with ``PYTHONPATH=plugins`` and the ``data_out_state`` connection in the environment, as ``make
@@ -32,6 +35,7 @@ def history_rows(engine: Engine, audience: str, last: int = 10) -> list[dict[str
                 r.c.status,
                 r.c.members,
                 r.c.held_out,
+                r.c.missing_keys,
                 r.c.stage_seconds,
                 s.c.destination,
                 s.c.mode,
@@ -63,6 +67,7 @@ def history_table(rows: list[dict[str, Any]]) -> str:
         "run status",
         "members",
         "held out",
+        "no key",
         "destination",
         "mode",
         "sync status",
@@ -84,6 +89,7 @@ def history_table(rows: list[dict[str, Any]]) -> str:
                 x["status"],
                 x["members"],
                 x["held_out"],
+                x["missing_keys"] or 0,
                 x["destination"] or "-",
                 x["mode"] or "-",
                 x["sync_status"] or "-",

@@ -1,75 +1,145 @@
-"""Customer.io App API stand-in: segment membership pages and customer counts.
+"""Customer.io App API stand-in: segment membership and customer counts, as the public App API docs
+describe them (the "List customers in a segment" and "Get a segment customer count" operations).
 
-Enforces the bearer App API key, ``limit`` of 1 to 30,000, the opaque ``start``/``next`` cursor and
-about 10 requests a second (429 with Retry-After past that). Segments can be changed between pages
-(``on_page``), as real segments do while someone pages through them.
+What it holds to, independently of how Data Out's client happens to call it:
+
+* auth: ``Authorization: Bearer <App API key>``; a missing or wrong key is answered 401;
+* ``GET /v1/segments/{segment_id}/membership``: ``limit`` an integer from 1 to 30,000 (default 1,000),
+  ``start`` the opaque ``next`` value of the previous page. Each page carries ``identifiers`` (objects
+  with ``email``, ``id`` and ``cio_id``; an unset ``id`` or ``email`` is ``null``), the older ``ids``
+  array (an empty string for a person without an id) and ``next``. People are listed in the order
+  Customer.io stored them and a cursor remembers the last person served, not an offset, so people who
+  leave or join between pages never shift the others. A full page always carries a ``next``, even when
+  nobody follows: the page after it is empty with an empty ``next``;
+* ``GET /v1/segments/{segment_id}/customer_count``: ``{"segment_id": .., "count": ..}``; 404 for a
+  segment that does not exist;
+* at most 10 requests in any second, per workspace: past that, 429 **without** a ``Retry-After``
+  header (the docs promise none). ``throttled`` counts them.
+
+Tests can change a segment between pages (``on_page``), serve one page with an unexpected shape
+(``malformed_page``), and use the shared fault plan (``base.FaultPlan``).
 """
 
 from __future__ import annotations
 
-import base64
 import re
+import secrets
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.standins.base import HttpError, Request, Response, StandIn, bearer
+from sandbox.standins.base import HttpError, Request, Response, StandIn
 
 MAX_LIMIT = 30_000
+DEFAULT_LIMIT = 1_000
+REQUESTS_PER_SECOND = 10
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"meta": {"error": message}}
 
 
 class CustomerIOStandIn(StandIn):
     name = "customerio"
-    rate_per_second = 10.0
-    burst = 10
+    rate_per_second = float(REQUESTS_PER_SECOND)
     persistent = ("segments",)
 
     def __init__(self, token: str = "cio-app-key") -> None:
         self.token = token
+        #: segment id (text) -> its people, each ``{"id", "email", "cio_id"}`` (``id``/``email`` may be absent)
         self.segments: dict[str, list[dict[str, Any]]] = {}
         self.on_page: Callable[[str, int], None] | None = None  # (segment, page number) after each page
         self.pages_served = 0
         self.malformed_page: int | None = None  # serve this page number with an unexpected shape
+        self.throttled = 0  # requests answered 429 for going over the rate limit
+        self.arrivals: list[float] = []  # when each request reached the rate limiter (monotonic seconds)
+        self._window: deque[float] = deque()  # when the requests of the last second were accepted
+        self._order: dict[str, int] = {}  # cio_id -> storage order, given when first seen
+        self._cursors: dict[str, tuple[str, int]] = {}  # next token -> (segment, last order served)
         super().__init__()
 
     def setup_routes(self) -> None:
-        self.route("GET", r"/v1/segments/(?P<seg>\d+)/membership", self.membership)
-        self.route("GET", r"/v1/segments/(?P<seg>\d+)/customer_count", self.count)
+        self.route("GET", r"/v1/segments/(?P<seg>[0-9]+)/membership", self.membership)
+        self.route("GET", r"/v1/segments/(?P<seg>[0-9]+)/customer_count", self.count)
 
+    # -- the vendor's rules ------------------------------------------------------------------------
     def check_auth(self, req: Request) -> None:
-        bearer(req, self.token)
+        if req.headers.get("authorization") != f"Bearer {self.token}":
+            raise HttpError(401, _error("Unauthorized request"))
+
+    def _take_token(self) -> bool:
+        """A sliding window: at most ``REQUESTS_PER_SECOND`` accepted in any second."""
+        now = time.monotonic()
+        self.arrivals.append(now)
+        while self._window and now - self._window[0] >= 1.0:
+            self._window.popleft()
+        if len(self._window) >= REQUESTS_PER_SECOND:
+            self.throttled += 1
+            return False
+        self._window.append(now)
+        return True
+
+    def rate_limited(self) -> Response:
+        return Response(429, _error("Too many requests"))
+
+    def server_error(self, status: int) -> Response:
+        return Response(status, _error(f"injected {status}"))  # no Retry-After, not even on 429
 
     def _segment(self, seg: str) -> list[dict[str, Any]]:
         if seg not in self.segments:
-            raise HttpError(404, {"meta": {"error": f"segment {seg} not found"}})
-        return self.segments[seg]
+            raise HttpError(404, _error(f"segment {seg} not found"))
+        members = self.segments[seg]
+        for p in members:  # storage order: people are listed in the order they were first stored
+            self._order.setdefault(p["cio_id"], len(self._order))
+        return sorted(members, key=lambda p: self._order[p["cio_id"]])
+
+    @staticmethod
+    def _limit(req: Request) -> int:
+        raw = req.query.get("limit", [str(DEFAULT_LIMIT)])[-1]
+        if not re.fullmatch(r"[0-9]{1,9}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
+            raise HttpError(400, _error(f"limit must be an integer between 1 and {MAX_LIMIT}"))
+        return int(raw)
 
     def membership(self, req: Request, m: re.Match[str]) -> Response:
-        members = self._segment(m["seg"])
-        limit = int(req.query.get("limit", ["1000"])[0])
-        if not 1 <= limit <= MAX_LIMIT:
-            raise HttpError(400, {"meta": {"error": f"limit must be between 1 and {MAX_LIMIT}"}})
-        start_token = req.query.get("start", [""])[0]
-        start = int(base64.b64decode(start_token).decode()) if start_token else 0
-        page = members[start : start + limit]
-        nxt = base64.b64encode(str(start + limit).encode()).decode() if start + limit < len(members) else ""
+        seg = m["seg"]
+        members = self._segment(seg)
+        limit = self._limit(req)
+        after = -1
+        start = req.query.get("start", [""])[-1]
+        if start:
+            if self._cursors.get(start, ("", 0))[0] != seg:
+                raise HttpError(400, _error("start is not a value of next from this segment"))
+            after = self._cursors[start][1]
+        page = [p for p in members if self._order[p["cio_id"]] > after][:limit]
+        nxt = ""
+        if len(page) == limit:
+            nxt = secrets.token_urlsafe(24)
+            self._cursors[nxt] = (seg, self._order[page[-1]["cio_id"]])
         self.pages_served += 1
         if self.malformed_page == self.pages_served:
             return Response(200, {"identifiers": {"unexpected": True}, "next": nxt})
         body = {
-            "identifiers": [{"id": p.get("id"), "email": p.get("email"), "cio_id": p["cio_id"]} for p in page],
-            "ids": [p.get("id") for p in page],
+            "identifiers": [{"email": p.get("email"), "id": p.get("id"), "cio_id": p["cio_id"]} for p in page],
+            "ids": [p.get("id") or "" for p in page],
             "next": nxt,
         }
         if self.on_page:
-            self.on_page(m["seg"], self.pages_served)
+            self.on_page(seg, self.pages_served)
         return Response(200, body)
 
     def count(self, req: Request, m: re.Match[str]) -> Response:
-        return Response(200, {"count": len(self._segment(m["seg"]))})
+        return Response(200, {"segment_id": int(m["seg"]), "count": len(self._segment(m["seg"]))})
 
+    # -- for tests and the demo --------------------------------------------------------------------
     def state(self) -> Any:
         return {seg: len(members) for seg, members in self.segments.items()}
 
     def reset_state(self) -> None:
         self.segments.clear()
         self.pages_served = 0
+        self.throttled = 0
+        self.arrivals.clear()
+        self._window.clear()
+        self._cursors.clear()
+        self._order.clear()

@@ -2,18 +2,28 @@
 
 Connection (type ``data_out_customerio``): ``password`` the App API key; ``host`` the API base URL, or
 extra ``region: eu`` for https://api-eu.customer.io (default US, https://api.customer.io); extra
-``requests_per_second`` (default 10, Customer.io's limit). Pages are requested with ``limit`` up to
-30,000 and followed by ``next`` until it is empty; 429 and 5xx are retried by the shared HTTP client.
-The segment's ``customer_count`` is read first and compared with what was streamed, since a segment can
-change while it is being paged.
+``requests_per_second`` (default 9). Pages are requested with ``limit`` up to 30,000 and followed by
+``next`` until it is empty; 429 and 5xx are retried by the shared HTTP client. The segment's
+``customer_count`` is read first and compared with what was streamed, since a segment can change while
+it is being paged.
+
+Customer.io allows 10 App API requests a second and answers more with a 429 that carries no
+``Retry-After``, so every request, retries included, waits its turn in a token bucket paced under the
+limit (``Pacer``). A refused key (401, 403) fails at once: no retry can fix a credential. People
+without an ``id`` cannot be keyed by customer id: they are counted as rows without a member key, and
+their number is logged (never their email).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
 
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError
@@ -24,6 +34,43 @@ log = logging.getLogger(__name__)
 
 REGIONS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 MAX_PAGE = 30_000
+#: under Customer.io's 10 requests a second, so jitter on the way never makes two requests count as 11
+DEFAULT_REQUESTS_PER_SECOND = 9.0
+_AUTH_REFUSED = {401, 403}
+
+
+class Pacer:
+    """A token bucket holding one token: requests leave at most ``rate`` a second, evenly spaced."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)  # pacing, not waiting for a condition: the vendor counts requests per second
+
+
+class _PacedAdapter(HTTPAdapter):
+    """Every request this session sends (first tries and retries alike) waits for the pacer; the last
+    status is kept so a refused key can be told from other refusals."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        super().__init__()
+        self.pacer = pacer
+        self.last_status: int | None = None
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.pacer.wait()
+        self.last_status = None
+        resp = super().send(request, **kwargs)
+        self.last_status = resp.status_code
+        return resp
 
 
 class CustomerIOSource:
@@ -35,33 +82,46 @@ class CustomerIOSource:
             default_base_url=REGIONS.get(region, REGIONS["us"]),
             headers={"Authorization": f"Bearer {conn.password or ''}"},
         )
-        self.min_interval = 1.0 / float(conn.extra.get("requests_per_second", 10))
+        rate = float(conn.extra.get("requests_per_second", DEFAULT_REQUESTS_PER_SECOND))
+        self.adapter = _PacedAdapter(Pacer(rate))
+        self.client.session.mount("https://", self.adapter)
+        self.client.session.mount("http://", self.adapter)
+        self.conn_id = conn.conn_id
         self.segment_id = segment_id
         self.page_size = min(page_size, MAX_PAGE)
         self.label = label
         self.reported_count: int | None = None
-        self._last = 0.0
+        self.missing_ids = 0  # people in the segment without an id (counted, never logged by value)
 
-    def _get(self, path: str, **params: Any) -> Any:
-        wait = self._last + self.min_interval - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)  # stay under the API's rate limit instead of provoking 429s
-        self._last = time.monotonic()
+    def _get(self, path: str, where: str, **params: Any) -> Any:
         try:
             resp = self.client.request("GET", path, params=params)
         except DestinationError as exc:
-            raise SourceError(f"{self.label}: {exc}") from None
+            status = self.adapter.last_status
+            if status in _AUTH_REFUSED:
+                raise SourceError(
+                    f"{self.label}: Customer.io refused the App API key of connection {self.conn_id!r} "
+                    f"(HTTP {status}) {where}; nothing was staged from this run. Set that connection's password "
+                    "to a valid App API key with access to this workspace's segments (Customer.io: Settings, "
+                    "API Credentials, App API Keys; the EU region also needs extra region: eu), then clear "
+                    "the stage task",
+                    retryable=False,
+                ) from None
+            raise SourceError(
+                f"{self.label}: {exc} ({where}); nothing was staged from this run", retryable=exc.retryable
+            ) from None
         try:
             return resp.json()
         except ValueError:  # an empty body, or a proxy's HTML page answered with a 2xx
             raise SourceError(
                 f"{self.label}: GET {path} answered {resp.status_code} with {len(resp.content)} bytes that are not "
-                "JSON; nothing was staged from this run. Check the connection's host (base URL) and clear the task"
+                f"JSON ({where}); nothing was staged from this run. Check the connection's host (base URL) and "
+                "clear the task"
             ) from None
 
     def iter_batches(self, batch_size: int) -> Iterator[list[Row]]:
         base = f"/v1/segments/{self.segment_id}"
-        count = self._get(f"{base}/customer_count")
+        count = self._get(f"{base}/customer_count", "reading the segment's customer count")
         reported = count.get("count") if isinstance(count, dict) else None
         self.reported_count = reported if isinstance(reported, int) and not isinstance(reported, bool) else None
         start, page, streamed = "", 0, 0
@@ -70,21 +130,35 @@ class CustomerIOSource:
             params: dict[str, Any] = {"limit": self.page_size}
             if start:
                 params["start"] = start
-            body = self._get(f"{base}/membership", **params)
+            where = _page(page, start, streamed)
+            body = self._get(f"{base}/membership", where, **params)
             ids = body.get("identifiers") if isinstance(body, dict) else None
             nxt = body.get("next", "") if isinstance(body, dict) else None
             if not isinstance(ids, list) or not isinstance(nxt, str) or not all(isinstance(i, dict) for i in ids):
                 raise SourceError(
                     f"{self.label}: page {page} of Customer.io segment {self.segment_id} has an unexpected shape "
-                    '(expected identifiers: [..] and next: "..."); nothing was staged from this run'
+                    f'(expected identifiers: [..] and next: "..."; {where}); nothing was staged from this run'
                 )
             rows = [{"customer_id": i.get("id"), "email": i.get("email"), "cio_id": i.get("cio_id")} for i in ids]
+            self.missing_ids += sum(1 for r in rows if r["customer_id"] in (None, ""))
             streamed += len(rows)
             for k in range(0, len(rows), batch_size):
                 yield rows[k : k + batch_size]
             if not nxt:
                 break
             start = nxt
+        self._report(streamed, page)
+
+    def _report(self, streamed: int, pages: int) -> None:
+        log.info("%s: %d members in %d pages", self.label, streamed, pages)
+        if self.missing_ids:
+            log.warning(
+                "%s: %d of %d members have no id in Customer.io and cannot be synced by customer id; "
+                "they are counted as rows without a member key",
+                self.label,
+                self.missing_ids,
+                streamed,
+            )
         if self.reported_count is not None and streamed != self.reported_count:
             log.warning(
                 "%s: streamed %d members, Customer.io reported %d before paging (the segment changed)",
@@ -92,3 +166,9 @@ class CustomerIOSource:
                 streamed,
                 self.reported_count,
             )
+
+
+def _page(page: int, start: str, streamed: int) -> str:
+    """Where paging stood, for an error: the page number, its ``start`` cursor (opaque, not a secret)."""
+    cursor = f"start={start[:80]!r}" if start else "the first page, no start cursor"
+    return f"stopped at page {page}, {cursor}, after {streamed} members"
