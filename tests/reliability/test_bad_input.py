@@ -463,7 +463,7 @@ CORPUS: dict[str, Case] = {
     "sql_that_writes": Case(
         "run",
         lambda w: w.write_sql("DELETE FROM people"),
-        ("(sql/bad_input.sql): the query returns no rows (it is not a SELECT)", "must be a SELECT"),
+        ("(sql/bad_input.sql): the query tried to change the database and was refused", "must be a SELECT"),
         check=_warehouse_intact,
     ),
     "sql_fails_quoting_a_value_postgres": Case(

@@ -145,9 +145,9 @@ def read_only_section(conn: Connection, source: SqlSource) -> Iterator[None]:
 
 
 _WRITE_FIX = (
-    "Audience queries run read-only: make it a plain SELECT of the members, without data-changing "
-    "statements or side-effecting functions (nextval, setval, lo_*, pg_terminate_backend...), "
-    "then clear the stage task"
+    "Audience queries run read-only: an audience query must be a SELECT of its members, without "
+    "data-changing statements or side-effecting functions (nextval, setval, lo_*, pg_terminate_backend...); "
+    "fix it, then clear the stage task"
 )
 
 
