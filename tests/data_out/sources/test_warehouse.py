@@ -253,3 +253,32 @@ def test_the_documented_role_cannot_terminate_sessions_or_write(
             conn.execute(text("INSERT INTO people VALUES ('x', 'y')"))
     rows = list(SqlSource(engine, "SELECT customer_id FROM people", {}, [], "audience r").iter_batches(100))
     assert sum(len(b) for b in rows) == 20
+
+
+def test_pg_in_database_halves_and_exclusions_are_read_only_too(
+    tmp_path: Path, pg_database: ConnectionInfo, monkeypatch: pytest.MonkeyPatch
+):
+    """The diff in two halves (a helper connection) and an excluded audience's keys evaluate SQL too."""
+    from data_out import staging_sql
+
+    w = World(tmp_path, pg_database, pg_database)
+    monkeypatch.setattr(staging_sql, "SPLIT_MIN_MEMBERS", 0)  # always two halves
+    w.audience("SELECT customer_id, email, nextval('seq') AS n FROM people")
+    _refused(w.run(), "tried to change the database", "nextval")
+    write_audience(
+        tmp_path / "aud",
+        "excluded_v1",
+        """
+        name: excluded_v1
+        owner: tests
+        purpose: an exclusion whose query writes
+        source: {conn_id: wh, query: "SELECT customer_id, setval('seq', 99) AS s FROM people"}
+        destinations: [{type: memory, audience_id: other}]
+        """,
+    )
+    w.audience("SELECT customer_id, email FROM people")
+    path = tmp_path / "aud" / f"{AUD}.yaml"
+    path.write_text(path.read_text() + "exclusions: [excluded_v1]\n")
+    run = w.run()
+    assert run["status"] == "failed" and "excluded_v1" in run["error"] and "tried to change" in run["error"]
+    assert w.scalar("SELECT last_value FROM seq") == 1
