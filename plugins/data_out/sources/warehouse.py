@@ -15,6 +15,7 @@ stop (signalling other sessions, reading server files) is stopped by the read-on
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,10 @@ DEFAULT_STATEMENT_TIMEOUT = dt.timedelta(minutes=15)
 _SQLITE_PROGRESS_STEPS = 10_000
 #: Postgres: read_only_sql_transaction, insufficient_privilege, query_canceled (the timeout)
 _PG_READ_ONLY, _PG_DENIED, _PG_CANCELED = "25006", "42501", "57014"
+#: syntax_error, feature_not_supported: what Postgres answers a data-changing statement inside a subquery
+#: or a cursor ("DECLARE CURSOR must not contain data-modifying statements in WITH")
+_PG_NOT_IN_A_CURSOR = {"42601", "0A000"}
+_WRITES = re.compile(r"\b(DELETE\s+FROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|MERGE\s+INTO|TRUNCATE)\b", re.I)
 #: the functions whose effects read-only mode does not stop, looked for after an in-database read
 _LARGE_OBJECTS = "SELECT count(*) FROM pg_largeobject_metadata"
 
@@ -152,8 +157,13 @@ _WRITE_FIX = (
 
 
 def _is_refused_write(exc: SQLAlchemyError) -> bool:
+    """Refused by read-only mode, or by Postgres' rule that a cursor or subquery holds no DELETE/INSERT/...
+    (the query is read through one, so such a query fails as a syntax error before it can write)."""
     orig = getattr(exc, "orig", None)
-    if getattr(orig, "sqlstate", None) == _PG_READ_ONLY:
+    state = getattr(orig, "sqlstate", None)
+    if state == _PG_READ_ONLY:
+        return True
+    if state in _PG_NOT_IN_A_CURSOR and _WRITES.search(str(getattr(exc, "statement", "") or "")):
         return True
     return getattr(orig, "sqlite_errorname", None) == "SQLITE_READONLY"
 
@@ -184,8 +194,10 @@ def query_failed(label: str, exc: SQLAlchemyError, timeout: dt.timedelta = DEFAU
         )
     if getattr(getattr(exc, "orig", None), "sqlstate", None) == _PG_DENIED:
         return SourceError(
-            f"{label}: the query failed: {detail}. The source connection's role lacks a privilege: grant it "
-            "SELECT on what the query reads (see the read-only role in docs/sources.md), then clear the stage task",
+            f"{label}: the query failed: {detail}. The source connection's role lacks a privilege. Audience "
+            "queries may only read: remove what the role may not do from the query, or, if it reads a table the "
+            "role cannot, grant the role SELECT on it (the read-only role in docs/sources.md); then clear the "
+            "stage task",
             retryable=False,
         )
     return SourceError(f"{label}: the query failed: {detail}")

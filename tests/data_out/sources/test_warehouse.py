@@ -152,11 +152,19 @@ def test_pg_nextval_is_refused_and_the_sequence_does_not_move(pg_world: World):
     assert w.scalar("SELECT last_value FROM seq") == 1 and w.scalar("SELECT is_called FROM seq") is False
 
 
-def test_pg_data_modifying_cte_is_refused(pg_world: World):
+@pytest.mark.parametrize(
+    "query",
+    [
+        "WITH z AS (SELECT 1) DELETE FROM people RETURNING customer_id, email",
+        "WITH d AS (DELETE FROM people RETURNING customer_id, email) SELECT customer_id, email FROM d",
+    ],
+)
+def test_pg_delete_returning_is_refused(pg_world: World, query: str):
+    """Postgres refuses a DELETE inside the cursor or subquery the query is read through; read-only mode
+    stands behind that."""
     w = pg_world
-    w.audience("WITH d AS (DELETE FROM people RETURNING customer_id, email) SELECT customer_id, email FROM d")
-    run = w.run()
-    assert run["status"] == "failed" and f"audience {AUD}" in run["error"]
+    w.audience(query)
+    _refused(w.run(), "tried to change the database", "must be a SELECT")
     assert w.people() == 20
 
 
@@ -198,9 +206,11 @@ def _role_sql(path: Path) -> str:
 
 
 @pytest.fixture
-def reader(pg_database: ConnectionInfo, pg_admin: Engine) -> Iterator[Callable[[], ConnectionInfo]]:
-    """The documented role, created for real under a unique name, dropped afterwards."""
-    role = f"do_reader_{uuid.uuid4().hex[:8]}"
+def reader(pg_database: ConnectionInfo, pg_admin: Engine) -> Iterator[Callable[[str], ConnectionInfo]]:
+    """The documented role, created for real under a unique name, and an ordinary login role (as Data Out's
+    state role is) whose sessions it must not be able to end; both dropped afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    role, other = f"do_reader_{tag}", f"do_other_{tag}"
     sql = (
         _role_sql(Path(__file__).resolve().parents[3] / "docs" / "sources.md")
         .replace("data_out_reader", role)
@@ -215,31 +225,42 @@ def reader(pg_database: ConnectionInfo, pg_admin: Engine) -> Iterator[Callable[[
         )
         conn.execute(text("CREATE SEQUENCE seq"))
         conn.exec_driver_sql(sql)
-    yield lambda: ConnectionInfo(
-        "wh", "postgres", host=pg_database.host, port=pg_database.port, login=role, schema=pg_database.schema
-    )
-    engine_for(
-        ConnectionInfo(
-            "wh", "postgres", host=pg_database.host, port=pg_database.port, login=role, schema=pg_database.schema
+        conn.execute(text(f'CREATE ROLE "{other}" LOGIN'))
+        conn.execute(text(f'GRANT CONNECT ON DATABASE "{pg_database.schema}" TO "{other}"'))
+
+    def login(name: str) -> ConnectionInfo:
+        login = {"reader": role, "other": other}[name]
+        return ConnectionInfo(
+            name, "postgres", host=pg_database.host, port=pg_database.port, login=login, schema=pg_database.schema
         )
-    ).dispose()
+
+    yield login
+    for name in ("reader", "other"):
+        engine_for(login(name)).dispose()
     with owner.connect() as conn:
-        conn.execute(text(f'DROP OWNED BY "{role}"'))
-        conn.execute(text(f'DROP ROLE "{role}"'))
+        for r in (role, other):
+            conn.execute(text(f'DROP OWNED BY "{r}"'))
+            conn.execute(text(f'DROP ROLE "{r}"'))
     owner.dispose()
 
 
 def test_the_documented_role_cannot_terminate_sessions_or_write(
-    reader: Callable[[], ConnectionInfo], pg_admin: Engine, tmp_path: Path
+    reader: Callable[[str], ConnectionInfo], pg_admin: Engine, tmp_path: Path
 ):
-    info = reader()
-    engine = engine_for(info)
-    with pg_admin.connect() as victim:
-        pid = victim.scalar(text("SELECT pg_backend_pid()"))
-        kill = SqlSource(engine, f"SELECT 'c1' AS customer_id, pg_terminate_backend({pid}) AS k", {}, [], "audience r")
-        with pytest.raises(SourceError, match="permission denied to terminate process|lacks a privilege"):
-            list(kill.iter_batches(10))
-        assert victim.scalar(text("SELECT 1")) == 1  # still alive
+    engine = engine_for(reader("reader"))
+    for victim_engine, said in (
+        (engine_for(reader("other")), "must be a member of the role whose process is being terminated"),
+        (pg_admin, "must be a superuser to terminate superuser process"),
+    ):
+        with victim_engine.connect() as victim:
+            pid = victim.scalar(text("SELECT pg_backend_pid()"))
+            sql = f"SELECT 'c1' AS customer_id, pg_terminate_backend({pid}) AS k"
+            with pytest.raises(SourceError) as refused:
+                list(SqlSource(engine, sql, {}, [], "audience r").iter_batches(10))
+            message = str(refused.value)
+            assert message.startswith("audience r: ") and said in message and "may only read" in message
+            assert refused.value.retryable is False
+            assert victim.scalar(text("SELECT 1")) == 1  # still alive
     for sql in (
         "WITH d AS (DELETE FROM people RETURNING customer_id) SELECT customer_id FROM d",
         "SELECT nextval('seq') AS customer_id",
