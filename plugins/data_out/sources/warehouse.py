@@ -37,7 +37,7 @@ _PG_READ_ONLY, _PG_DENIED, _PG_CANCELED = "25006", "42501", "57014"
 #: or a cursor ("DECLARE CURSOR must not contain data-modifying statements in WITH")
 _PG_NOT_IN_A_CURSOR = {"42601", "0A000"}
 _WRITES = re.compile(r"\b(DELETE\s+FROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|MERGE\s+INTO|TRUNCATE)\b", re.I)
-#: the functions whose effects read-only mode does not stop, looked for after an in-database read
+#: large objects: the one write read-only mode allows, looked for after an in-database read
 _LARGE_OBJECTS = "SELECT count(*) FROM pg_largeobject_metadata"
 
 
