@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REGIONS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 MAX_PAGE = 30_000
+CUSTOMERIO_REQUESTS_PER_SECOND = 10
 #: under Customer.io's 10 requests a second, so jitter on the way never makes two requests count as 11
 DEFAULT_REQUESTS_PER_SECOND = 9.0
 _AUTH_REFUSED = {401, 403}
@@ -83,6 +84,14 @@ class CustomerIOSource:
             headers={"Authorization": f"Bearer {conn.password or ''}"},
         )
         rate = float(conn.extra.get("requests_per_second", DEFAULT_REQUESTS_PER_SECOND))
+        if rate >= CUSTOMERIO_REQUESTS_PER_SECOND:
+            log.warning(
+                "%s: connection %s paces Customer.io at %g requests/s, at or over its limit of %d: expect 429s",
+                label,
+                conn.conn_id,
+                rate,
+                CUSTOMERIO_REQUESTS_PER_SECOND,
+            )
         self.adapter = _PacedAdapter(Pacer(rate))
         self.client.session.mount("https://", self.adapter)
         self.client.session.mount("http://", self.adapter)
