@@ -21,6 +21,11 @@ identifiers stay in the database they already live in (the temporary table is dr
 the delta's raw values pass through this process, one batch at a time, as on the Python path. A crash
 anywhere rolls the whole transaction back.
 
+The audience query is trusted to read only: every statement that evaluates it runs in a read-only,
+time-limited savepoint (``sources.warehouse.read_only_section``) and writes only to temporary tables,
+created empty beforehand. The delta's new keys are checked for contact data (emails, phone numbers)
+before anything is written (``sources.base.contact_key_sql``).
+
 The fingerprint here is built from Postgres' 64-bit ``hashtextextended`` (the stable hash behind hash
 partitioning), one hash per column (see ``fingerprint_expr``), written as hex; the Python path's is an
 MD5 hex. The two never compare equal, so an audience that moves between the paths (a source moved into
