@@ -59,10 +59,15 @@ PHONE_PATTERN = f"^(\\+[0-9][0-9 ().\\-\u2013/]{{5,}}[0-9]|\\(?[0-9]{{2,4}}\\)?{
 _PHONE = re.compile(PHONE_PATTERN)
 
 
+#: what a phone-shaped key starts with: the regular expression runs only on those (a third of the cost)
+_PHONE_FIRST = "+(0123456789"
+
+
 def contact_key_sql(key: str) -> str:
     """``looks_like_contact`` as a Postgres condition on the text expression ``key``."""
-    marks = " OR ".join(f"strpos({key}, '{m}') > 0" for m in _EMAIL_MARKS)
-    return f"({marks} OR {key} ~ '{PHONE_PATTERN}')"
+    marks = " OR ".join(f"{key} LIKE '%{m}%'" for m in _EMAIL_MARKS)
+    first = ", ".join(f"'{c}'" for c in _PHONE_FIRST)
+    return f"({marks} OR (left({key}, 1) IN ({first}) AND {key} ~ '{PHONE_PATTERN}'))"
 
 
 def looks_like_contact(key: str) -> bool:

@@ -13,7 +13,7 @@ from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.runner import AudienceRunner, RunFailed
-from data_out.sources.base import looks_like_contact
+from data_out.sources.base import contact_key_sql, looks_like_contact
 from data_out.state import ensure_schema
 from tests.conftest import write_audience
 
@@ -127,3 +127,15 @@ def test_staging_refuses_keys_that_are_emails_without_echoing_them(
     assert "40 member keys in column 'contact'" in error and "customer id" in error
     assert "secret.person" not in error and "555" not in error
     assert run["stored"] == 0 and run["staged"] == 0
+
+
+def test_postgres_and_python_agree_on_contact_shaped_keys(pg_admin):  # type: ignore[no-untyped-def]
+    keys = [
+        "ann@example.com", "ann\uff20example.com", "+14155552671", "+1 415/555/2671", "415-555-2671",
+        "(415) 555.2671", "+44 20 7946\u20130958", "c42", "4155552671", "123456", "CUST-2024-001", "+", "(1)",
+        "0b7f1c2e-4f3a-4c8e-9d1a-2b6c7e8f9a0b", "12 34 567", "1-2-3",
+    ]  # fmt: skip
+    with pg_admin.connect() as conn:
+        for key in keys:
+            in_sql = conn.scalar(text(f"SELECT {contact_key_sql('CAST(:k AS text)')}"), {"k": key})
+            assert in_sql is looks_like_contact(key), key
