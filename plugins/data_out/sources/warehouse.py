@@ -113,9 +113,12 @@ def read_only(conn: Connection, source: SqlSource) -> Iterator[Any]:
     try:
         yield refresh
     finally:
-        raw.set_progress_handler(None, 0)
-        conn.rollback()
-        raw.execute("PRAGMA query_only = OFF")
+        try:
+            raw.set_progress_handler(None, 0)
+            conn.rollback()
+            raw.execute("PRAGMA query_only = OFF")
+        except Exception:  # noqa: BLE001 - never hand a query-only connection back to the pool
+            conn.invalidate()
 
 
 @contextmanager
