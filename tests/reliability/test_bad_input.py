@@ -160,7 +160,7 @@ class World:
         self.cio.segments["1234"] = [
             {"id": r["customer_id"], "email": r["email"], "cio_id": f"cio-{r['customer_id']}"} for r in self.rows
         ]
-        extra = {"requests_per_second": 1000, "backoff_initial": 0.01, "max_attempts": 2}
+        extra = {"backoff_initial": 0.01, "max_attempts": 2}  # paced by the source, under the API limit
         self.connection(
             "data_out_customerio",
             {"conn_type": "data_out_customerio", "host": url, "password": "cio-app-key", "extra": extra},
