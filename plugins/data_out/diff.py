@@ -16,8 +16,10 @@ A full resync's re-sends of members acknowledged exactly as desired come last, a
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -185,10 +187,22 @@ def _differs(a: Any, b: Any) -> Any:
     return or_(*[a.c[c].is_distinct_from(b.c[c]) for c in IDENTITY_COLUMNS])
 
 
-def idempotency_key(audience: str, destination: str, sync_id: int, batch_no: int) -> str:
-    """Stable per planned batch: a replay after a crash presents the same key to the destination."""
+def plan_nonce() -> str:
+    """The random part of one plan's idempotency keys (64 bits), drawn when the plan is written."""
+    return secrets.token_hex(8)
+
+
+def idempotency_key(audience: str, destination: str, sync_id: int, batch_no: int, nonce: str) -> str:
+    """One planned batch's key, stored with the batch: a replay after a crash presents the same key.
+
+    Sequence ids alone repeat: a state database restored from a backup, or a second installation
+    (staging and production) sharing a vendor account, numbers its syncs and batches again from the
+    same values, and a vendor that dedupes by key would answer the new batch from the stored response
+    of the old one without applying it. ``nonce`` (``plan_nonce``, drawn per plan) makes keys unique
+    across databases; the readable part still says which audience, destination and batch it was.
+    """
     digest = hashlib.sha256(f"{audience}\x1f{destination}\x1f{sync_id}\x1f{batch_no}".encode()).hexdigest()
-    return f"do-{digest[:40]}"
+    return f"do-{digest[:32]}-{nonce}"
 
 
 def has_pending(conn: Connection, audience: str, destination: str) -> int:
@@ -339,7 +353,8 @@ class Planner:
             keys.drop(conn)
         # a retirement is an explicit exit: the guard's question ("is the source broken?") does not apply
         if mode != "retire":
-            plan.guard = self._guard(plan, guard, override_reason)  # raises before commit: plan rolled back
+            peak = self._peak_acked(conn, plan, guard.removal_window_days)
+            plan.guard = self._guard(plan, guard, override_reason, peak)  # raises before commit: plan rolled back
         else:
             plan.guard = "not applicable: retiring the audience"
 
@@ -347,6 +362,7 @@ class Planner:
             select(p.c.batch_no, p.c.op, func.count()).where(mine).group_by(p.c.batch_no, p.c.op).order_by(p.c.batch_no)
         ).all()
         if batches:
+            nonce = plan_nonce()
             conn.execute(
                 insert(state.batch),
                 [
@@ -356,7 +372,7 @@ class Planner:
                         "batch_no": no,
                         "op": op,
                         "rows": rows,
-                        "idempotency_key": idempotency_key(aud, label, plan.sync_id, no),
+                        "idempotency_key": idempotency_key(aud, label, plan.sync_id, no, nonce),
                         "planned_by": plan.sync_id,
                         "attempts": 0,
                         "shard": no % n,
@@ -486,19 +502,57 @@ class Planner:
             *[rows.c[c] for c in IDENTITY_COLUMNS],
         )
 
-    def _guard(self, plan: Plan, guard: GuardSettings, override_reason: str | None) -> str:
+    def _peak_acked(self, conn: Connection, plan: Plan, window_days: float) -> int:
+        """The largest acknowledged size of this destination within the guard's window, now included.
+
+        Sizes are the ones recorded after each push (``do_sync.acked_size``). A deliberate shrink (a
+        guard override, a replace, a retirement) starts afresh: only sizes from it on count, or every
+        run after an approved shrink would trip over the size before it.
+        """
+        if window_days <= 0:
+            return plan.acked
+        s = state.sync
+        since = state.utcnow() - dt.timedelta(days=window_days)
+        recent = and_(
+            s.c.audience == self.cfg.name,
+            s.c.destination == self.label,
+            s.c.id != plan.sync_id,
+            s.c.started_at >= since,
+        )
+        deliberate = or_(s.c.guard.like("overridden:%"), s.c.guard.like("not applicable%"))
+        baseline = conn.scalar(select(func.max(s.c.id)).where(recent, deliberate))
+        sizes = select(func.max(s.c.acked_size)).where(recent, s.c.acked_size.is_not(None))
+        if baseline is not None:
+            sizes = sizes.where(s.c.id >= baseline)
+        return max(plan.acked, int(conn.scalar(sizes) or 0))
+
+    def _guard(self, plan: Plan, guard: GuardSettings, override_reason: str | None, peak: int | None = None) -> str:
+        """Refuse a plan that looks like a broken source: an empty one, or removals above the share.
+
+        Removals are judged against ``peak`` (``_peak_acked``), so shrinks in a row add up: two runs
+        removing 30% each leave 49% of the largest size, which a 50% guard refuses.
+        """
         pure_removes = plan.removes - plan.changed
+        peak = max(peak or 0, plan.acked)
+        gone = peak - (plan.acked - pure_removes)  # members fewer than the peak once this plan is pushed
         problem = None
         if plan.acked and plan.desired == 0 and not guard.allow_empty_source:
             problem = (
                 f"the source yields no members for this destination but {plan.acked} are acknowledged; "
                 f"pushing would remove all of them"
             )
-        elif plan.acked and pure_removes / plan.acked > guard.max_removal_share:
+        elif pure_removes and peak and gone / peak > guard.max_removal_share:
             problem = (
                 f"{pure_removes} of {plan.acked} acknowledged members ({pure_removes / plan.acked:.0%}) "
                 f"would be removed, above the limit of {guard.max_removal_share:.0%}"
             )
+            if peak > plan.acked:
+                problem = (
+                    f"{pure_removes} of {plan.acked} acknowledged members would be removed, leaving "
+                    f"{plan.acked - pure_removes}: {gone / peak:.0%} fewer than the largest acknowledged size "
+                    f"of the last {guard.removal_window_days:g} days ({peak}), above the limit of "
+                    f"{guard.max_removal_share:.0%}"
+                )
         if problem is None:
             return "passed"
         if override_reason:
@@ -531,7 +585,7 @@ class Replacer:
         a, aud, label = state.ack, self.cfg.name, self.label
         with self.engine.connect() as conn:
             desired = count_desired(conn, self.cfg, self.dest)
-        outcome = self.dest.replace(self._batches(), desired, idempotency_key(aud, label, sync_id, 0))
+        outcome = self.dest.replace(self._batches(), desired, idempotency_key(aud, label, sync_id, 0, plan_nonce()))
         now = state.utcnow()
         d = desired_select(self.cfg, self.dest).subquery("d")
         with self.engine.begin() as conn:

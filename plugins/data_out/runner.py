@@ -36,6 +36,14 @@ Resolver = Callable[[str], ConnectionInfo]
 _Step = TypeVar("_Step", bound=Callable[..., Any])
 
 
+#: ``do_sync.status`` of a sync whose destination reported far fewer members than acknowledged
+SIZE_MISMATCH = "size_mismatch"
+#: ``do_sync.status`` of a sync whose attempt died and which a later attempt replaced
+SUPERSEDED = "superseded"
+
+#: statuses of a sync whose attempt may have died: a later attempt's sync supersedes it
+_UNFINISHED = ("planning", "resuming", "planned")
+
 #: destinations synced at once by ``run(parallel=...)``: each holds a state connection for its whole
 #: plan transaction, and the state engine's pool has four (connections.py)
 MAX_PARALLEL_DESTINATIONS = 2
@@ -147,10 +155,20 @@ class AudienceRunner:
         with self.engine.begin() as conn:
             # A retried stage task opens a new run; an earlier attempt that died before it could record
             # its failure (the state database was down) must not stay "running" forever.
-            r = state.run
+            r, s = state.run, state.sync
+            dead = select(r.c.id).where(
+                r.c.audience == self.cfg.name, r.c.dag_run_id == holder, r.c.status == "running"
+            )
+            conn.execute(
+                update(s)
+                .where(s.c.run_id.in_(dead.scalar_subquery()), s.c.status.in_(_UNFINISHED))
+                .values(
+                    status=SUPERSEDED, error="superseded by a retry of the same DAG run", finished_at=state.utcnow()
+                )
+            )
             conn.execute(
                 update(r)
-                .where(r.c.audience == self.cfg.name, r.c.dag_run_id == holder, r.c.status == "running")
+                .where(r.c.id.in_(dead.scalar_subquery()))
                 .values(status="failed", error="superseded by a retry of the same DAG run", finished_at=state.utcnow())
             )
             return int(
@@ -181,8 +199,24 @@ class AudienceRunner:
         return stats
 
     def _open_sync(self, run_id: int, label: str, mode: str) -> int:
+        """A new sync of one destination; earlier ones left unfinished by a dead attempt become ``superseded``.
+
+        The caller holds the audience's lease, so no other attempt is working on them: their batches,
+        if any, are pushed by this sync's plan (``plan``), and their rows would otherwise say
+        ``planning`` forever.
+        """
         settings = self.cfg.destination(label)
+        s = state.sync
         with self.engine.begin() as conn:
+            conn.execute(
+                update(s)
+                .where(s.c.audience == self.cfg.name, s.c.destination == label, s.c.status.in_(_UNFINISHED))
+                .values(
+                    status=SUPERSEDED,
+                    error="superseded: its attempt ended without finishing; a later sync took over",
+                    finished_at=state.utcnow(),
+                )
+            )
             return int(
                 conn.execute(
                     insert(state.sync).values(
@@ -280,19 +314,39 @@ class AudienceRunner:
             )
             raise
         bits = (1 << shards) - 1 if shard is None else 1 << shard
-        self._shards_done(sync_id, bits, shards, size, acked, result.seconds)
+        short = size_shortfall(self.cfg.name, label, size, acked, self.cfg.drift_for(label).min_reported_share)
+        if short:
+            log.error("%s", short)
+        self._shards_done(sync_id, bits, shards, size, acked, result.seconds, short)
         return result
 
-    def _shards_done(self, sync_id: int, bits: int, shards: int, size: int | None, acked: int, seconds: float) -> None:
-        """Mark shards finished; the last one to finish turns the sync ``success`` (one atomic UPDATE)."""
+    def _shards_done(
+        self,
+        sync_id: int,
+        bits: int,
+        shards: int,
+        size: int | None,
+        acked: int,
+        seconds: float,
+        short: str | None = None,
+    ) -> None:
+        """Mark shards finished; the last one to finish turns the sync ``success`` (one atomic UPDATE),
+        unless a shard found the destination far smaller than acknowledged (``size_shortfall``)."""
         s = state.sync
         done = func.coalesce(s.c.shards_done, 0).bitwise_or(literal(bits, BigInteger))
         complete = done == literal((1 << shards) - 1, BigInteger)
+        mismatch = s.c.status == SIZE_MISMATCH
+        if short:
+            status: Any = literal(SIZE_MISMATCH)
+            error: Any = literal(short[:2000])
+        else:
+            status = case((mismatch, s.c.status), (complete, "success"), else_=s.c.status)
+            error = case((mismatch, s.c.error), (complete, null()), else_=s.c.error)
         self._update_sync(
             sync_id,
             shards_done=done,
-            status=case((complete, "success"), else_=s.c.status),
-            error=case((complete, null()), else_=s.c.error),
+            status=status,
+            error=error,
             finished_at=state.utcnow(),
             destination_size=size,
             acked_size=acked,
@@ -479,6 +533,26 @@ class AudienceRunner:
             self.push(plan.sync_id, label, holder, override_reason)
         except Exception:
             log.exception("%s/%s failed", self.cfg.name, label)
+
+
+def size_shortfall(audience: str, label: str, size: int | None, acked: int, min_share: float) -> str | None:
+    """Why a destination reporting far fewer members than are acknowledged must not count as a success.
+
+    A vendor that dedupes by idempotency key answers a batch whose key it has seen from its stored
+    response, without applying it: state then records members the destination never received. Its
+    own count, read right after the push, is the one outside witness. ``None``: no shortfall, or the
+    destination reports no size.
+    """
+    if size is None or not acked or min_share <= 0 or size >= acked * min_share:
+        return None
+    return (
+        f"{audience}/{label}: the destination reports {size} members right after the push but {acked} are "
+        f"acknowledged (below {min_share:.0%} of them): it may have answered batches from stored responses "
+        f"without applying them (a state database restored from a backup, or another installation sharing "
+        f"the vendor account), or it was emptied outside Data Out. Run a full resync of this destination "
+        f'(operations DAG, conf {{"mode": "full_resync"}}); if its reported size lags behind uploads, lower '
+        f"drift.min_reported_share for it."
+    )
 
 
 def _unfinished(error: str | None, shards: int | None, bits: int | None) -> str | None:

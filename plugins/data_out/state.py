@@ -28,6 +28,8 @@ What lives here, and why:
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +37,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -56,7 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -437,17 +440,40 @@ def ensure_schema(engine: Engine) -> None:
             )
         for version in range((current or 0) + 1, SCHEMA_VERSION + 1):
             for step in _MIGRATIONS.get(version, ()):
-                conn.execute(text(step))
+                if callable(step):
+                    step(conn)
+                else:
+                    conn.execute(text(step))
             conn.execute(insert(schema_version).values(version=version, applied_at=utcnow()))
     metadata.create_all(engine, checkfirst=True)  # what a step dropped comes back in today's shape
 
 
-#: explicit, non-additive steps per schema version; a table a step drops is created again afterwards
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+def _rekey_unsent_batches(conn: Connection) -> None:
+    """Version 4: idempotency keys carry a random part (``diff.idempotency_key``).
+
+    Batches planned before it carry keys derived from sequence ids alone, which a restored backup or
+    another installation reuses. A batch never attempted was never sent, so it takes a fresh random
+    key; one already attempted keeps its key, since the vendor may have applied it under that key and
+    a retry must present the same one.
+    """
+    b = batch
+    unsent = conn.execute(
+        select(b.c.audience, b.c.destination, b.c.batch_no, b.c.idempotency_key).where(b.c.attempts == 0)
+    )
+    for audience, destination, batch_no, key in unsent.all():
+        fresh = f"{key[:35]}-{secrets.token_hex(8)}"
+        mine = (b.c.audience == audience, b.c.destination == destination, b.c.batch_no == batch_no)
+        conn.execute(b.update().where(*mine, b.c.attempts == 0).values(idempotency_key=fresh))
+
+
+#: explicit, non-additive steps per schema version: SQL text, or a function given the migrating
+#: connection; a table a step drops is created again afterwards
+_MIGRATIONS: dict[int, tuple[str | Callable[[Connection], None], ...]] = {
     # do_dirty loses its primary key (see the table). Its rows are recorded keys that plans may still
     # need: instead of copying them, every plan mark is dropped, so each destination's next plan is a
     # full diff, which needs no recorded keys and is always correct.
     3: ("DROP TABLE IF EXISTS do_dirty", "DELETE FROM do_plan_mark"),
+    4: (_rekey_unsent_batches,),
 }
 
 

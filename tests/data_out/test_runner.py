@@ -14,6 +14,7 @@ from data_out.config import load_audiences
 from data_out.holdout import is_held_out
 from data_out.identity import normalize_email, sha256_hex
 from data_out.runner import AudienceRunner, RunFailed
+from tests.conftest import write_audience
 
 AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 TARGETS = "test_targets_v1"
@@ -254,3 +255,123 @@ def test_destinations_in_parallel_end_where_they_would_one_by_one(audiences_dir,
     with state_engine.connect() as conn:
         statuses = conn.execute(select(state.sync.c.status).where(state.sync.c.run_id == run_id)).scalars().all()
     assert sorted(statuses) == ["success", "success"]
+
+
+GUARDED = "guard_window_v1"
+
+
+def guarded_runner(tmp_path: Path, resolver, engine: Engine, guard: str = "{}") -> AudienceRunner:
+    write_audience(
+        tmp_path / "guarded",
+        GUARDED,
+        f"""
+        name: {GUARDED}
+        owner: tests
+        purpose: cumulative mass-removal guard
+        source: {{conn_id: db, query: "SELECT customer_id, email, phone FROM people WHERE in_audience = 1"}}
+        destinations: [{{type: memory}}]
+        guard: {guard}
+    """,
+    )
+    return AudienceRunner(engine, load_audiences(tmp_path / "guarded"), GUARDED, resolver)
+
+
+def test_shrinks_in_a_row_add_up_within_the_guard_window(tmp_path, resolver, state_engine, people, store):
+    """20 -> 14 (30% removed) -> 9 (36% of 14, but 55% of the 20 two runs ago): the second shrink trips a
+    50% guard; once the larger size is older than the window, the same shrink passes."""
+    runner = guarded_runner(tmp_path, resolver, state_engine)
+    for holder, n in (("t/1", 20), ("t/2", 14)):
+        people.set([person(i) for i in range(n)])
+        runner.run(holder, AS_OF)
+    people.set([person(i) for i in range(9)])
+    with pytest.raises(RunFailed, match=r"55% fewer than the largest acknowledged size of the last 7 days \(20\)"):
+        runner.run("t/3", AS_OF)
+    assert len(held(store)) == 14  # nothing removed
+    assert last_sync(state_engine)["status"] == "guarded"
+
+    s = state.sync
+    with state_engine.begin() as conn:  # the 20-member size is now eight days old
+        eight_days_ago = state.utcnow() - dt.timedelta(days=8)
+        conn.execute(s.update().where(s.c.audience == GUARDED).values(started_at=eight_days_ago))
+    runner.run("t/4", AS_OF)
+    assert len(held(store)) == 9
+
+
+def test_an_override_lets_the_cumulative_shrink_through_and_becomes_the_new_baseline(
+    tmp_path, resolver, state_engine, people, store
+):
+    runner = guarded_runner(tmp_path, resolver, state_engine, "{removal_window_days: 30}")
+    for holder, n in (("t/1", 20), ("t/2", 14)):
+        people.set([person(i) for i in range(n)])
+        runner.run(holder, AS_OF)
+    people.set([person(i) for i in range(9)])
+    with pytest.raises(RunFailed, match="of the last 30 days"):
+        runner.run("t/3", AS_OF)
+    runner.run("t/4", AS_OF, override_reason="spring clean-up")
+    assert len(held(store)) == 9 and "spring clean-up" in last_sync(state_engine)["guard"]
+    people.set([person(i) for i in range(7)])  # 22% fewer than the approved 9, 65% fewer than the 20 before it
+    runner.run("t/5", AS_OF)
+    assert len(held(store)) == 7 and last_sync(state_engine)["guard"] == "passed"
+
+
+def test_a_destination_far_smaller_than_acknowledged_fails_the_sync_until_a_full_resync(
+    tmp_path, resolver, state_engine, people, store
+):
+    """The vendor holds far fewer members than state acknowledged (it answered batches from stored
+    responses, or was emptied elsewhere): the sync must not say success, and says what to do."""
+    runner = guarded_runner(tmp_path, resolver, state_engine)
+    people.set([person(i) for i in range(10)])
+    runner.run("t/1", AS_OF)
+    store.audience("aud-1").clear()  # the destination lost what state believes it holds
+    people.set([person(i) for i in range(11)])
+    with pytest.raises(RunFailed, match=r"size_mismatch: .*reports 1 members .* but 11 are acknowledged"):
+        runner.run("t/2", AS_OF)
+    sync = last_sync(state_engine)
+    assert sync["status"] == "size_mismatch"
+    assert f"{GUARDED}/memory" in sync["error"] and "full_resync" in sync["error"]
+    assert (sync["destination_size"], sync["acked_size"]) == (1, 11)
+
+    runner.run("t/3", AS_OF, mode="full_resync")
+    assert len(held(store)) == 11 and last_sync(state_engine)["status"] == "success"
+
+
+def test_the_shortfall_threshold_is_a_drift_setting(tmp_path, resolver, state_engine, people, store):
+    write_audience(
+        tmp_path / "lenient",
+        GUARDED,
+        f"""
+        name: {GUARDED}
+        owner: tests
+        purpose: a destination whose reported size lags
+        source: {{conn_id: db, query: "SELECT customer_id, email, phone FROM people WHERE in_audience = 1"}}
+        destinations: [{{type: memory, drift: {{min_reported_share: 0}}}}]
+    """,
+    )
+    runner = AudienceRunner(state_engine, load_audiences(tmp_path / "lenient"), GUARDED, resolver)
+    people.set([person(i) for i in range(10)])
+    runner.run("t/1", AS_OF)
+    store.audience("aud-1").clear()
+    people.set([person(i) for i in range(11)])
+    runner.run("t/2", AS_OF)
+    assert last_sync(state_engine)["status"] == "success"
+
+
+def test_syncs_of_a_dead_attempt_are_marked_superseded(audiences_dir, resolver, state_engine, people, store):
+    """An attempt killed while planning leaves its sync "planning"; the next attempt marks it superseded,
+    whether it is a retry of the same DAG run (a new start) or another run that took the lease over."""
+    people.set([person(i) for i in range(6)])
+    runner = AudienceRunner(state_engine, load_audiences(audiences_dir), TARGETS, resolver)
+    first = runner.start("dag/run-a", AS_OF)
+    dead = runner._open_sync(first, "memory", "incremental")  # killed while planning
+    runner.run("dag/run-a", AS_OF)  # the task's retry
+    second = runner.start("dag/run-a", AS_OF)
+    orphan = runner._open_sync(second, "memory", "incremental")  # killed again; its lease then expires
+    with state_engine.begin() as conn:
+        conn.execute(state.lease.update().values(expires_at=state.utcnow() - dt.timedelta(minutes=1)))
+    runner.run("dag/run-b", AS_OF)
+    s = state.sync
+    with state_engine.connect() as conn:
+        statuses = dict(conn.execute(select(s.c.id, s.c.status).where(s.c.id.in_([dead, orphan]))).all())
+        planning = conn.scalar(select(func.count()).where(s.c.status.in_(["planning", "resuming", "planned"])))
+    assert statuses == {dead: "superseded", orphan: "superseded"}
+    assert planning == 0

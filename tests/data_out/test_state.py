@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, inspect, select, text
 
 from data_out import state
@@ -57,7 +59,42 @@ def test_version_3_drops_the_recorded_keys_and_every_plan_mark(backend):
     with engine.connect() as conn:  # (a plain query first: SQLite's pragmas may read a cached schema)
         assert conn.scalar(select(func.count()).select_from(state.dirty)) == 0
         assert conn.scalar(select(func.count()).select_from(state.plan_mark)) == 0
-        assert conn.scalar(select(func.max(state.schema_version.c.version))) == 3
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
     inspector = inspect(engine)
     assert inspector.get_pk_constraint("do_dirty")["constrained_columns"] == []
     assert [i["column_names"] for i in inspector.get_indexes("do_dirty")] == [["audience", "change_id"]]
+
+
+def test_version_4_gives_unsent_batches_a_random_key_and_keeps_the_keys_of_attempted_ones(backend):
+    # batches as version 3 planned them, with keys derived from sequence ids alone: the one never sent
+    # takes a fresh random key; the one attempted keeps its key, which the vendor may have applied
+    engine = engine_for(backend)
+    state.ensure_schema(engine)
+    old = {0: "do-" + "a" * 40, 1: "do-" + "b" * 40}
+    with engine.begin() as conn:
+        conn.execute(state.schema_version.delete().where(state.schema_version.c.version > 3))
+        conn.execute(
+            state.batch.insert(),
+            [
+                {
+                    "audience": "a_v1",
+                    "destination": "meta",
+                    "batch_no": no,
+                    "op": "add",
+                    "idempotency_key": key,
+                    "rows": 1,
+                    "planned_by": 7,
+                    "attempts": no,  # batch 0 never attempted, batch 1 attempted once
+                }
+                for no, key in old.items()
+            ],
+        )
+    state.ensure_schema(engine)
+    with engine.connect() as conn:
+        keys = dict(conn.execute(select(state.batch.c.batch_no, state.batch.c.idempotency_key)).all())
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == 4
+    assert keys[1] == old[1]
+    assert re.fullmatch(r"do-a{32}-[0-9a-f]{16}", keys[0]), keys[0]
+    state.ensure_schema(engine)  # idempotent: the key is not drawn again
+    with engine.connect() as conn:
+        assert conn.scalar(select(state.batch.c.idempotency_key).where(state.batch.c.batch_no == 0)) == keys[0]

@@ -14,8 +14,9 @@ from sqlalchemy import delete, func, select
 
 from data_out import state, sync
 from data_out.config import load_audiences
+from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import BatchResult, MemberRow, Op
-from data_out.diff import idempotency_key
+from data_out.diff import Planner, idempotency_key
 from data_out.identity import sha256_hex
 from data_out.lease import LeaseHeld
 from data_out.runner import AudienceRunner, RunFailed
@@ -203,7 +204,7 @@ def test_a_worker_of_an_earlier_plan_pushes_nothing_of_the_next_plan(runner, sto
     assert pending_batches(state_engine) == 0
     people.set(MEMBERS[2:])  # two members leave: the next plan's batch 0 removes them
     _, new = _planned(runner, "t/2")
-    old_no, old_op, old_key = 0, "add", idempotency_key(AUD, "memory", first_sync, 0)  # the first plan's batch 0
+    old_no, old_op, old_key = 0, "add", idempotency_key(AUD, "memory", first_sync, 0, "0" * 16)  # batch 0 of a plan
     new_no, new_op, new_key = new[0]
     assert (old_no, old_op, new_op) == (new_no, "add", "remove") and old_key != new_key
     requests = len(store.requests)
@@ -340,3 +341,41 @@ def test_a_drain_renews_its_lease_and_stops_once_another_run_took_it(runner, sto
         pusher.drain(sync_id, sync.PushResult(), heartbeat=beating, beat_every=0)
     assert beats == [0, 1, 2] and len(store.requests) == 2 and len(batches) == 5
     assert pending_batches(state_engine) == 3  # the two pushed batches committed; the rest wait for the new holder
+
+
+def test_two_installations_sharing_a_vendor_account_never_present_the_same_key(
+    runner, store, state_engine, people, tmp_path
+):
+    """Staging and production (two state databases) sync the same audience name into two lists of one
+    vendor account that dedupes by idempotency key. Their sync and batch numbers are the same; keys
+    derived from them alone made the vendor answer the second installation from the first one's
+    stored responses, and its list stayed empty while state said acknowledged."""
+    runner.run("t/1", AS_OF)
+    write_audience(
+        tmp_path / "other",
+        AUD,
+        AUDIENCE_YAML.replace("{type: memory, batch_size: 2}", "{type: memory, batch_size: 2, audience_id: aud-2}"),
+    )
+    other_state = engine_for(ConnectionInfo("state", "sqlite", host=str(tmp_path / "other-install.db")))
+    state.ensure_schema(other_state)
+    other = AudienceRunner(other_state, load_audiences(tmp_path / "other"), AUD, runner.resolve)
+    other.run("t/1", AS_OF)
+    want = {m["customer_id"] for m in MEMBERS}
+    assert set(store.audience("aud-1")) == set(store.audience("aud-2")) == want
+    assert max(store.applied_keys.values()) == 1 and len(store.applied_keys) == 10
+
+
+def test_a_replan_with_the_same_sync_and_batch_numbers_draws_new_keys(runner, store, state_engine):
+    """A restored backup plans again under the sync id it planned before: the random part, drawn when
+    the plan is written and stored with the batch, makes the keys differ; the push presents the stored ones."""
+    sync_id, first = _planned(runner, "t/1")
+    with state_engine.begin() as conn:  # the plan is thrown away, as a restore of a backup before it would
+        for t in (state.batch, state.pending, state.plan_mark):
+            conn.execute(delete(t))
+    Planner(state_engine, runner.cfg, runner.destination("memory"), "memory").plan(sync_id, guard=runner.cfg.guard)
+    with state_engine.connect() as conn:
+        second = conn.execute(select(state.batch.c.batch_no, state.batch.c.idempotency_key)).all()
+    assert [no for no, _ in second] == [no for no, _, _ in first]
+    assert not {k for _, k in second} & {k for _, _, k in first}
+    runner.push(sync_id, "memory", "t/1")
+    assert [key for _, key, _ in store.requests] == [k for _, k in second]

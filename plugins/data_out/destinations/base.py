@@ -42,6 +42,12 @@ class GuardSettings(BaseModel):
 
     max_removal_share: float = Field(0.5, gt=0, le=1)
     allow_empty_source: bool = False
+    removal_window_days: float = Field(
+        7,
+        ge=0,
+        description="removals are judged against the largest acknowledged size within this many days, so "
+        "shrinks in a row add up; 0 judges each run on its own",
+    )
 
 
 class DriftSettings(BaseModel):
@@ -51,6 +57,13 @@ class DriftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_gap_pct: float = Field(5.0, ge=0, description="acknowledged vs destination-reported size")
+    min_reported_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="right after a push, the destination must report at least this share of the "
+        "acknowledged members, or the sync is marked size_mismatch; 0 turns the check off",
+    )
     max_source_gap_pct: float = Field(5.0, ge=0, description="latest source snapshot vs acknowledged")
     max_day_over_day_pct: float = Field(30.0, ge=0)
     max_baseline_pct: float = Field(50.0, ge=0, description="vs the median of the last baseline_runs")
