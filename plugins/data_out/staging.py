@@ -9,7 +9,11 @@ identity already stored in ``do_member``. Two ways to get there, with the same r
   what keeps a 10M-member audience fast and small.
 * **in Python** (everywhere else: another database, Customer.io, SQLite): the source is streamed in
   batches, fingerprints are compared batch by batch, and the merge into ``do_member`` is three
-  set-based statements in one transaction, so the snapshot switches atomically.
+  set-based statements in one transaction, so the snapshot switches atomically. Each batch is
+  committed to ``do_stage`` as it goes: a staging killed half-way leaves its batches there, and the
+  next attempt takes their rows over instead of normalising them again (``_take_over``). The source
+  is read again in full (a query has no resumable position), but only rows no attempt committed are
+  normalised and written.
 
 Memory never grows with audience size. Raw identifiers exist only in the batch being processed;
 nothing raw is written or logged.
@@ -75,6 +79,8 @@ class StageStats:
     duplicate_keys: int = 0
     missing_keys: int = 0  # rows without a usable member key: counted, never silently dropped
     recomputed: int = 0
+    #: of ``recomputed``, rows an interrupted earlier staging had computed and committed (not normalised again)
+    resumed: int = 0
     excluded: int = 0
     held_out: int = 0
     identifier_issues: dict[str, int] = field(default_factory=dict)
@@ -144,6 +150,7 @@ class Stager:
         self.batch_size = batch_size
         self._context = _fingerprint_context(cfg)
         self.normaliser = Normaliser.for_audience(cfg)
+        self._leftover_runs: list[int] = []
         ids = cfg.identifiers
         #: the raw columns a row's identity depends on, in fingerprint order (None: not mapped)
         self.value_columns: list[str | None] = [
@@ -163,13 +170,14 @@ class Stager:
         stats.source_reported = getattr(source, "reported_count", None)
         stats.seconds = round(time.monotonic() - started, 3)
         log.info(
-            "staged audience %s (%s): %d source rows, %d members, %d recomputed, %d duplicate keys, "
-            "%d rows without a member key, %d excluded, %d held out",
+            "staged audience %s (%s): %d source rows, %d members, %d recomputed (%d of them taken over from an "
+            "interrupted staging), %d duplicate keys, %d rows without a member key, %d excluded, %d held out",
             self.cfg.name,
             stats.path,
             stats.source_rows,
             stats.members,
             stats.recomputed,
+            stats.resumed,
             stats.duplicate_keys,
             stats.missing_keys,
             stats.excluded,
@@ -240,12 +248,19 @@ class Stager:
 
     # -- in Python ---------------------------------------------------------------------------------
     def _stage_in_python(self, source: Source, exclusions: dict[str, tuple[Source, str]], stats: StageStats) -> None:
-        with self.engine.begin() as conn:  # leftovers of a crashed run of this audience
-            conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))
+        """Stream the source into ``do_stage`` batch by batch (each batch committed), then merge at once.
+
+        A staging killed half-way keeps its committed batches: the next attempt (``_interrupted``) takes
+        their rows over where the source still yields them, instead of normalising them again.
+        """
+        self._leftover_runs = self._interrupted()
         for rows in source.iter_batches(self.batch_size):
             self._stage_batch(rows, stats)
             faults.point("stage.batch")
         with self.engine.begin() as conn:
+            if self._leftover_runs:  # rows of the interrupted attempts the source no longer yields
+                s = state.stage
+                conn.execute(delete(s).where(s.c.audience == self.cfg.name, s.c.run_id != self.run_id))
             stats.duplicate_keys = self._drop_duplicates(conn)
             change_id = self._open_change(conn, 0, 0)
             changed = self._merge(conn, change_id)
@@ -253,6 +268,56 @@ class Stager:
             self._record(conn, figures.count(conn, self.cfg), stats)
             faults.point("stage.merge")  # inside the merge transaction: a crash here rolls it all back
         self._refresh_statistics(changed, stats.members)
+
+    def _interrupted(self) -> list[int]:
+        """Runs whose staging of this audience was killed before its merge: their committed rows remain.
+
+        The caller holds the audience's lease, so no such run is still writing. Their rows are only
+        reused for a source row with the same member key and fingerprint (which covers the raw values
+        and everything that shapes their normalisation, ``_fingerprint_context``), so the snapshot
+        comes out exactly as an uninterrupted staging would have made it.
+        """
+        s = state.stage
+        with self.engine.connect() as conn:
+            runs = sorted(
+                conn.execute(
+                    select(s.c.run_id).where(s.c.audience == self.cfg.name, s.c.run_id != self.run_id).distinct()
+                ).scalars()
+            )
+        if runs:
+            log.info(
+                "audience %s: resuming the staging that run(s) %s left unfinished: rows they staged are "
+                "reused where the source still yields them",
+                self.cfg.name,
+                ", ".join(map(str, runs)),
+            )
+        return runs
+
+    def _take_over(self, conn: Connection, wanted: list[tuple[str, str]]) -> set[int]:
+        """Claim rows an interrupted attempt computed for these (key, fingerprint) pairs, one row per pair.
+
+        Claiming moves the row to this run, in the batch's transaction: a kill after the commit leaves
+        it claimed (and reusable by the attempt after); a kill before leaves it to be claimed again.
+        Returns the positions in ``wanted`` that were taken over.
+        """
+        s = state.stage
+        found: dict[tuple[str, str], list[int]] = {}
+        for row_id, key, fp in conn.execute(
+            select(s.c.id, s.c.member_key, s.c.raw_fp).where(
+                s.c.run_id.in_(self._leftover_runs),
+                state.key_in(conn.dialect, s.c.member_key, list({k for k, _ in wanted})),
+                s.c.computed.is_(True),
+            )
+        ):
+            found.setdefault((key, fp), []).append(row_id)
+        taken, ids = set(), []
+        for i, pair in enumerate(wanted):
+            if found.get(pair):
+                ids.append(found[pair].pop())
+                taken.add(i)
+        for chunk in range(0, len(ids), 10_000):
+            conn.execute(s.update().where(s.c.id.in_(ids[chunk : chunk + 10_000])).values(run_id=self.run_id))
+        return taken
 
     def _stage_batch(self, rows: list[Any], stats: StageStats) -> None:
         cfg = self.cfg
@@ -280,16 +345,23 @@ class Stager:
                     )
                 ).all()
             )
-            out = []
+            changed = [(key, fp) for key, fp, _ in keyed if known.get(key) != fp]
+            taken = self._take_over(conn, changed) if changed and self._leftover_runs else set()
+            stats.recomputed += len(changed)  # taken over or normalised now: computed either way
+            stats.resumed += len(taken)
+            out, i = [], 0
             for key, fp, raw in keyed:
                 row: dict[str, Any] = {"audience": cfg.name, "run_id": self.run_id, "member_key": key, "raw_fp": fp}
                 if known.get(key) == fp:  # unchanged: the snapshot row already holds its identity
                     row.update(_UNCHANGED)
                 else:
+                    i += 1
+                    if i - 1 in taken:  # an interrupted attempt computed it: its row is this run's now
+                        continue
                     row.update(self.normaliser.identity(key, raw), computed=True)
-                    stats.recomputed += 1
                 out.append(row)
-            conn.execute(insert(state.stage), out)
+            if out:
+                conn.execute(insert(state.stage), out)
 
     def _drop_duplicates(self, conn: Connection) -> int:
         """Keep one row per member key (lowest fingerprint, then first staged): deterministic."""

@@ -186,6 +186,7 @@ run = Table(
     Column("duplicate_keys", BigInteger),
     Column("missing_keys", BigInteger),
     Column("recomputed", BigInteger),  # rows whose identifiers changed and were normalised again
+    Column("resumed", BigInteger),  # of those, rows taken over from a staging that was killed half-way
     Column("excluded", BigInteger),
     Column("held_out", BigInteger),
     Column("identifier_issues", JSON),  # {"email_missing": n, "email_invalid": n, ...}

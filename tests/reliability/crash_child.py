@@ -2,7 +2,9 @@
 
 python crash_child.py <state.db> <audiences dir> <meta url> <holder> [run | sharded:<seed>]
 
-``run`` (the default) runs every step in one process. ``sharded:7`` plans one push shard per four
+``run`` (the default) runs every step in one process. With ``DATA_OUT_COUNT_NORMALISED=<file>`` the
+process appends a line to that file for every row it normalises (a killed process keeps its count).
+``sharded:7`` plans one push shard per four
 rows and pushes the shards one by one in an order shuffled with that seed, as Airflow's mapped push
 tasks might run; started again after a crash it does what Airflow's retries do: the killed shard and
 the shards that never ran are pushed with the sync the plan task recorded (finished shards are not run
@@ -12,6 +14,7 @@ again), then the run finishes.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import sys
 from pathlib import Path
@@ -24,6 +27,7 @@ from sqlalchemy import select  # noqa: E402
 from data_out import shards, state  # noqa: E402
 from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import ConnectionInfo, engine_for  # noqa: E402
+from data_out.normalise import Normaliser  # noqa: E402
 from data_out.runner import AudienceRunner  # noqa: E402
 from data_out.state import ensure_schema  # noqa: E402
 
@@ -53,6 +57,18 @@ def sharded(runner: AudienceRunner, holder: str, seed: int, as_of: dt.datetime) 
     runner.finish(run_id, holder)
 
 
+def count_normalised(path: str) -> None:
+    """Append one line per normalised row to ``path``, unbuffered, so a SIGKILL loses nothing counted."""
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
+    identity = Normaliser.identity
+
+    def counted(self: Normaliser, key: str, raw: tuple) -> dict:
+        out.write("1\n")
+        return identity(self, key, raw)
+
+    Normaliser.identity = counted  # type: ignore[method-assign]
+
+
 def main(db: str, audiences: str, meta_url: str, holder: str, mode: str = "run") -> int:
     def resolve(conn_id: str) -> ConnectionInfo:
         if conn_id == "data_out_meta":
@@ -65,6 +81,8 @@ def main(db: str, audiences: str, meta_url: str, holder: str, mode: str = "run")
             )
         return ConnectionInfo(conn_id, "sqlite", host=db)
 
+    if os.environ.get("DATA_OUT_COUNT_NORMALISED"):
+        count_normalised(os.environ["DATA_OUT_COUNT_NORMALISED"])
     engine = engine_for(resolve("db"))
     ensure_schema(engine)
     runner = AudienceRunner(engine, load_audiences(Path(audiences)), "crash_test_v1", resolve, stage_batch_size=7)
