@@ -5,9 +5,9 @@ python crash_child.py <state.db> <audiences dir> <meta url> <holder> [run | shar
 ``run`` (the default) runs every step in one process. With ``DATA_OUT_COUNT_NORMALISED=<file>`` the
 process appends a line to that file for every row it normalises (a killed process keeps its count).
 ``sharded:7`` plans one push shard per four rows and pushes the shards one by one in an order
-shuffled with that seed, as Airflow's mapped push tasks might run; started again after a crash it does what Airflow's retries do: the killed shard and
-the shards that never ran are pushed with the sync the plan task recorded (finished shards are not run
-again), then the run finishes.
+shuffled with that seed, as Airflow's mapped push tasks might run; started again after a crash it
+does what Airflow's retries do: the killed shard and the shards that never ran are pushed with the
+sync the plan task recorded (finished shards are not run again), then the run finishes.
 """
 
 from __future__ import annotations
