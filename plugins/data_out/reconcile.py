@@ -133,7 +133,7 @@ class Reconciler:
                     func.sum(
                         func.coalesce(s.c.added, 0) + func.coalesce(s.c.removed, 0) + func.coalesce(s.c.rejected, 0)
                     ),
-                    func.sum(cast(s.c.status.in_(["failed", "guarded"]), Integer)),
+                    func.sum(cast(s.c.status.in_(["failed", "guarded", "size_mismatch"]), Integer)),
                 ).where(s.c.audience == audience, s.c.destination == label, s.c.started_at >= since)
             ).one()
         total, received, matched, rejected, attempted, failed = row

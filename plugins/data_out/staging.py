@@ -21,6 +21,7 @@ nothing raw is written or logged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -49,7 +50,7 @@ from data_out.identity import NORMALIZATION_VERSION
 from data_out.normalise import Normaliser, in_order, workers_for
 from data_out.sources.base import Source, contact_keys_error, looks_like_contact, member_key
 from data_out.sources.warehouse import query_failed
-from data_out.staging_sql import InDatabase, InDatabaseStaging
+from data_out.staging_sql import InDatabase, InDatabaseStaging, ResumeLog, resumable_min_rows
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +193,22 @@ class Stager:
         """Stage inside one REPEATABLE READ transaction; ``False`` if this source must take the Python path."""
         staging = InDatabaseStaging(plan, self.cfg.name, self._context, self.batch_size)
         label = plan.source.label
-        with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        kept = ResumeLog(self.engine, self.cfg.name, self.run_id)
+        with (
+            self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+            conn.begin(),
+            contextlib.closing(kept),
+        ):
             try:
                 why_not = plan.usable(conn)
                 if why_not:
                     log.info("audience %s: staging in Python because %s", self.cfg.name, why_not)
                     return False
-                conn.execute(delete(state.stage).where(state.stage.c.audience == self.cfg.name))  # Python leftovers
                 previous = figures.carried(conn, self.cfg, bool(exclusions))
                 delta = staging.find_delta(conn, before=previous[0] if previous else None)
+                if staging.find_leftovers(conn):
+                    log.info("audience %s: resuming the staging an earlier attempt left unfinished", self.cfg.name)
+                resumable = delta.to_compute >= resumable_min_rows()
                 change_id = self._open_change(conn, delta.to_compute + delta.gone, delta.before)
                 carry = previous is not None and not staging.grouped  # (duplicates: rare, and simply counted)
                 removed: list[int] | None = None
@@ -215,8 +223,13 @@ class Stager:
                 workers = workers_for(delta.to_compute)
                 for rows in in_order(self.normaliser.member_rows, parts, workers, record_and_drop_stale):
                     staging.copy_members(conn, rows)
+                    if resumable:  # committed every RESUME_CHUNK_ROWS rows: survives a kill
+                        kept.write(rows)
                     stats.recomputed += len(rows)
                     faults.point("stage.batch")
+                taken = staging.take_over(conn)  # (after drop_stale, which the first batch started)
+                stats.recomputed += taken
+                stats.resumed += taken
             except SQLAlchemyError as exc:
                 if state_errors.state_fault(exc):  # the state database itself went away: not the query's fault
                     raise
@@ -227,6 +240,8 @@ class Stager:
             else:
                 self._record(conn, figures.count(conn, self.cfg), stats)
             faults.point("stage.merge")  # inside the transaction: a crash here rolls it all back
+        if staging.resuming or kept.committed:
+            kept.clear()  # committed: neither this attempt's rows nor earlier ones are needed any more
         stats.path = "database"
         stats.duplicate_keys = delta.duplicate_keys
         stats.missing_keys = delta.missing_keys

@@ -19,7 +19,10 @@ lives in the warehouse, so the snapshot diff never leaves it. One REPEATABLE REA
 Unchanged rows never reach Python, so a no-change sync of 10M members moves no rows over the wire. Raw
 identifiers stay in the database they already live in (the temporary table is dropped at commit); only
 the delta's raw values pass through this process, one batch at a time, as on the Python path. A crash
-anywhere rolls the whole transaction back.
+anywhere rolls the whole transaction back; a large delta's normalised rows (a first sync) are also
+committed to ``do_stage`` in chunks on a second connection (``ResumeLog``), so the next attempt copies
+them in instead of normalising them again, and a worker killed more often than staging takes still
+gets through.
 
 The audience query is trusted to read only: every statement that evaluates it runs in a read-only,
 time-limited savepoint (``sources.warehouse.read_only_section``) and writes only to temporary tables,
@@ -77,6 +80,11 @@ SPLIT_MIN_MEMBERS = 1_000_000
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 NULL_TAG = "\x1eN"
 _NO_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
+#: a delta of at least this many rows to normalise is also written to ``do_stage`` as it goes, committed
+#: every ``RESUME_CHUNK_ROWS`` rows, so a killed staging's work survives (``ResumeLog``);
+#: ``DATA_OUT_STAGING_RESUME_MIN_ROWS`` overrides it
+RESUMABLE_MIN_ROWS = 100_000
+RESUME_CHUNK_ROWS = 100_000
 #: the temporary table ``find_delta`` builds (the columns statements outside its own SQL use)
 _DELTA = table("do_delta", column("src_key"), column("old_key"), column("new_fp"), column("old_fp"))
 
@@ -208,6 +216,7 @@ class InDatabaseStaging:
         self.context = context
         self.batch_size = batch_size
         self.grouped = False  # True once duplicates forced the grouped delta (raw values not carried)
+        self.resuming = False  # True when an interrupted staging left computed rows in do_stage
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return self.plan.params(aud=self.audience, **self.plan.fingerprint_params(self.context), **extra)
@@ -416,8 +425,15 @@ class InDatabaseStaging:
         """
         p = self.plan
         values = [f"v{i}" for i in range(len(p.value_columns))]
+        # rows an interrupted staging computed and committed (``take_over`` brings them in) are not streamed
+        kept = (
+            " AND NOT EXISTS (SELECT 1 FROM do_stage s WHERE s.audience = :aud AND s.computed"
+            " AND s.member_key = d.src_key AND s.raw_fp = d.new_fp)"
+            if self.resuming
+            else ""
+        )
         if not self.grouped:
-            sql = f"SELECT src_key, new_fp, n, {', '.join(values)} FROM do_delta WHERE src_key IS NOT NULL"
+            sql = f"SELECT src_key, new_fp, n, {', '.join(values)} FROM do_delta d WHERE src_key IS NOT NULL{kept}"
         else:
             # one row per key: identical duplicates (same fingerprint, same values) must not reach
             # the COPY twice, and they may fall into different batches. Read from the source into a
@@ -429,7 +445,7 @@ class InDatabaseStaging:
                 SELECT DISTINCT ON (d.src_key) d.src_key, d.new_fp, d.n, {", ".join("s." + v for v in values)}
                 FROM ({self._source_rows(with_values=True)}) AS s
                 JOIN do_delta d ON d.src_key = s.member_key
-                WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = s.fp
+                WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = s.fp{kept}
                 ORDER BY d.src_key
                 """,
             )
@@ -440,6 +456,35 @@ class InDatabaseStaging:
             execution_options={"stream_results": True, "yield_per": self.batch_size},  # this statement only
         )
         return result.partitions(self.batch_size)
+
+    def find_leftovers(self, conn: Connection) -> bool:
+        """Whether an interrupted staging of this audience left computed rows behind (``ResumeLog``)."""
+        s = state.stage
+        first = conn.execute(select(s.c.id).where(s.c.audience == self.audience, s.c.computed).limit(1)).first()
+        self.resuming = first is not None
+        return self.resuming
+
+    def take_over(self, conn: Connection) -> int:
+        """Copy into ``do_member`` the rows interrupted stagings computed for this delta's new and changed
+        members; ``stream_changed`` left them out. Returns how many. A row is taken only for the same
+        key and fingerprint, which covers the raw values and everything that shapes their normalisation.
+        """
+        if not self.resuming:
+            return 0
+        cols = ", ".join(MEMBER_COLUMNS)
+        picked = ", ".join(f"s.{c}" for c in MEMBER_COLUMNS)
+        return conn.execute(
+            text(
+                f"""
+                INSERT INTO do_member ({cols})
+                SELECT DISTINCT ON (s.member_key) {picked}
+                FROM do_stage s JOIN do_delta d ON d.src_key = s.member_key AND d.new_fp = s.raw_fp
+                WHERE s.audience = :aud AND s.computed AND d.new_fp IS DISTINCT FROM d.old_fp
+                ORDER BY s.member_key, s.id
+                """
+            ),
+            {"aud": self.audience},
+        ).rowcount
 
     @staticmethod
     def copy_members(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -474,3 +519,65 @@ class InDatabaseStaging:
             {"aud": self.audience},
         )
         conn.execute(text("DROP TABLE do_excluded_keys"))
+
+
+def resumable_min_rows() -> int:
+    value = os.environ.get("DATA_OUT_STAGING_RESUME_MIN_ROWS")
+    if value is None:
+        return RESUMABLE_MIN_ROWS
+    if not value.isdigit():
+        raise ValueError(f"DATA_OUT_STAGING_RESUME_MIN_ROWS={value!r} is not a whole number of rows")
+    return int(value)
+
+
+class ResumeLog:
+    """Normalised rows of a large delta, also written to ``do_stage`` on a second connection and committed
+    every ``RESUME_CHUNK_ROWS`` rows.
+
+    The staging transaction itself commits only at the end (the snapshot switches at once), so a kill
+    used to lose every normalised row. What this log committed survives it: the next attempt leaves
+    those rows out of its stream and copies them in (``InDatabaseStaging.take_over``). Each batch is
+    one COPY into the open chunk transaction, so memory stays at one batch. ``clear`` empties the
+    audience's rows once the staging committed.
+    """
+
+    def __init__(self, engine: Engine, audience: str, run_id: int) -> None:
+        self.engine = engine
+        self.audience = audience
+        self.run_id = run_id
+        self.conn: Connection | None = None
+        self.uncommitted = 0
+        self.committed = 0
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if self.conn is None:
+            self.conn = self.engine.connect()
+            self.conn.begin()
+        cursor = self.conn.connection.driver_connection.cursor()
+        columns = ", ".join((*MEMBER_COLUMNS, "run_id", "computed"))
+        with cursor, cursor.copy(f"COPY do_stage ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((*row, self.run_id, True))
+        self.uncommitted += len(rows)
+        if self.uncommitted >= RESUME_CHUNK_ROWS:
+            self.conn.commit()
+            self.conn.begin()
+            self.committed += self.uncommitted
+            self.uncommitted = 0
+
+    def close(self) -> None:
+        """Commit what is open (a failure that is not a kill keeps it too) and let the connection go."""
+        if self.conn is not None:
+            self.conn.commit()
+            self.conn.close()
+            self.conn = None
+            self.committed += self.uncommitted
+            self.uncommitted = 0
+
+    def clear(self) -> None:
+        """The staging committed: no attempt will need these rows (nor those of the attempts before it)."""
+        s = state.stage
+        with self.engine.begin() as conn:
+            conn.execute(delete(s).where(s.c.audience == self.audience))

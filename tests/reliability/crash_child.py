@@ -2,6 +2,10 @@
 
 python crash_child.py <state.db> <audiences dir> <meta url> <holder> [run | sharded:<seed>]
 
+``<state.db>`` is a SQLite file, or a Postgres connection as JSON (``tests.conftest.airflow_conn``); on
+Postgres the source lives in the state database too, so staging takes the in-database path, which
+here commits its progress after every batch of 7 rows.
+
 ``run`` (the default) runs every step in one process. With ``DATA_OUT_COUNT_NORMALISED=<file>`` the
 process appends a line to that file for every row it normalises (a killed process keeps its count).
 ``sharded:7`` plans one push shard per four rows and pushes the shards one by one in an order
@@ -13,6 +17,7 @@ sync the plan task recorded (finished shards are not run again), then the run fi
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import sys
@@ -23,7 +28,7 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include")]
 
 from sqlalchemy import select  # noqa: E402
 
-from data_out import shards, state  # noqa: E402
+from data_out import shards, staging_sql, state  # noqa: E402
 from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import ConnectionInfo, engine_for  # noqa: E402
 from data_out.normalise import Normaliser  # noqa: E402
@@ -78,10 +83,13 @@ def main(db: str, audiences: str, meta_url: str, holder: str, mode: str = "run")
                 password="meta-test-token",
                 extra={"backoff_initial": 0.01, "max_attempts": 3},
             )
+        if db.startswith("{"):
+            return ConnectionInfo(conn_id, **json.loads(db))
         return ConnectionInfo(conn_id, "sqlite", host=db)
 
     if os.environ.get("DATA_OUT_COUNT_NORMALISED"):
         count_normalised(os.environ["DATA_OUT_COUNT_NORMALISED"])
+    staging_sql.RESUMABLE_MIN_ROWS, staging_sql.RESUME_CHUNK_ROWS = 0, 7
     engine = engine_for(resolve("db"))
     ensure_schema(engine)
     runner = AudienceRunner(engine, load_audiences(Path(audiences)), "crash_test_v1", resolve, stage_batch_size=7)

@@ -1,11 +1,18 @@
 """A first sync whose staging is SIGKILLed again and again still finishes, and no row is normalised twice.
 
+On the Python path (SQLite here):
+
 The child process (``crash_child.py``) stages 7 rows a batch and is killed after its 3rd, 6th, 9th ...
 committed batch: each attempt gets three batches further than the one before, as a worker killed
 after a fixed time would if resuming were cheap. Every attempt counts the rows it normalises. Without
 resume each attempt starts from zero (3, 6, 9 ... batches of work) and the last one normalises everything
 again; with resume each attempt normalises only what no earlier attempt committed, and the snapshot
 equals the one an uninterrupted staging builds.
+
+On the in-database path (Postgres, the source inside the state database) the staging is one
+transaction; its normalised rows are also committed to ``do_stage`` as it goes. Every attempt is killed
+after its third batch, like a worker killed after a fixed time: a retry streams only the rows no
+attempt committed, so the staging finishes after a bounded number of attempts.
 """
 
 from __future__ import annotations
@@ -14,17 +21,20 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+import pytest
+from sqlalchemy import Engine, select, text
 
-from data_out import state
+from data_out import connections, state
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.holdout import is_held_out
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from sandbox.standins.meta import MetaStandIn
-from tests.conftest import People, write_audience
+from tests.conftest import People, airflow_conn, write_audience
 from tests.data_out.destinations.cases import CASES
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -41,11 +51,11 @@ def rows() -> list[dict]:
     return out
 
 
-def setup(tmp: Path) -> Engine:
+def setup(tmp: Path, db: ConnectionInfo | None = None, source: list[dict] | None = None) -> Engine:
     tmp.mkdir()
-    engine = engine_for(ConnectionInfo("db", "sqlite", host=str(tmp / "db.sqlite")))
+    engine = engine_for(db or ConnectionInfo("db", "sqlite", host=str(tmp / "db.sqlite")))
     ensure_schema(engine)
-    People(engine).set(rows())
+    People(engine).set(rows() if source is None else source)
     write_audience(
         tmp / "aud",
         "crash_test_v1",
@@ -61,7 +71,7 @@ def setup(tmp: Path) -> Engine:
     return engine
 
 
-def attempt(tmp: Path, url: str, n: int, kill_after: int | None) -> tuple[int, int]:
+def attempt(tmp: Path, url: str, n: int, kill_after: int | None, db: str | None = None) -> tuple[int, int]:
     """One run of the child: (its exit code, how many rows it normalised)."""
     counted = tmp / f"normalised-{n}.txt"
     env = {k: v for k, v in os.environ.items() if k != "DATA_OUT_KILL_AT"}
@@ -69,7 +79,7 @@ def attempt(tmp: Path, url: str, n: int, kill_after: int | None) -> tuple[int, i
     if kill_after is not None:
         env["DATA_OUT_KILL_AT"] = f"stage.batch:{kill_after}"
     proc = subprocess.run(
-        [sys.executable, str(CHILD), str(tmp / "db.sqlite"), str(tmp / "aud"), url, "dag/run-1"],
+        [sys.executable, str(CHILD), db or str(tmp / "db.sqlite"), str(tmp / "aud"), url, "dag/run-1"],
         env=env,
         capture_output=True,
         text=True,
@@ -122,3 +132,53 @@ def test_a_staging_killed_again_and_again_keeps_its_batches_and_finishes(tmp_pat
     assert leftover is None  # nothing of the killed attempts is left behind
     with reference.connect() as conn:
         assert conn.execute(select(r.c.recomputed, r.c.duplicate_keys)).one() == (uninterrupted, 2)
+
+
+@pytest.fixture
+def two_databases(pg_admin: Engine) -> Iterator[list[ConnectionInfo]]:
+    names = [f"do_test_{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    url = pg_admin.url
+    infos = []
+    with pg_admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            infos.append(
+                ConnectionInfo("db", "postgres", host=url.host, port=url.port, login=url.username, schema=name)
+            )
+    yield infos
+    for info in infos:
+        connections._engine(connections.url_for(info)).dispose()
+    with pg_admin.connect() as conn:
+        for name in names:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_an_in_database_staging_killed_after_every_third_batch_still_finishes(tmp_path: Path, two_databases):
+    # 17 full batches: the child commits progress every 7 rows, so no attempt ends inside a chunk
+    members = [{"customer_id": f"c{i:03d}", "email": f"p{i}@example.com"} for i in range(17 * BATCH)]
+    ref_db, crashed_db = two_databases
+    reference = setup(tmp_path / "reference", ref_db, members)
+    crashed = setup(tmp_path / "crashed", crashed_db, members)
+    standin = MetaStandIn()
+    with Running(standin) as running:
+        _, uninterrupted = attempt(tmp_path / "reference", running.url, 0, None, airflow_conn(ref_db))
+        reference_held = set(standin.audiences.get("9", set()))
+        standin.audiences.clear()
+        work, code = [], None
+        while code != 0 and len(work) < 10:
+            code, normalised = attempt(tmp_path / "crashed", running.url, len(work) + 1, 3, airflow_conn(crashed_db))
+            assert code in (0, -signal.SIGKILL), f"attempt {len(work) + 1} failed (exit {code})"
+            work.append(normalised)
+        held = set(standin.audiences["9"])
+
+    assert uninterrupted == len(members) == sum(work)  # every row normalised once over all the attempts
+    assert code == 0, f"still unfinished after {len(work)} attempts normalising {work} rows"
+    assert work[:-1] == [3 * BATCH] * (len(work) - 1)  # each attempt got three batches further
+    assert snapshot(crashed) == snapshot(reference)
+    assert held == reference_held
+    r = state.run
+    with crashed.connect() as conn:
+        last = conn.execute(select(r.c.status, r.c.resumed, r.c.recomputed).order_by(r.c.id.desc()).limit(1)).one()
+        leftover = conn.scalar(select(state.stage.c.id).limit(1))
+    assert last == ("success", sum(work[:-1]), len(members))
+    assert leftover is None

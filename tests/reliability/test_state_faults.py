@@ -357,7 +357,7 @@ def test_a_session_killed_during_in_database_staging(world_for: Callable[..., Wo
     """The Postgres pushdown path: the source is a query on the state database, staged in one SQL transaction."""
     w = world_for("killed", in_database=True)
     assert isinstance(w.fault, Killed)
-    w.fault.when = lambda statement: statement.lstrip().upper().startswith("DELETE FROM DO_STAGE")
+    w.fault.when = lambda statement: statement.lstrip().upper().startswith("CREATE TEMP TABLE DO_DELTA")
     fault_mid_run_then_converge(w, "stage", monkeypatch)
 
 
