@@ -53,6 +53,14 @@ class RunFailed(Exception):
     """The run finished with failed steps; the message lists them."""
 
 
+class SizeMismatch(Exception):
+    """The destination reports far fewer members than are acknowledged right after a push (``size_shortfall``).
+
+    Everything acknowledged stays acknowledged; the sync is recorded as ``size_mismatch``. A retry of
+    the push task checks again (a size that lags behind uploads may have caught up).
+    """
+
+
 def _error_text(exc: BaseException) -> str:
     """For the run record: an outage in one sentence, a driver's message without the row it may quote."""
     return state_errors.error_text(exc)[:2000]
@@ -315,9 +323,9 @@ class AudienceRunner:
             raise
         bits = (1 << shards) - 1 if shard is None else 1 << shard
         short = size_shortfall(self.cfg.name, label, size, acked, self.cfg.drift_for(label).min_reported_share)
-        if short:
-            log.error("%s", short)
         self._shards_done(sync_id, bits, shards, size, acked, result.seconds, short)
+        if short:  # recorded first; the task fails (and alerts) instead of reporting success
+            raise SizeMismatch(short)
         return result
 
     def _shards_done(

@@ -13,7 +13,7 @@ from data_out import lease, state
 from data_out.config import load_audiences
 from data_out.holdout import is_held_out
 from data_out.identity import normalize_email, sha256_hex
-from data_out.runner import AudienceRunner, RunFailed
+from data_out.runner import AudienceRunner, RunFailed, SizeMismatch
 from tests.conftest import write_audience
 
 AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
@@ -375,3 +375,23 @@ def test_syncs_of_a_dead_attempt_are_marked_superseded(audiences_dir, resolver, 
         planning = conn.scalar(select(func.count()).where(s.c.status.in_(["planning", "resuming", "planned"])))
     assert statuses == {dead: "superseded", orphan: "superseded"}
     assert planning == 0
+
+
+def test_the_push_task_fails_on_a_shortfall_and_the_alert_says_to_resync(
+    tmp_path, resolver, state_engine, people, store
+):
+    """The push task itself fails (the finish task only mirrors failures its own tasks alerted on), with
+    the sync recorded first; the failure email's next step is a full resync."""
+    from data_out.operators.audience import next_step
+
+    runner = guarded_runner(tmp_path, resolver, state_engine)
+    people.set([person(i) for i in range(10)])
+    runner.run("t/1", AS_OF)
+    store.audience("aud-1").clear()
+    run_id = runner.start("t/2", AS_OF)
+    runner.stage(run_id, "t/2")
+    plan = runner.plan(run_id, "memory", "t/2")
+    with pytest.raises(SizeMismatch) as short:
+        runner.push(plan.sync_id, "memory", "t/2")
+    assert last_sync(state_engine)["status"] == "size_mismatch"
+    assert '"mode": "full_resync"' in next_step(str(short.value))

@@ -182,6 +182,12 @@ _NEXT_STEPS = [
         "If the shrink is deliberate, trigger the DAG with conf "
         '{"guard_override_reason": "<why>"}; otherwise fix the source first.',
     ),
+    (
+        "right after the push but",
+        "The destination holds far fewer members than were acknowledged. Run a full resync of it: trigger "
+        'data_out_operations with conf {"audiences": ["<audience>"], "destinations": ["<destination>"], '
+        '"mode": "full_resync"}. If its reported size only lags behind uploads, lower drift.min_reported_share.',
+    ),
     ("the query failed", "Fix the audience's SQL named in the reason, then clear the stage task."),
     (
         "the query returns",
