@@ -338,18 +338,17 @@ class AudienceRunner:
         seconds: float,
         short: str | None = None,
     ) -> None:
-        """Mark shards finished; the last one to finish turns the sync ``success`` (one atomic UPDATE),
-        unless a shard found the destination far smaller than acknowledged (``size_shortfall``)."""
+        """Mark shards finished; the last one to finish turns the sync ``success`` (one atomic UPDATE).
+        ``short``: this shard found the destination far smaller than acknowledged (``size_shortfall``)."""
         s = state.sync
         done = func.coalesce(s.c.shards_done, 0).bitwise_or(literal(bits, BigInteger))
         complete = done == literal((1 << shards) - 1, BigInteger)
-        mismatch = s.c.status == SIZE_MISMATCH
         if short:
             status: Any = literal(SIZE_MISMATCH)
             error: Any = literal(short[:2000])
-        else:
-            status = case((mismatch, s.c.status), (complete, "success"), else_=s.c.status)
-            error = case((mismatch, s.c.error), (complete, null()), else_=s.c.error)
+        else:  # the latest reading decides: a retry that finds the size caught up clears a shortfall
+            status = case((complete, "success"), else_=s.c.status)
+            error = case((complete, null()), else_=s.c.error)
         self._update_sync(
             sync_id,
             shards_done=done,

@@ -395,3 +395,21 @@ def test_the_push_task_fails_on_a_shortfall_and_the_alert_says_to_resync(
         runner.push(plan.sync_id, "memory", "t/2")
     assert last_sync(state_engine)["status"] == "size_mismatch"
     assert '"mode": "full_resync"' in next_step(str(short.value))
+
+
+def test_a_retried_push_that_finds_the_size_caught_up_succeeds(tmp_path, resolver, state_engine, people, store):
+    """A vendor whose count lags behind uploads: the push task fails, its retry reads the size again."""
+    runner = guarded_runner(tmp_path, resolver, state_engine)
+    people.set([person(i) for i in range(10)])
+    runner.run("t/1", AS_OF)
+    held_before = dict(store.audience("aud-1"))
+    store.audience("aud-1").clear()  # not counted yet
+    run_id = runner.start("t/2", AS_OF)
+    runner.stage(run_id, "t/2")
+    plan = runner.plan(run_id, "memory", "t/2")
+    with pytest.raises(SizeMismatch):
+        runner.push(plan.sync_id, "memory", "t/2")
+    store.audience("aud-1").update(held_before)  # counted now
+    runner.push(plan.sync_id, "memory", "t/2")  # Airflow's retry of the task
+    assert last_sync(state_engine)["status"] == "success" and last_sync(state_engine)["error"] is None
+    runner.finish(run_id, "t/2")
