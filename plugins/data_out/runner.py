@@ -311,6 +311,7 @@ class AudienceRunner:
                 pusher.drain(sync_id, result, shard=shard, heartbeat=self._heartbeat(holder))
                 size = dest.size()
                 acked = pusher.acked_size()
+                in_doubt = pusher.pending_removals() if size is not None else 0
         except Exception as exc:
             where = f"push shard {shard} of {shards}: " if shard is not None and shards > 1 else ""
             self._update_sync(
@@ -322,7 +323,8 @@ class AudienceRunner:
             )
             raise
         bits = (1 << shards) - 1 if shard is None else 1 << shard
-        short = size_shortfall(self.cfg.name, label, size, acked, self.cfg.drift_for(label).min_reported_share)
+        share = self.cfg.drift_for(label).min_reported_share
+        short = size_shortfall(self.cfg.name, label, size, acked, share, in_doubt)
         self._shards_done(sync_id, bits, shards, size, acked, result.seconds, short)
         if short:  # recorded first; the task fails (and alerts) instead of reporting success
             raise SizeMismatch(short)
@@ -542,15 +544,18 @@ class AudienceRunner:
             log.exception("%s/%s failed", self.cfg.name, label)
 
 
-def size_shortfall(audience: str, label: str, size: int | None, acked: int, min_share: float) -> str | None:
+def size_shortfall(
+    audience: str, label: str, size: int | None, acked: int, min_share: float, in_doubt: int = 0
+) -> str | None:
     """Why a destination reporting far fewer members than are acknowledged must not count as a success.
 
     A vendor that dedupes by idempotency key answers a batch whose key it has seen from its stored
     response, without applying it: state then records members the destination never received. Its
-    own count, read right after the push, is the one outside witness. ``None``: no shortfall, or the
-    destination reports no size.
+    own count, read right after the push, is the one outside witness. ``in_doubt``: acknowledged
+    members whose removal is planned but not committed (other push shards, a lost answer), which the
+    destination may no longer hold. ``None``: no shortfall, or the destination reports no size.
     """
-    if size is None or not acked or min_share <= 0 or size >= acked * min_share:
+    if size is None or not acked or min_share <= 0 or size >= (acked - in_doubt) * min_share:
         return None
     return (
         f"{audience}/{label}: the destination reports {size} members right after the push but {acked} are "

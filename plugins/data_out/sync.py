@@ -295,6 +295,13 @@ class Pusher:
             result.removed += len(rows) - refused
         log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op.value, len(rows))
 
+    def pending_removals(self) -> int:
+        """Rows of this destination's remove batches not committed yet: other shards' still to come, or
+        ones whose answer was lost after the destination applied them. Its size may lack them already."""
+        b = state.batch
+        with self.engine.connect() as conn:
+            return state.scalar_int(conn, select(func.sum(b.c.rows)).where(self._mine(b), b.c.op == Op.REMOVE.value))
+
     def acked_size(self) -> int:
         with self.engine.begin() as conn:
             return acked_count(conn, self.audience, self.label)
