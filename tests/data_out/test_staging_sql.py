@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, func, select, text
 
-from data_out import normalise, staging_sql, state
+from data_out import faults, normalise, staging_sql, state
 from data_out.config import AudienceConfig
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.sources.base import SourceError
@@ -284,3 +284,46 @@ def test_a_bulk_change_vacuums_the_snapshot_and_a_small_one_does_not(engine, mon
     load(engine, many[:-10] + [("n1", "n1@example.com", None, 1)])  # 11 changed keys: under the threshold
     stage(engine, cfg, 2)
     assert _all_visible_pages(engine) == vacuumed  # untouched: no VACUUM ran (ANALYZE keeps the count)
+
+
+def test_a_failed_staging_keeps_its_chunks_and_the_next_takes_them_over_duplicates_included(engine, monkeypatch):
+    """The grouped path (a source with duplicate keys) resumes too: a staging that failed after two
+    batches left them committed in do_stage; the next one normalises only the rest, and the snapshot,
+    figures and counts equal those of a staging that never failed."""
+    monkeypatch.setattr(staging_sql, "RESUMABLE_MIN_ROWS", 0)
+    monkeypatch.setattr(staging_sql, "RESUME_CHUNK_ROWS", 3)
+    cfg = config()
+    load(engine, ROWS)
+    clean = stage(engine, cfg, 1)
+    expected = snapshot(engine)
+    with engine.begin() as conn:
+        conn.execute(state.member.delete())
+        conn.execute(state.snapshot.delete())
+
+    batches = {"n": 0}
+
+    def fail_after_two(name: str) -> None:
+        if name == "stage.batch":
+            batches["n"] += 1
+            if batches["n"] == 2:
+                raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(faults, "point", fail_after_two)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        stage(engine, cfg, 2)
+    with engine.connect() as conn:
+        kept = conn.scalar(select(func.count()).select_from(state.stage))
+    assert kept == 6  # two batches of three, committed; the snapshot itself rolled back
+    normalised = []
+    identity = normalise.Normaliser.identity
+    monkeypatch.setattr(normalise.Normaliser, "identity", lambda s, k, r: normalised.append(k) or identity(s, k, r))
+    resumed = stage(engine, cfg, 3)
+    assert snapshot(engine) == expected
+    assert (resumed.resumed, len(normalised)) == (6, clean.recomputed - 6)
+    assert (resumed.members, resumed.duplicate_keys, resumed.recomputed) == (
+        clean.members,
+        clean.duplicate_keys,
+        clean.recomputed,
+    )
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(state.stage)) == 0
