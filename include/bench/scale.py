@@ -135,7 +135,11 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
     url = make_url(db_url)
     pg = ConnectionInfo("data_out_state", "postgres", url.host, url.port, url.username, None, url.database)
     meta = ConnectionInfo(
-        "data_out_meta", meta_conn["conn_type"], host=meta_conn["host"], password=meta_conn["password"]
+        "data_out_meta",
+        meta_conn["conn_type"],
+        host=meta_conn["host"],
+        password=meta_conn["password"],
+        extra=meta_conn.get("extra", {}),  # the app secret: the stand-in requires appsecret_proof
     )
 
     def resolve(conn_id: str) -> ConnectionInfo:
