@@ -22,10 +22,12 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from data_out.redact import driver_line, is_driver_error
+from data_out.redact import driver_line, is_driver_error, scrub
 
 _MARK = "_data_out_state_database"
 _LABELS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+#: longest ``error_text`` (callers cut it further for their columns)
+ERROR_TEXT_LIMIT = 4000
 #: SQLSTATEs of refused writes that are not OperationalErrors: read-only transaction, no privilege
 _REFUSED_SQLSTATES = {"25006", "42501"}
 
@@ -112,7 +114,7 @@ def error_text(exc: BaseException) -> str:
         return f"StateDatabaseError: {explained}"
     if is_driver_error(exc):
         return f"DatabaseError: {_driver_summary(exc)}"
-    return f"{type(exc).__name__}: {exc}"
+    return scrub(f"{type(exc).__name__}: {exc}", limit=ERROR_TEXT_LIMIT)
 
 
 def _driver_summary(exc: BaseException) -> str:

@@ -88,7 +88,7 @@ def describe(resp: requests.Response) -> str:
     code, subcode, message = _error(resp)
     if (code, subcode) == BLOCKED:
         return (
-            f"the custom audience is blocked from updates (code {code}/{subcode}): {message}. "
+            f"the custom audience is blocked from updates (code {code}, subcode {subcode}): {message}. "
             "Check it in Ads Manager; nothing was changed"
         )
     if code == 190:
@@ -100,7 +100,7 @@ def describe(resp: requests.Response) -> str:
             f"the app requires appsecret_proof (code 100): {message}. Put the app's secret in the "
             "connection's extra as app_secret"
         )
-    return f"code {code}" + (f"/{subcode}" if subcode else "") + f": {message}"
+    return f"code {code}" + (f" (subcode {subcode})" if subcode else "") + f": {message}"
 
 
 def appsecret_proof(access_token: str, app_secret: str | None) -> str | None:
