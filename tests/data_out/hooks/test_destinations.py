@@ -59,3 +59,30 @@ def test_google_forms_ask_for_a_credential_that_renews(hook):
     ui = hook.get_ui_field_behaviour()
     assert "client id" in ui["relabeling"]["login"] and "service account key" in ui["relabeling"]["password"]
     assert "refresh_token" in ui["placeholders"]["extra"]
+
+
+def test_secrets_are_stripped_and_registered_when_read(monkeypatch):
+    """A token pasted with its newline is sent as the token (``requests`` would refuse the header and quote
+    it in its error), and every secret read is masked wherever a message echoes it."""
+    from data_out.destinations.base import MemberRow, Op
+    from data_out.destinations.tiktok import TikTokDestination, TikTokSettings
+    from data_out.redact import scrub
+    from tests.support.recorder import Answer, recording
+
+    token, dev_token = "tiktok-token-5e4d3c2b", "dev-token-77aa"
+    with recording(lambda seen: Answer(200, {"code": 0, "message": "OK", "data": {}})) as vendor:
+        conn = {
+            "conn_type": "data_out_tiktok",
+            "host": f" {vendor.url}\n",
+            "password": f"{token}\n",
+            "extra": {"developer_token": f" {dev_token}\r\n", "max_attempts": 1},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_TIKTOK", json.dumps(conn))
+        info = hooks.TikTokHook().get_conn()
+        assert (info.password, info.host, info.extra["developer_token"]) == (token, vendor.url, dev_token)
+        settings = TikTokSettings(type="tiktok", advertiser_id="7000000001", segment_id="s1")
+        TikTokDestination("a_v1", settings, info).push(
+            Op.ADD, [MemberRow("k", "a" * 64, None, None, None, False)], "k1"
+        )
+    assert [s.headers["Access-Token"] for s in vendor.seen] == [token]
+    assert scrub(f"refused {token} and {dev_token}") == "refused <secret> and <secret>"
