@@ -5,6 +5,11 @@ exponential backoff and jitter, never sooner than the server's ``Retry-After``, 
 attempts; anything the vendor's ``classify`` calls fatal (other 4xx) fails the batch at once with the
 vendor's message, scrubbed of anything that looks like an email or a phone number.
 
+Every transport error ``requests`` can raise becomes a ``DestinationError`` whose text names the kind of
+failure and never the request's headers or URL (``requests`` quotes a refused header value, token
+included, and URLs can carry tokens in their query). A redirect to another host or port forwards no
+credential: every vendor authenticates with headers of its own, not only ``Authorization``.
+
 Connection extras understood by every HTTP destination (all optional):
 ``timeout`` (seconds, default 30), ``max_attempts`` (default 5), ``backoff_initial`` (seconds, default 1),
 ``backoff_max`` (default 60), ``max_retry_after`` (longest Retry-After honoured in-task, default 300).
@@ -19,15 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
-from urllib.parse import quote_plus, urljoin
+from urllib.parse import quote_plus, urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.auth import AuthBase
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError, PayloadTooLarge
-from data_out.redact import scrub
+from data_out.redact import register_secret, scrub
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,78 @@ class RefreshableAuth(AuthBase):
         return DestinationError(message, retryable=False)
 
 
+#: headers a request keeps when a redirect leads to another host or port: none carries a credential
+SAFE_ACROSS_HOSTS = frozenset(
+    {"accept", "accept-encoding", "connection", "content-length", "content-type", "transfer-encoding", "user-agent"}
+)
+
+
+def _origin(url: str) -> str:
+    """Host and port of a URL, without its login, path or query (which may carry secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
+
+
+class ApiSession(requests.Session):
+    """A session that forwards no credential across hosts when a vendor answers with a redirect.
+
+    ``requests`` drops only ``Authorization`` there (``Session.rebuild_auth``); TikTok's ``Access-Token``,
+    Google's ``developer-token`` and our webhook signature would follow the redirect to whatever host
+    it names. On a redirect to another host or port (``should_strip_auth``'s rule) every header except
+    plain content headers is dropped, and the hosts are logged so a 401 from the new host is explained.
+    """
+
+    def __init__(self, vendor: str) -> None:
+        super().__init__()
+        self.vendor = vendor
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        old, new = response.request.url or "", prepared_request.url or ""
+        if self.should_strip_auth(old, new):
+            dropped = sorted(k for k in prepared_request.headers if k.lower() not in SAFE_ACROSS_HOSTS)
+            for name in dropped:
+                del prepared_request.headers[name]
+            log.warning(
+                "%s: redirected from %s to %s; not forwarded: %s",
+                self.vendor,
+                _origin(old),
+                _origin(new),
+                ", ".join(dropped) or "nothing",
+            )
+        super().rebuild_auth(prepared_request, response)
+
+
+#: transport failures that may pass: retried with backoff like a 5xx
+_TRANSIENT = (
+    requests.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    requests.exceptions.RetryError,
+    urllib3.exceptions.HTTPError,
+)
+_BAD_URL = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.URLRequired,
+)
+
+
+def transport_problem(exc: BaseException) -> str:
+    """What went wrong sending a request, in words that never quote its headers or URL."""
+    kind = type(exc).__name__
+    if isinstance(exc, requests.exceptions.InvalidHeader | UnicodeError):
+        return (
+            f"a header value is not valid HTTP ({kind}: a line break, surrounding whitespace or a character "
+            "HTTP cannot carry); correct the connection's password or extras (the value is not shown)"
+        )
+    if isinstance(exc, _BAD_URL):
+        return f"the URL is not valid ({kind}); correct the connection's host (the URL is not shown)"
+    if isinstance(exc, requests.TooManyRedirects):
+        return f"too many redirects ({kind}); correct the connection's host"
+    return f"the request could not be sent ({kind})"
+
+
 class HttpClient:
     """A requests session bound to one vendor's base URL, auth headers and retry policy."""
 
@@ -132,10 +210,11 @@ class HttpClient:
         self.vendor = vendor
         self.base_url = base_url(conn, default_base_url)
         self.policy = RetryPolicy.from_extra(dict(conn.extra))
-        self.session = requests.Session()
+        self.session = ApiSession(vendor)
         self.session.headers.update(headers or {})
         if auth:
             self.session.auth = auth
+        register_secret(conn.password)  # masked wherever a vendor's answer echoes it
         self.classify = classify
         self.describe_error = describe_error or (lambda r: r.text)
         self.attempts = 0  # requests sent, for run figures and tests
@@ -186,16 +265,7 @@ class HttpClient:
         if attempt_headers is not None:
             kwargs["headers"] = {**(kwargs.get("headers") or {}), **attempt_headers()}
         started = time.monotonic()
-        try:
-            resp = self.session.request(method, url, timeout=self.policy.timeout, **kwargs)
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            if isinstance(exc, requests.Timeout):
-                why = f"no response within {self.policy.timeout:.0f}s"
-            else:
-                why = f"connection failed ({type(exc).__name__})"
-            if not resend:
-                raise _unanswered(self.vendor, method, path, why) from None
-            raise _Retryable(why) from None
+        resp = self._send(method, url, path, resend, **kwargs)
         log.debug("%s %s %s -> %d in %.2fs", self.vendor, method, path, resp.status_code, time.monotonic() - started)
         if resp.status_code == 401 and isinstance(self.session.auth, RefreshableAuth):
             resp = self._reauthorised(method, url, path, **kwargs)
@@ -222,15 +292,27 @@ class HttpClient:
         log.info("%s %s %s: access token refused; refreshing it once", self.vendor, method, path)
         auth.refresh()
         self.attempts += 1
-        try:
-            resp = self.session.request(method, url, timeout=self.policy.timeout, **kwargs)
-        except requests.Timeout:
-            raise _Retryable(f"no response within {self.policy.timeout:.0f}s") from None
-        except requests.ConnectionError as exc:
-            raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+        resp = self._send(method, url, path, True, **kwargs)  # the 401 applied nothing: sending again is safe
         if resp.status_code == 401:
             raise auth.refused(scrub(f"{self.vendor}: {method} {path} refused: HTTP 401: {self.describe_error(resp)}"))
         return resp
+
+    def _send(self, method: str, url: str, path: str, resend: bool, **kwargs: Any) -> requests.Response:
+        """``session.request``, with every transport error turned into one that quotes no header or URL."""
+        try:
+            return self.session.request(method, url, timeout=self.policy.timeout, **kwargs)
+        except (requests.Timeout, *_TRANSIENT) as exc:
+            if isinstance(exc, requests.Timeout):
+                why = f"no response within {self.policy.timeout:.0f}s ({type(exc).__name__})"
+            else:
+                why = f"connection failed ({type(exc).__name__})"
+            if not resend:
+                raise _unanswered(self.vendor, method, path, why) from None
+            raise _Retryable(why) from None
+        except (requests.RequestException, UnicodeError) as exc:  # the exception's text can quote a header or URL
+            raise DestinationError(
+                f"{self.vendor}: {method} {path} not sent: {transport_problem(exc)}", retryable=False
+            ) from None
 
     def close(self) -> None:
         self.session.close()
