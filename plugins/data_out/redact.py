@@ -62,7 +62,7 @@ _AT = r"(?:@|%(?:25)*40|&#0*64;|&#[xX]0*40;|&commat;|\\u0040|\\x40)"
 _DOT = r"(?:[.。]|%(?:25)*2[eE]|&#0*46;|&#[xX]0*2[eE];|&period;|\\u002[eE])"
 _AT_RE = re.compile(_AT)
 _LABEL = rf"(?:(?!{_AT}|{_DOT})[^{_DELIM}@])+"
-_TLD = r"(?:[xX][nN]--[0-9A-Za-z-]+|(?:%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}){2,}|[^\W\d_]{2,})"
+_TLD = r"(?:[xX][nN]--[0-9A-Za-z-]+|(?:%(?:25)*[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}){2,}|[^\W\d_]{2,})"
 #: the domain after an ``@`` form: labels separated by dot forms, ending in a top-level domain
 _DOMAIN = re.compile(rf"(?:{_LABEL}{_DOT}){{1,16}}{_TLD}")
 _LOCAL_CHAR = re.compile(rf"[^{_DELIM}@]")
@@ -111,32 +111,33 @@ def _mask_emails(text: str) -> str:
 _SEP = r"(?:[\s().\-/\u2010-\u2015\u2212]|%2[0-9A-Fa-f])"
 _PHONE_SHAPE = (
     r"(?<![\w+%.\-])(?<!\d:)"  # not the tail of a longer token, a decimal or a clock time
-    rf"(?:\+|%2[Bb])?\(?\d(?:{_SEP}{{0,3}}\d){{6,14}}"  # 7 to 15 digits (E.164's longest)
+    rf"(?:\+|%2[Bb])?\(?\d(?:{_SEP}{{0,4}}\d){{6,16}}"  # 7 to 17 digits: E.164's 15 after a 00 prefix
     r"(?![\w])"
 )
 # Shapes that resemble phone numbers but are what a reader needs: matched first and kept as they are.
 _DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _YEAR = r"(?:1[89]|2\d)\d{2}"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"  # no leading zero: ``06.12.34.56`` is a phone number
 _KEEP_SHAPES = (
-    r"(?<![\w.\-])(?:"
+    r"(?<![\w.\-])(?<!\d[\s).\-/])(?<!\)\s)(?:"  # not a phone number's last groups (``(06) 12.34.56.78``)
     r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"  # UUID
     rf"|{_YEAR}(?P<s1>[-/.]){_DAY}(?P=s1){_DAY}(?:[T ]\d{{2}}:\d{{2}}(?::\d{{2}}(?:[.,]\d+)?)?)?"  # date, date and time
     rf"|{_DAY}(?P<s2>[-/.]){_DAY}(?P=s2){_YEAR}"  # 01/11/2026, 01.11.2026
-    r"|(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)"  # IPv4
+    rf"|(?:{_OCTET}\.){{3}}{_OCTET}"  # IPv4
     r")(?![\w]|[-/.]\d)"
 )
 _KEEP = re.compile(_KEEP_SHAPES)
 _PHONE = re.compile(_PHONE_SHAPE)
 _DIGIT = re.compile(r"\d")
-#: plain digits shorter than this are counts, ids or batch numbers, not phone numbers
-MIN_BARE_PHONE_DIGITS = 10
+#: plain digits (no separator, no plus) outside this range are counts, ids or batch numbers, not phones
+BARE_PHONE_DIGITS = range(10, 16)
 
 
 def _number(m: re.Match[str]) -> str:
     found = m.group(0)
     digits = len(_DIGIT.findall(found))
     separators = re.sub(r"\d", "", found)
-    if not separators and digits < MIN_BARE_PHONE_DIGITS:
+    if not separators and digits not in BARE_PHONE_DIGITS:
         return found
     if separators == ".":
         return found  # a decimal number
@@ -162,10 +163,20 @@ def _mask_numbers(text: str) -> str:
     return "".join(out)
 
 
+#: a JSON ``\uXXXX`` escape (escaped again when JSON was quoted in JSON), outside the surrogate range:
+#: a lone surrogate could not be written out
+_JSON_ESCAPE = re.compile(r"\\+u(?![dD][89a-fA-F])([0-9a-fA-F]{4})")
+
+
+def _unescaped(text: str) -> str:
+    """Vendor bodies are often JSON with non-ASCII escaped: read ``\u0438`` as ``и``, ``\u00a0`` as a space."""
+    return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
 def scrub(text: str, limit: int = 500) -> str:
     """Mask registered secrets, email-like and phone-like substrings, and cut to ``limit`` characters."""
     text = mask_secrets(text)
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", _unescaped(text)))
     text = mask_secrets(text)  # a secret written in full-width forms
     return _mask_numbers(_mask_emails(text))[:limit]
 
