@@ -22,6 +22,7 @@ import re
 import sqlite3
 import threading
 import unicodedata
+from collections.abc import Collection
 
 from sqlalchemy.exc import DBAPIError
 
@@ -173,12 +174,30 @@ def _unescaped(text: str) -> str:
     return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
-def scrub(text: str, limit: int = 500) -> str:
-    """Mask registered secrets, email-like and phone-like substrings, and cut to ``limit`` characters."""
-    text = mask_secrets(text)
+def scrub(text: str, limit: int = 500, members: Collection[str] = ()) -> str:
+    """Mask registered secrets, ``members`` (keys a caller knows the text may quote), email-like and
+    phone-like substrings, and cut to ``limit`` characters."""
+    text = mask_members(mask_secrets(text), members)
     text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", _unescaped(text)))
-    text = mask_secrets(text)  # a secret written in full-width forms
+    text = mask_members(mask_secrets(text), members)  # written escaped or in full-width forms
     return _mask_numbers(_mask_emails(text))[:limit]
+
+
+#: shorter member keys are left alone: masking "7" everywhere would destroy the message
+MIN_MASKED_MEMBER_LENGTH = 3
+
+
+def mask_members(text: str, members: Collection[str]) -> str:
+    """Replace each of ``members`` found in ``text`` with ``<member>``, longest first.
+
+    A vendor's error can quote the batch it refused; a destination knows its batch's keys, so it passes
+    them and they are masked whatever they look like. Only the keys present are replaced, so a batch of
+    10,000 keys costs one substring test each.
+    """
+    found = sorted({m for m in members if len(m) >= MIN_MASKED_MEMBER_LENGTH and m in text}, key=len, reverse=True)
+    for member in found:
+        text = text.replace(member, "<member>")
+    return text
 
 
 # --- database drivers -----------------------------------------------------------------------------

@@ -333,3 +333,28 @@ def test_a_vendor_echoing_crafted_values_leaks_none_into_records_log_or_email(
         leaked = [v for v in CRAFTED if v in hay or v.casefold() in hay.casefold()]
         assert leaked == [], where
         assert not re.search(r"ivan|иван|2671|900123|12345678", hay), where
+
+
+# --- member keys a vendor quotes back ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vendor", ["segment", "webhook"])
+def test_a_vendor_error_quoting_the_batch_masks_its_member_keys(vendor: str):
+    """Destinations that send member keys (Segment's userId, the webhook's member_key) mask the batch's keys
+    in the vendor's error, whatever they look like; the rest of the message stays readable."""
+    from data_out.destinations import REGISTRY
+    from data_out.destinations.base import MemberRow, Op
+    from tests.data_out.destinations.cases import AUDIENCE, CASES
+
+    keys = ["cust-000123", "7f3c9a1e", "Ольга-17"]
+    rows = [MemberRow(k, "a" * 64, None, None, None, False) for k in keys]
+    case, cls = CASES[vendor], REGISTRY[vendor]
+    with recording(lambda seen: Answer(400, {"error": "refused: " + seen.body.decode()[:3000]})) as host:
+        dest = cls(AUDIENCE, cls.settings_model(type=vendor, **case.settings), case.connection(host.url))
+        with pytest.raises(DestinationError) as failed:
+            dest.push(Op.ADD, rows, "key-1")
+        dest.close()
+    assert any(k in s.body.decode() for s in host.seen for k in keys), "positive control: the keys were sent"
+    out = str(failed.value)
+    assert "HTTP 400" in out and "<member>" in out
+    assert [k for k in keys if k in out] == []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import string
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -231,10 +231,19 @@ class HttpClient:
             )
         return max(backoff, retry_after)
 
-    def request(self, method: str, path: str, *, resend_unanswered: bool = True, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        resend_unanswered: bool = True,
+        members: Collection[str] = (),
+        **kwargs: Any,
+    ) -> requests.Response:
         """Send with the retry policy. ``resend_unanswered=False``: a request whose outcome is unknown (no
         answer, or a 5xx) is not sent again but fails retryably, for calls the vendor must not receive
-        twice; a refusal that applied nothing (429, a rate-limit code) is still retried."""
+        twice; a refusal that applied nothing (429, a rate-limit code) is still retried. ``members``: the
+        member keys the request carries, masked in the vendor's error if it quotes them."""
         url = urljoin(self.base_url.rstrip("/") + "/", path.lstrip("/"))
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.max_attempts),
@@ -243,7 +252,7 @@ class HttpClient:
             reraise=True,
         )
         try:
-            return retrying(self._once, method, url, path, resend_unanswered, **kwargs)
+            return retrying(self._once, method, url, path, resend_unanswered, members, **kwargs)
         except _Retryable as exc:
             raise DestinationError(
                 f"{self.vendor}: {method} {path} still failing after {self.policy.max_attempts} attempts: {exc}",
@@ -256,6 +265,7 @@ class HttpClient:
         url: str,
         path: str,
         resend: bool,
+        members: Collection[str],
         attempt_headers: Callable[[], dict[str, str]] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
@@ -272,7 +282,7 @@ class HttpClient:
         verdict = self.classify(resp)
         if verdict is Verdict.OK:
             return resp
-        message = scrub(f"HTTP {resp.status_code}: {self.describe_error(resp)}")
+        message = scrub(f"HTTP {resp.status_code}: {self.describe_error(resp)}", members=members)
         if verdict is Verdict.RETRY:
             if not resend and resp.status_code >= 500:
                 raise _unanswered(self.vendor, method, path, message)

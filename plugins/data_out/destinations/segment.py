@@ -103,11 +103,13 @@ class SegmentDestination(Destination):
                 continue
             encoded.extend(messages)
         bodies = list(batch_bodies(encoded, now))
+        keys = [r.member_key for r in rows]
         for i, (_, body) in enumerate(bodies):
             self.client.request(
                 "POST",
                 "/v1/batch",
                 data=body,
+                members=keys,  # masked if Segment's error quotes a userId
                 # Segment ignores Idempotency-Key (it dedupes by messageId): sent to trace the request
                 headers={**JSON_HEADERS, "Idempotency-Key": part_key(idempotency_key, i, len(bodies))},
             )

@@ -119,17 +119,18 @@ class WebhookDestination(Destination):
             },
             separators=(",", ":"),
         ).encode()
+        sent = {r.member_key for r in rows}
         resp = self.client.request(
             "POST",
             self.settings.path,
             data=body,
+            members=sent,  # masked if the receiver's error quotes them
             headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
             attempt_headers=fresh_signature(self.secret, body),
         )
         answer = resp.json() if resp.content else {}
-        sent = {r.member_key for r in rows}
         rejected = {
-            str(x["member_key"]): scrub(str(x.get("reason", "rejected by receiver")))
+            str(x["member_key"]): scrub(str(x.get("reason", "rejected by receiver")), members=sent)
             for x in answer.get("rejected", [])
             if str(x.get("member_key")) in sent
         }
