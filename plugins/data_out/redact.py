@@ -12,8 +12,9 @@ and compatibility forms (``＠``, ``．``, full-width digits: the text is NFKC-n
 percent-encoding (``%40``, ``%2540``, ``%2E``), HTML and JSON escapes of ``@``, and phone numbers with
 spaces, dots, dashes (hyphen, en and em dash, minus sign), slashes and parentheses. Text that only
 resembles a phone number is kept, since it is what a person needs to read the message: dates and
-timestamps, UUIDs, IPv4 addresses, decimals, and plain numbers of fewer than ten digits (counts, batch
-numbers, status codes).
+timestamps, UUIDs, IPv4 addresses, decimals, and plain numbers of fewer than ten or more than fifteen
+digits (counts, batch numbers, status codes, long ids). Member keys look like anything: a caller that
+knows which ones the text may quote passes them (``scrub(..., members=...)``).
 """
 
 from __future__ import annotations
