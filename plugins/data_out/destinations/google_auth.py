@@ -34,7 +34,7 @@ from google.oauth2 import service_account
 
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError
-from data_out.destinations.http import RefreshableAuth, base_url
+from data_out.destinations.http import ApiSession, RefreshableAuth, base_url
 from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class GoogleTokenAuth(RefreshableAuth):
             self.credentials, self.credential = build_credentials(conn, scopes, default_base_url)
         except GoogleCredentialError as exc:
             raise DestinationError(f"{vendor}: {exc}", retryable=False) from None
-        self._session = requests.Session()
+        self._session = ApiSession()  # a redirect elsewhere would resend the refresh token or key assertion
         self._request = GoogleRequest(self._session)
         self._lock = threading.Lock()
         self.refreshes = 0  # tokens minted, for tests and run logs

@@ -7,8 +7,8 @@ vendor's message, scrubbed of anything that looks like an email or a phone numbe
 
 Every transport error ``requests`` can raise becomes a ``DestinationError`` whose text names the kind of
 failure and never the request's headers or URL (``requests`` quotes a refused header value, token
-included, and URLs can carry tokens in their query). A redirect to another host or port forwards no
-credential: every vendor authenticates with headers of its own, not only ``Authorization``.
+included, and URLs can carry tokens in their query). A redirect to another host or port is not followed:
+every vendor authenticates with headers of its own, not only ``Authorization``, and a 307 resends the payload.
 
 Connection extras understood by every HTTP destination (all optional):
 ``timeout`` (seconds, default 30), ``max_attempts`` (default 5), ``backoff_initial`` (seconds, default 1),
@@ -121,44 +121,31 @@ class RefreshableAuth(AuthBase):
         return DestinationError(message, retryable=False)
 
 
-#: headers a request keeps when a redirect leads to another host or port: none carries a credential
-SAFE_ACROSS_HOSTS = frozenset(
-    {"accept", "accept-encoding", "connection", "content-length", "content-type", "transfer-encoding", "user-agent"}
-)
-
-
 def _origin(url: str) -> str:
     """Host and port of a URL, without its login, path or query (which may carry secrets)."""
     parts = urlsplit(url)
     return f"{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
+class CrossHostRedirect(requests.RequestException):
+    """A vendor answered with a redirect to another host or port; it is not followed."""
+
+
 class ApiSession(requests.Session):
-    """A session that forwards no credential across hosts when a vendor answers with a redirect.
+    """A session that follows redirects only on the host it was sent to.
 
-    ``requests`` drops only ``Authorization`` there (``Session.rebuild_auth``); TikTok's ``Access-Token``,
-    Google's ``developer-token`` and our webhook signature would follow the redirect to whatever host
-    it names. On a redirect to another host or port (``should_strip_auth``'s rule) every header except
-    plain content headers is dropped, and the hosts are logged so a 401 from the new host is explained.
+    ``requests`` follows a redirect anywhere and drops only ``Authorization`` on the way
+    (``Session.rebuild_auth``): TikTok's ``Access-Token``, Google's ``developer-token``, our webhook
+    signature, and with a 307 or 308 the whole payload, would reach whatever host the redirect names.
+    No vendor API redirects its calls to another host, so a redirect that leaves the host or port
+    (``should_strip_auth``'s rule; ``http`` to ``https`` on the same host is allowed) fails the request
+    before anything is sent there.
     """
-
-    def __init__(self, vendor: str) -> None:
-        super().__init__()
-        self.vendor = vendor
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         old, new = response.request.url or "", prepared_request.url or ""
         if self.should_strip_auth(old, new):
-            dropped = sorted(k for k in prepared_request.headers if k.lower() not in SAFE_ACROSS_HOSTS)
-            for name in dropped:
-                del prepared_request.headers[name]
-            log.warning(
-                "%s: redirected from %s to %s; not forwarded: %s",
-                self.vendor,
-                _origin(old),
-                _origin(new),
-                ", ".join(dropped) or "nothing",
-            )
+            raise CrossHostRedirect(f"redirected from {_origin(old)} to {_origin(new)}")
         super().rebuild_auth(prepared_request, response)
 
 
@@ -188,6 +175,8 @@ def transport_problem(exc: BaseException) -> str:
         )
     if isinstance(exc, _BAD_URL):
         return f"the URL is not valid ({kind}); correct the connection's host (the URL is not shown)"
+    if isinstance(exc, CrossHostRedirect):
+        return f"{exc}, which is not followed; correct the connection's host if the vendor moved"
     if isinstance(exc, requests.TooManyRedirects):
         return f"too many redirects ({kind}); correct the connection's host"
     return f"the request could not be sent ({kind})"
@@ -210,7 +199,7 @@ class HttpClient:
         self.vendor = vendor
         self.base_url = base_url(conn, default_base_url)
         self.policy = RetryPolicy.from_extra(dict(conn.extra))
-        self.session = ApiSession(vendor)
+        self.session = ApiSession()
         self.session.headers.update(headers or {})
         if auth:
             self.session.auth = auth
