@@ -178,10 +178,22 @@ def _unescaped(text: str) -> str:
 def scrub(text: str, limit: int = 500, members: Collection[str] = ()) -> str:
     """Mask registered secrets, ``members`` (keys a caller knows the text may quote), email-like and
     phone-like substrings, and cut to ``limit`` characters."""
-    text = mask_members(mask_secrets(text), members)
+    text = _head(mask_members(mask_secrets(text), members), 4 * limit + 1024)
     text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", _unescaped(text)))
     text = mask_members(mask_secrets(text), members)  # written escaped or in full-width forms
     return _mask_numbers(_mask_emails(text))[:limit]
+
+
+_PARTIAL_TOKEN = re.compile(rf"[^{_DELIM}]*$")
+_PARTIAL_NUMBER = re.compile(r"[\d\W_]*$")
+
+
+def _head(text: str, size: int) -> str:
+    """The first ``size`` characters of a long text (a vendor echoing a 10 MB batch), without the token or
+    number the cut splits: half an address or the first groups of a phone number would escape the masks."""
+    if len(text) <= size:
+        return text
+    return _PARTIAL_NUMBER.sub("", _PARTIAL_TOKEN.sub("", text[:size]))
 
 
 #: shorter member keys are left alone: masking "7" everywhere would destroy the message

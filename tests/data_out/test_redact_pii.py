@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -358,3 +359,25 @@ def test_a_vendor_error_quoting_the_batch_masks_its_member_keys(vendor: str):
     out = str(failed.value)
     assert "HTTP 400" in out and "<member>" in out
     assert [k for k in keys if k in out] == []
+
+
+# --- long texts ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["ivan.petrov@example.com", "+1 415 555 2671", "иван@пример.рф", "06 12 34 56 78"])
+def test_a_long_text_cut_inside_a_value_leaks_no_part_of_it(value: str):
+    """Only the head of a long text is scrubbed (a vendor echoing a 10 MB batch); the value the cut splits
+    is dropped, not left half-visible. Long addresses before it shrink to ``<email>`` so the cut shows."""
+    filler = "f" * 90 + "@example.com "
+    for pad in range(80):
+        out = scrub(filler * 29 + "y" * pad + " " + value + " tail" * 2000)
+        assert not re.search(r"ivan|petrov|иван|\d", out), (pad, out[-60:])
+
+
+def test_a_long_text_is_scrubbed_quickly():
+    body = json.dumps(
+        [{"member": f"user{i}@example.com", "phone": f"+1 415 555 {i % 10000:04d}"} for i in range(50_000)]
+    )
+    started = time.monotonic()
+    out = scrub(body)
+    assert time.monotonic() - started < 0.5 and "<email>" in out and "<number>" in out
