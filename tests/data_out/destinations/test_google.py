@@ -449,7 +449,8 @@ def test_a_full_size_batch_over_10_mib_is_accepted(tmp_path: Path):
     standin = GoogleAdsStandIn()
     rows = [MemberRow(f"k{i}", f"{i:064x}", f"{i + 10**6:064x}", None, None, False) for i in range(50_000)]
     with Running(standin) as running:
-        result = _ads(running).push(Op.ADD, rows, "big")
+        # a generous timeout: parsing 10.5 MB of JSON in the in-process stand-in is slow on a loaded machine
+        result = _ads(running, timeout=300).push(Op.ADD, rows, "big")
     sizes = [len(b) for b in standin.payloads]
     assert max(sizes) > 10 * 1024 * 1024 and result.rejected == {}
     assert len(standin.lists["customers/1234567890/userLists/555"]) == 50_000
