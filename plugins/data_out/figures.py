@@ -28,10 +28,12 @@ from data_out.config import AudienceConfig
 from data_out.destinations import destination_class
 from data_out.diff import any_present, group_filter
 from data_out.holdout import holdout_threshold
-from data_out.identity import INVALID, MISSING
+from data_out.identity import INVALID, MISSING, REASONS
 
 ISSUE_COLUMNS = ("email_issue", "phone_issue", "external_id_issue")
 ISSUES = [(col, issue) for col in ISSUE_COLUMNS for issue in (MISSING, INVALID)]
+#: identifier quality reasons counted per snapshot (``identity.REASONS``), after the issues
+REASON_CODES = tuple(REASONS)
 
 
 def columns(cfg: AudienceConfig, rows: Any, is_excluded: Any) -> list[Any]:
@@ -41,6 +43,7 @@ def columns(cfg: AudienceConfig, rows: Any, is_excluded: Any) -> list[Any]:
     out = [func.count(), func.count().filter(is_excluded)]
     out.append(func.count().filter(and_(~is_excluded, held)) if held is not None else literal(0))
     out += [func.count().filter(c[col] == issue) for col, issue in ISSUES]
+    out += [func.count().filter(c.id_notes.like(f"% {code} %")) for code in REASON_CODES]
     for d in cfg.destinations:  # what each destination's plan reports as desired and unmatchable
         wanted = and_(~is_excluded, group_filter(cfg, d.include, rows))
         matchable = any_present(c, destination_class(d.type).columns_for(d).values())

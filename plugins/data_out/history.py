@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 from tabulate import tabulate
 
 from data_out import state
+from data_out.report import identifier_quality
 
 
 def history_rows(engine: Engine, audience: str, last: int = 10) -> list[dict[str, Any]]:
@@ -37,6 +38,7 @@ def history_rows(engine: Engine, audience: str, last: int = 10) -> list[dict[str
                 r.c.held_out,
                 r.c.missing_keys,
                 r.c.stage_seconds,
+                r.c.identifier_issues,
                 s.c.destination,
                 s.c.mode,
                 s.c.status.label("sync_status"),
@@ -76,6 +78,7 @@ def history_table(rows: list[dict[str, Any]]) -> str:
         "rejected",
         "dest size",
         "secs",
+        "id quality",
         "guard / error",
     ]
     table = []
@@ -98,10 +101,17 @@ def history_table(rows: list[dict[str, Any]]) -> str:
                 x["rejected"] or 0,
                 x["destination_size"],
                 round(secs, 2),
+                _quality(x.get("identifier_issues")),
                 (note[:60] + "...") if len(note) > 60 else note,
             ]
         )
     return tabulate(table, headers=headers, tablefmt="github")
+
+
+def _quality(issues: dict[str, int] | None) -> str:
+    """The run's three most frequent identifier quality reasons, as ``code n``: counts, never values."""
+    top = list(identifier_quality(issues or {}).items())[:3]
+    return ", ".join(f"{code} {n}" for code, n in top)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,11 @@
-"""Identifier normalisation and hashing.
+"""Identifier normalisation and hashing, by each vendor's published rules.
 
 Every destination matches people on identifiers that were normalised the same way before hashing; a
 single stray space or capital letter turns a match into a silent miss. This module is the one place that
-decides what "normalised" means, and it reports *why* a value could not be used (missing or invalid)
-instead of dropping it, so the run record can show missing identifiers as a number.
+decides what "normalised" means, and it reports *why* a value could not be used (missing or invalid,
+with a reason code from ``REASONS``) and what it repaired, instead of dropping it, so the run record
+can show identifier quality as numbers. The rules, key by key, with the vendor pages they follow, are
+in ``docs/identity.md``; the choices where vendors disagree or are silent in ``docs/decisions/identity.md``.
 
 Nothing here logs, and no exception raised here carries a raw value.
 """
@@ -14,13 +16,16 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import phonenumbers
+import pycountry
 
-#: Bumped whenever a rule below changes, so that cached normalisations in the state database are
-#: recomputed instead of trusted (it is part of the row fingerprint, see ``staging.py``).
-NORMALIZATION_VERSION = "3"
+#: Bumped whenever a rule below changes. It is part of every row's fingerprint (``staging.py``), so the
+#: next run normalises every member again; the diff then moves only the members whose hashes changed
+#: (remove the old hash, add the new one), under the mass-removal guard. See docs/identity.md.
+NORMALIZATION_VERSION = "4"
 
 MISSING = "missing"
 INVALID = "invalid"
@@ -28,18 +33,48 @@ INVALID = "invalid"
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
 MAX_PHONE_LENGTH = 64  # far above any real number with formatting; longer input is garbage
 MAX_EXTERNAL_ID_LENGTH = 256
+MAX_FIELD_LENGTH = 256  # names, cities, states, postcodes: longer input is garbage
 
-# Deliberately permissive: one "@", no whitespace, a dot in the domain. Vendors reject what they
-# cannot match; our job is to not send obvious garbage and to count it.
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
+#: Reason codes: why an identifier is invalid, or what was repaired on one that is used. Counted per run
+#: (``figures.py``), shown in the run table; never with the value itself.
+REASONS: dict[str, str] = {
+    "email_undecodable": "email is not UTF-8 text",
+    "email_too_long": "email longer than 254 characters",
+    "email_invisible": "email has invisible or control characters inside",
+    "email_shape": "email not of the form name@domain.tld",
+    "email_edge_chars": "email had Unicode spaces or format characters at its ends (removed)",
+    "email_mailto": "email wrapped in mailto: (unwrapped)",
+    "email_angle": "email wrapped in <...> (unwrapped)",
+    "email_folded": "email had full-width or compatibility characters (folded)",
+    "phone_undecodable": "phone is not UTF-8 text",
+    "phone_too_long": "phone longer than 64 characters",
+    "phone_unparsable": "phone could not be read as a number",
+    "phone_not_valid": "phone number not valid for its country",
+    "phone_mx_legacy": "Mexican mobile in the pre-2019 +52 1 form (rewritten)",
+    "external_id_undecodable": "external id is not UTF-8 text",
+    "external_id_bad": "external id too long or with control characters",
+    "fn_no_letters": "first name has no letters",
+    "ln_no_letters": "last name has no letters",
+    "fi_no_letter": "first initial is not a letter",
+    "ct_no_letters": "city has no letters",
+    "st_unknown": "state not recognised",
+    "zip_unknown": "postcode not recognised",
+    "country_unknown": "country not recognised",
+    "gen_unknown": "gender not m or f",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Normalized:
-    """A normalised identifier, or the reason there is none (``issue`` is ``missing`` or ``invalid``)."""
+    """A normalised identifier, or the reason there is none.
+
+    ``issue`` is ``missing`` or ``invalid`` when there is no value; ``reason`` a ``REASONS`` code: why it
+    is invalid, or what was repaired on a value that is used.
+    """
 
     value: str | None
     issue: str | None = None
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -58,25 +93,82 @@ def _as_text(raw: Any) -> str | None:
     return str(raw)
 
 
-#: What Meta's SDK strips from both ends of every key before lower-casing (``format_params``); Google
-#: Ads documents whitespace trimming only, and the two agree on every valid address.
-_EMAIL_STRIP = " \t\r\n\0\x0b."
+def _is_edge(ch: str) -> bool:
+    """White space, format (zero-width, BOM, bidi marks) or control characters: never part of a value."""
+    return ch.isspace() or unicodedata.category(ch) in {"Cf", "Cc", "Zs", "Zl", "Zp"}
 
 
-def normalize_email(raw: Any) -> Normalized:
-    """Strip whitespace and stray dots from both ends, lower-case, then validate the shape."""
+def strip_edges(text: str, also: str = "") -> str:
+    """``text`` without every Unicode white space, format and control character (and ``also``) at its ends."""
+    start, end = 0, len(text)
+    while start < end and (_is_edge(text[start]) or text[start] in also):
+        start += 1
+    while end > start and (_is_edge(text[end - 1]) or text[end - 1] in also):
+        end -= 1
+    return text[start:end]
+
+
+def _has_invisible(text: str) -> bool:
+    """A format, control or non-ASCII space character inside (a plain space is a shape problem)."""
+    return any(c != " " and _is_edge(c) for c in text)
+
+
+# -- email --------------------------------------------------------------------------------------------
+
+#: Meta's SDK also strips stray dots at both ends (``format_params``); no vendor keeps them.
+_EMAIL_EDGE = "."
+#: One "@"; the local part without white space or the characters that only appear in wrappers and
+#: lists; a dotted domain of letters, digits and hyphens whose last label has two or more characters.
+#: Vendors reject what they cannot match; our job is to not send obvious garbage and to count it.
+_EMAIL_RE = re.compile(r"^[^@\s<>()\[\]\\,;:\"]+@(?:[\w-]+\.)+[\w-]{2,}$")
+_GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+#: the snapshot column holding the hash of Google's Data Manager form of the email (``google_email``); a
+#: destination maps its email to it to match on that form
+GMAIL_COLUMN = "email_google_sha256"
+
+
+def _unwrap_email(text: str) -> tuple[str, str | None]:
+    """``mailto:a@b.c`` and ``<a@b.c>`` are the same address in a link's or a header's clothes."""
+    reason = None
+    if text[:1] == "<" and text[-1:] == ">":
+        text, reason = strip_edges(text[1:-1]), "email_angle"
+    if text[:7].lower() == "mailto:":
+        text, reason = strip_edges(text[7:]), "email_mailto"
+        if text[:1] == "<" and text[-1:] == ">":
+            text = strip_edges(text[1:-1])
+    return text, reason
+
+
+def normalize_email(raw: Any, gmail_canonical: bool = False) -> Normalized:
+    """Meta, Google and TikTok: trim, lower-case. Full-width forms are folded (NFKC), wrappers unwrapped.
+
+    ``gmail_canonical``: Google's Data Manager API rule, for gmail.com and googlemail.com addresses only:
+    dots and a ``+tag`` before the ``@`` are removed (``cloudy.sf+shop@gmail.com`` -> ``cloudysf@gmail.com``).
+    The Google Ads API guidance and Meta do not ask for it; see docs/decisions/identity.md.
+    """
     text = _as_text(raw)
     if text is None:
-        return Normalized(None, INVALID)
-    text = text.strip(_EMAIL_STRIP).lower()
-    if not text:
+        return Normalized(None, INVALID, "email_undecodable")
+    trimmed = strip_edges(text, _EMAIL_EDGE)
+    if not trimmed:
         return Normalized(None, MISSING)
-    if len(text) > MAX_EMAIL_LENGTH or not _EMAIL_RE.match(text):
-        return Normalized(None, INVALID)
-    return Normalized(text)
-
-
-_GOOGLE_MAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+    # plain ASCII white space at the ends is routine; anything else stripped there is worth a count
+    reason = "email_edge_chars" if trimmed != text.strip(" \t\r\n\0\x0b.") else None
+    folded = unicodedata.normalize("NFKC", trimmed)
+    if folded != trimmed:
+        reason = "email_folded"
+    unwrapped, wrapped = _unwrap_email(folded)
+    reason = wrapped or reason
+    value = strip_edges(unwrapped, _EMAIL_EDGE).lower()
+    if len(value) > MAX_EMAIL_LENGTH:
+        return Normalized(None, INVALID, "email_too_long")
+    if _has_invisible(value):
+        return Normalized(None, INVALID, "email_invisible")
+    if not _EMAIL_RE.match(value):
+        return Normalized(None, INVALID, "email_shape")
+    if gmail_canonical:
+        value = google_email(value)
+    return Normalized(value, None, reason)
 
 
 def google_email(normalized: str) -> str:
@@ -84,68 +176,201 @@ def google_email(normalized: str) -> str:
     without dots and without a plus sign and what follows (Google's "Format user data" rules); others as
     they are. Google matches the hash of this form, so a dotted Gmail address would otherwise miss."""
     local, _, domain = normalized.rpartition("@")
-    if domain not in _GOOGLE_MAIL_DOMAINS:
+    if domain not in _GMAIL_DOMAINS:
         return normalized
-    return f"{local.split('+', 1)[0].replace('.', '')}@{domain}"
+    local = local.split("+", 1)[0].replace(".", "")
+    return f"{local}@{domain}" if local else normalized
+
+
+# -- phone --------------------------------------------------------------------------------------------
 
 
 def normalize_phone(raw: Any, default_region: str) -> Normalized:
     """Parse with ``phonenumbers`` and return E.164 (``+14155550123``) when the number is valid.
 
     Numbers written without a country code are read in ``default_region`` (an ISO 3166 alpha-2 code).
+    Mexican mobiles in the form used before 2019 (``+52 1 55 ...``) are rewritten to the current one.
     """
     text = _as_text(raw)
     if text is None:
-        return Normalized(None, INVALID)
-    text = text.strip()
+        return Normalized(None, INVALID, "phone_undecodable")
+    text = unicodedata.normalize("NFKC", strip_edges(text))
     if not text:
         return Normalized(None, MISSING)
     if len(text) > MAX_PHONE_LENGTH:
-        return Normalized(None, INVALID)
+        return Normalized(None, INVALID, "phone_too_long")
     if text.startswith("00"):  # international dialling prefix written instead of "+"
         text = "+" + text[2:]
     try:
         parsed = phonenumbers.parse(text, default_region.upper())
     except phonenumbers.NumberParseException:
-        return Normalized(None, INVALID)
+        return Normalized(None, INVALID, "phone_unparsable")
+    reason = None
     if not phonenumbers.is_valid_number(parsed):
-        return Normalized(None, INVALID)
-    return Normalized(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+        parsed, reason = _mexican_mobile(parsed), "phone_mx_legacy"
+        if parsed is None:
+            return Normalized(None, INVALID, "phone_not_valid")
+    return Normalized(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None, reason)
+
+
+def _mexican_mobile(parsed: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:
+    """``+52 1 XX XXXX XXXX`` without its ``1``, when that is valid (Mexico dropped the mobile ``1`` in 2019)."""
+    national = str(parsed.national_number)
+    if parsed.country_code != 52 or len(national) != 11 or not national.startswith("1"):
+        return None
+    current = phonenumbers.PhoneNumber(country_code=52, national_number=int(national[1:]))
+    return current if phonenumbers.is_valid_number(current) else None
+
+
+# -- external id --------------------------------------------------------------------------------------
 
 
 def normalize_external_id(raw: Any) -> Normalized:
     """External ids are sent as they are, only trimmed: they are the customer's own key."""
     text = _as_text(raw)
     if text is None:
-        return Normalized(None, INVALID)
-    text = text.strip()
+        return Normalized(None, INVALID, "external_id_undecodable")
+    text = strip_edges(text)
     if not text:
         return Normalized(None, MISSING)
     if len(text) > MAX_EXTERNAL_ID_LENGTH or any(unicodedata.category(c) == "Cc" for c in text):
-        return Normalized(None, INVALID)
+        return Normalized(None, INVALID, "external_id_bad")
     return Normalized(text)
 
 
-#: Meta's optional match keys and how its SDK (``CustomAudience.normalize_key``) normalises them, after
-#: the same strip-and-lower every key gets. All of them are sent SHA-256 hashed.
+# -- Meta's other match keys --------------------------------------------------------------------------
+
+#: Meta's optional match keys (customer list "multi-key" schema), all sent SHA-256 hashed.
 META_EXTRA_KEYS = ("FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN")
 
 
-def normalize_meta_field(key: str, raw: Any) -> str | None:
-    """Normalise a name/location value the way Meta's SDK does; ``None`` when nothing usable is left."""
+def _letters(text: str) -> str:
+    """Lower-case letters (and their combining marks) only, in UTF-8: Meta keeps ``valéry`` and ``정``.
+
+    NFKC first, so full-width and compatibility forms fold to plain letters and an ``é`` written as
+    ``e`` + combining accent hashes like the precomposed one.
+    """
+    folded = unicodedata.normalize("NFKC", text).lower()
+    return "".join(c for c in folded if unicodedata.category(c)[0] in "LM")
+
+
+@cache
+def _us_states() -> dict[str, str]:
+    """US states, DC and territories from ISO 3166-2 (pycountry): code and name, letters only -> code."""
+    out = {}
+    for sub in pycountry.subdivisions.get(country_code="US"):
+        code = sub.code.split("-", 1)[1].lower()
+        out[code] = code
+        out[_letters(sub.name)] = code
+    return out
+
+
+def normalize_country(raw: Any) -> Normalized:
+    """ISO 3166-1 alpha-2, lower case, from an alpha-2, alpha-3 or numeric code or a name pycountry knows.
+
+    ``UK`` (ISO's exceptionally reserved code for the United Kingdom) is read as ``gb``. Anything else is
+    invalid: never guessed, never cut to its first two letters.
+    """
     text = _as_text(raw)
+    if text is None:
+        return Normalized(None, INVALID, "country_unknown")
+    text = unicodedata.normalize("NFKC", strip_edges(text))
     if not text:
-        return None
-    text = text.strip(_EMAIL_STRIP).lower()
-    if key in {"FN", "LN", "FI", "CT", "ST"}:
-        text = re.sub(r"[^a-z]", "", text)
-    elif key == "ZIP":
-        text = text.split("-")[0].strip()
-    elif key == "COUNTRY":
-        text = re.sub(r"[^a-z]", "", text)[:2]
-    elif key == "GEN":
-        text = text.strip()[:1]
-    return text or None
+        return Normalized(None, MISSING)
+    code = _country_code(text)
+    return Normalized(code) if code else Normalized(None, INVALID, "country_unknown")
+
+
+@cache
+def _country_code(text: str) -> str | None:
+    candidates = [text, re.sub(r"[.\s]+", "", text) if len(text) <= 7 else text]  # "U.S.A." -> "USA"
+    for candidate in candidates:
+        if candidate.isdigit():
+            candidate = candidate.zfill(3)
+        if candidate.upper() == "UK":
+            return "gb"
+        try:
+            return str(pycountry.countries.lookup(candidate).alpha_2).lower()
+        except LookupError:
+            continue
+    return None
+
+
+def normalize_state(raw: Any, country: str | None) -> Normalized:
+    """Meta: the 2-letter code for US states, other states' names lower case without punctuation or spaces.
+
+    ``country`` is the member's normalised country when the audience maps one: a US member's state must
+    be a US state, district or territory. Without a country, a value that names a US state becomes its
+    code and anything else is taken as a state elsewhere.
+    """
+    text = _as_text(raw)
+    if text is None:
+        return Normalized(None, INVALID, "st_unknown")
+    letters = _letters(strip_edges(text))
+    if not strip_edges(text):
+        return Normalized(None, MISSING)
+    code = _us_states().get(letters)
+    if code:
+        return Normalized(code)
+    if country == "us" or not letters or len(text) > MAX_FIELD_LENGTH:
+        return Normalized(None, INVALID, "st_unknown")
+    return Normalized(letters)
+
+
+_US_ZIP = re.compile(r"^(\d{5})(?:-?\d{4})?$")
+
+
+def normalize_zip(raw: Any, country: str | None) -> Normalized:
+    """Meta: lower case, no white space, no dash; US ZIP codes cut to their first 5 digits (ZIP+4 -> ZIP).
+
+    A US member's ZIP must be 5 digits (or ZIP+4). Without a country, ``NNNNN-NNNN`` and nine digits are
+    read as ZIP+4; no other country writes its postcodes so.
+    """
+    text = _as_text(raw)
+    if text is None:
+        return Normalized(None, INVALID, "zip_unknown")
+    text = unicodedata.normalize("NFKC", strip_edges(text)).lower()
+    if not text:
+        return Normalized(None, MISSING)
+    compact = re.sub(r"[\s\-]+", "", text)
+    us = _US_ZIP.match(re.sub(r"\s+", "", text))
+    if us and country in (None, "us"):
+        return Normalized(us.group(1))
+    if country == "us" or not re.fullmatch(r"[0-9a-z]{2,10}", compact):
+        return Normalized(None, INVALID, "zip_unknown")
+    return Normalized(compact)
+
+
+_FIELD_REASONS = {"FN": "fn_no_letters", "LN": "ln_no_letters", "FI": "fi_no_letter", "CT": "ct_no_letters"}
+_FIELD_REASONS["GEN"] = "gen_unknown"
+_GENDERS = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
+
+
+def normalize_meta_field(key: str, raw: Any, country: str | None = None) -> Normalized:
+    """One of Meta's other match keys by Meta's rules (docs/identity.md); ``country`` shapes ST and ZIP."""
+    if key == "COUNTRY":
+        return normalize_country(raw)
+    if key == "ST":
+        return normalize_state(raw, country)
+    if key == "ZIP":
+        return normalize_zip(raw, country)
+    text = _as_text(raw)
+    reason = _FIELD_REASONS[key]
+    if text is None:
+        return Normalized(None, INVALID, reason)
+    text = strip_edges(text)
+    if not text:
+        return Normalized(None, MISSING)
+    if len(text) > MAX_FIELD_LENGTH:
+        return Normalized(None, INVALID, reason)
+    letters = _letters(text)
+    if key == "GEN":
+        value = _GENDERS.get(letters)
+    elif key == "FI":
+        value = letters[:1]
+    else:  # FN, LN, CT
+        value = letters
+    return Normalized(value, None) if value else Normalized(None, INVALID, reason)
 
 
 def sha256_hex(value: str) -> str:
@@ -157,36 +382,48 @@ def is_valid_region(region: str) -> bool:
     return region.upper() in phonenumbers.SUPPORTED_REGIONS
 
 
+def notes_text(reasons: list[str]) -> str | None:
+    """The reason codes of one member as stored (``do_member.id_notes``): `` a b `` (spaces around each)."""
+    return f" {' '.join(sorted(set(reasons)))} " if reasons else None
+
+
 @dataclass(frozen=True, slots=True)
 class IdentityForms:
     """The hashed forms of one member's identifiers that destinations may ask for.
 
     Meta hashes the phone as digits without the plus sign, Google Ads as E.164 with it, so one phone
-    hash cannot serve both: both forms are kept and each destination picks its own.
+    hash cannot serve both: both forms are kept and each destination picks its own. The same holds for
+    Google's Data Manager form of the email (``google_email``).
     """
 
     email_sha256: str | None
-    email_google_sha256: str | None  # Google's Data Manager form (``google_email``)
     phone_e164_sha256: str | None
     phone_digits_sha256: str | None
     external_id: str | None
     email_issue: str | None
     phone_issue: str | None
     external_id_issue: str | None
+    email_google_sha256: str | None = None
+    email_reason: str | None = None
+    phone_reason: str | None = None
+    external_id_reason: str | None = None
 
 
-def identity_forms(email: Any, phone: Any, external_id: Any, default_region: str) -> IdentityForms:
+def identity_forms(email: Any, phone: Any, external_id: Any, default_region: str, gmail: bool = False) -> IdentityForms:
     """Normalise and hash one member's identifiers in every form a destination may need."""
     e = normalize_email(email)
     p = normalize_phone(phone, default_region)
     x = normalize_external_id(external_id)
     return IdentityForms(
         email_sha256=sha256_hex(e.value) if e.value else None,
-        email_google_sha256=sha256_hex(google_email(e.value)) if e.value else None,
         phone_e164_sha256=sha256_hex(p.value) if p.value else None,
         phone_digits_sha256=sha256_hex(p.value[1:]) if p.value else None,
         external_id=x.value,
         email_issue=e.issue,
         phone_issue=p.issue,
         external_id_issue=x.issue,
+        email_google_sha256=sha256_hex(google_email(e.value)) if e.value else None,
+        email_reason=e.reason,
+        phone_reason=p.reason,
+        external_id_reason=x.reason,
     )

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from data_out import state
 from data_out.config import AudienceConfig, Identifiers
 from data_out.holdout import bucket_for
-from data_out.identity import identity_forms, normalize_meta_field, sha256_hex
+from data_out.identity import identity_forms, normalize_meta_field, notes_text, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,19 @@ class Normaliser:
         """The identity columns of one member from its raw (email, phone, external id, *extra) values."""
         ids = self.identifiers
         f = identity_forms(*raw[:3], default_region=ids.default_region)
+        notes = [r for r, mapped in ((f.email_reason, ids.email), (f.phone_reason, ids.phone)) if r and mapped]
+        if f.external_id_reason and ids.external_id:
+            notes.append(f.external_id_reason)
+        values = dict(zip(sorted(ids.extra), raw[3:], strict=True))
+        # a member's country shapes its state and postcode (US: state code, 5-digit ZIP)
+        country = normalize_meta_field("COUNTRY", values["COUNTRY"]).value if "COUNTRY" in values else None
         extra = {}
-        for (name, _), value in zip(sorted(ids.extra.items()), raw[3:], strict=True):
-            norm = normalize_meta_field(name, value)
-            if norm:
-                extra[name] = sha256_hex(norm)
+        for name, value in values.items():
+            norm = normalize_meta_field(name, value, country)
+            if norm.value:
+                extra[name] = sha256_hex(norm.value)
+            if norm.reason:
+                notes.append(norm.reason)
         return {
             "bucket": bucket_for(self.holdout_salt, key) if self.holdout_salt is not None else None,
             "email_sha256": f.email_sha256,
@@ -77,6 +85,7 @@ class Normaliser:
             "email_issue": f.email_issue if ids.email else None,
             "phone_issue": f.phone_issue if ids.phone else None,
             "external_id_issue": f.external_id_issue if ids.external_id else None,
+            "id_notes": notes_text(notes),
         }
 
     def member_rows(self, part: list[Any]) -> list[tuple[Any, ...]]:

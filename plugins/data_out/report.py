@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 from tabulate import tabulate
 
 from data_out import state
+from data_out.identity import REASONS
 
 
 def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -39,12 +40,32 @@ def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
         rows = [dict(m) for m in conn.execute(stmt).mappings()]
     for row in rows:
         issues = row.get("identifier_issues") or {}
-        row["invalid"] = sum(n for k, n in issues.items() if k.endswith("_invalid"))
-        row["missing"] = sum(n for k, n in issues.items() if k.endswith("_missing"))
+        row["invalid"] = sum(n for k, n in issues.items() if k.endswith("_invalid") and ":" not in k)
+        row["missing"] = sum(n for k, n in issues.items() if k.endswith("_missing") and ":" not in k)
+        row["quality"] = identifier_quality(issues)
         end = row["finished_at"] or row["started_at"]
         row["run_s"] = round((end - row["started_at"]).total_seconds(), 2)
         row["sync_s"] = round((row["plan_seconds"] or 0) + (row["push_seconds"] or 0), 2)
     return rows
+
+
+def identifier_quality(issues: dict[str, int]) -> dict[str, int]:
+    """The run's identifier quality counts per reason code (``identity.REASONS``), largest first."""
+    found = {k.removeprefix("reason:"): n for k, n in issues.items() if k.startswith("reason:")}
+    return dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def quality_report(rows: list[dict[str, Any]]) -> str:
+    """Identifier quality per audience run: how many members each reason touched. Counts only, never values."""
+    seen, table = set(), []
+    for row in rows:
+        if row["id"] in seen:
+            continue
+        seen.add(row["id"])
+        table += [[row["audience"], code, REASONS.get(code, code), n] for code, n in row["quality"].items()]
+    if not table:
+        return "identifier quality: nothing to report"
+    return tabulate(table, headers=["audience", "reason", "meaning", "members"], tablefmt="github", intfmt=",")
 
 
 def run_report(rows: list[dict[str, Any]]) -> str:
@@ -80,6 +101,8 @@ def run_report(rows: list[dict[str, Any]]) -> str:
         for row in rows
     ]
     out = tabulate(table, headers=headers, tablefmt="github", intfmt=",")
+    if any(row.get("quality") for row in rows):
+        out += "\n\nIdentifier quality (members per reason; see docs/identity.md):\n" + quality_report(rows)
     problems = [
         f"- {row['audience']}/{row['destination'] or '-'}: {row['sync_error'] or row['error']}"
         for row in rows

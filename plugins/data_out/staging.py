@@ -67,6 +67,7 @@ _UNCHANGED: dict[str, Any] = {
     "email_issue": None,
     "phone_issue": None,
     "external_id_issue": None,
+    "id_notes": None,
 }
 #: above this share of the snapshot changed, Postgres' statistics are refreshed before the diff is planned
 _ANALYZE_SHARE = 0.05
@@ -486,7 +487,10 @@ class Stager:
             for (col, issue), n in zip(figures.ISSUES, values[3:n_issues], strict=True)
             if n
         }
-        rest = values[n_issues:]
+        n_reasons = n_issues + len(figures.REASON_CODES)
+        reasons = zip(figures.REASON_CODES, values[n_issues:n_reasons], strict=True)
+        stats.identifier_issues.update({f"reason:{code}": n for code, n in reasons if n})
+        rest = values[n_reasons:]
         stats.desired = {d.label: rest[2 * i : 2 * i + 2] for i, d in enumerate(self.cfg.destinations)}
 
 

@@ -90,6 +90,7 @@ _member_columns = lambda: [  # noqa: E731 - the same identity columns in snapsho
     Column("phone_issue", String(16)),
     Column("external_id_issue", String(16)),
     Column("email_google_sha256", _HASH),  # Google's Data Manager form of the email (identity.google_email)
+    Column("id_notes", Text),  # identifier quality reason codes (identity.REASONS), " a b ": never a value
 ]
 
 member = Table(

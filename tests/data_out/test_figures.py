@@ -38,8 +38,9 @@ def recount(engine: Engine, cfg) -> list[int]:  # type: ignore[no-untyped-def]
 
 def as_values(stats: StageStats, cfg) -> list[int]:  # type: ignore[no-untyped-def]
     issues = [stats.identifier_issues.get(f"{c.removesuffix('_issue')}_{i}", 0) for c, i in figures.ISSUES]
+    reasons = [stats.identifier_issues.get(f"reason:{code}", 0) for code in figures.REASON_CODES]
     desired = [n for d in cfg.destinations for n in stats.desired[d.label]]
-    return [stats.members, stats.excluded, stats.held_out, *issues, *desired]
+    return [stats.members, stats.excluded, stats.held_out, *issues, *reasons, *desired]
 
 
 def test_carried_figures_equal_a_recount_run_after_run(engine, monkeypatch):

@@ -39,6 +39,7 @@ from data_out.destinations.base import BatchResult, Destination, DestinationErro
 from data_out.destinations.google import MATCH_RATE_FLOOR, GoogleConsent, describe_google_error, require_consent
 from data_out.destinations.google_auth import GoogleTokenAuth
 from data_out.destinations.http import HttpClient, split_by_size
+from data_out.identity import GMAIL_COLUMN
 from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ class GoogleAdsSettings(DestinationSettings):
     customer_id: str = Field(pattern=r"^\d{10}$", description="the ad account, 10 digits without dashes")
     user_list_id: str = Field(pattern=r"^\d+$")
     consent: GoogleConsent
+    gmail_canonical: bool = Field(
+        False,
+        description="send gmail.com/googlemail.com addresses without dots and +tags before the @ "
+        "(the Data Manager API's rule; the Google Ads API guidance does not ask for it)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -82,10 +88,19 @@ class GoogleAdsDestination(Destination):
     settings_model = GoogleAdsSettings
     default_conn_id = "data_out_google_ads"
     max_batch_rows = 50_000  # two identifiers each: within 100,000 identifiers per request
-    identity_columns = {"email_sha256": "email_sha256", "phone_sha256": "phone_e164_sha256"}
     supports_replace = True
 
     settings: GoogleAdsSettings
+
+    @classmethod
+    def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
+        assert isinstance(settings, GoogleAdsSettings)
+        email = GMAIL_COLUMN if settings.gmail_canonical else "email_sha256"
+        return {"email_sha256": email, "phone_sha256": "phone_e164_sha256"}
+
+    @property
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+        return self.columns_for(self.settings)
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

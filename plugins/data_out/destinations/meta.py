@@ -7,10 +7,10 @@ which apps with "Require app secret" on demand. Per audience: ``audience_id``, `
 ``api_version`` (default and Meta's expiry dates in ``meta_versions``; an expired one is refused when
 the audience is loaded).
 
-Keys are normalised as Meta's own SDK does (``CustomAudience.format_params``/``normalize_key``) and sent
-SHA-256 hashed; EXTERN_ID is sent unhashed (trimmed, lower-cased). The phone is digits with the country
-code and no ``+``. Meta does not say which rows were invalid, only how many: ``num_invalid_entries``
-feeds the run's match figures rather than row-level rejects.
+Keys are normalised as Meta's customer-list and customer-information pages say (``identity.py``,
+docs/identity.md) and sent SHA-256 hashed; EXTERN_ID is sent unhashed (trimmed, lower-cased). The phone
+is digits with the country code and no ``+``. Meta does not say which rows were invalid, only how many:
+``num_invalid_entries`` feeds the run's match figures rather than row-level rejects.
 """
 
 from __future__ import annotations

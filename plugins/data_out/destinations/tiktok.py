@@ -2,7 +2,7 @@
 
 Connection (type ``data_out_tiktok``): ``host`` the API base URL (default
 https://business-api.tiktok.com), ``password`` the access token. Per audience: ``advertiser_id``,
-``segment_id``, ``id_schema`` (EMAIL_SHA256 and/or PHONE_SHA256) and ``batch_size``.
+``segment_id``, ``id_schema`` (EMAIL_SHA256 and/or PHONE_SHA256), ``phone_format`` and ``batch_size``.
 
 TikTok answers errors with HTTP 200 and a non-zero ``code``: 40100 (too many requests) and 5xxxx are
 retried, every other code fails the batch with TikTok's message.
@@ -35,6 +35,11 @@ class TikTokSettings(DestinationSettings):
     segment_id: str = Field(pattern=r"^\w+$")
     id_schema: list[Literal["EMAIL_SHA256", "PHONE_SHA256"]] = Field(
         default_factory=lambda: ["EMAIL_SHA256", "PHONE_SHA256"], min_length=1
+    )
+    phone_format: Literal["e164", "digits"] = Field(
+        "e164",
+        description="hash the phone as E.164 with its + (e164) or as digits with the country code and no + "
+        "(digits); TikTok's help pages name both, see docs/decisions/identity.md",
     )
 
 
@@ -90,7 +95,7 @@ class TikTokDestination(Destination):
         if "EMAIL_SHA256" in settings.id_schema:
             cols["email_sha256"] = "email_sha256"
         if "PHONE_SHA256" in settings.id_schema:
-            cols["phone_sha256"] = "phone_e164_sha256"
+            cols["phone_sha256"] = "phone_e164_sha256" if settings.phone_format == "e164" else "phone_digits_sha256"
         return cols
 
     @property
