@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
+import re
 
 import pytest
+from sqlalchemy import select
 
+from data_out import history, identity, report, staging, state
+from data_out.config import AudienceConfig, Identifiers, load_audiences
+from data_out.destinations.google_ads import GoogleAdsDestination
+from data_out.destinations.tiktok import TikTokDestination
 from data_out.identity import (
+    GMAIL_COLUMN,
     INVALID,
     MISSING,
     identity_forms,
@@ -15,6 +24,11 @@ from data_out.identity import (
     normalize_phone,
     sha256_hex,
 )
+from data_out.normalise import Normaliser
+from data_out.runner import AudienceRunner, RunFailed
+from tests.conftest import write_audience
+
+AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize(
@@ -92,3 +106,186 @@ def test_external_id_is_kept_as_is_but_trimmed():
     assert normalize_external_id(42).value == "42"
     assert normalize_external_id("x" * 300).issue == INVALID
     assert normalize_external_id("bad\x00id").issue == INVALID
+
+
+# -- changing a rule is a migration ---------------------------------------------------------------------
+
+MIGRATION_AUD = "norm_upgrade_v1"
+MIGRATION_YAML = f"""
+    name: {MIGRATION_AUD}
+    owner: tests
+    purpose: normalisation upgrade
+    source: {{conn_id: db, query: "SELECT customer_id, email, phone FROM people WHERE in_audience = 1"}}
+    destinations: [{{type: memory, batch_size: 4}}]
+"""
+
+
+def _old_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Normalisation version 2 for emails: ASCII trimming only, no unwrapping, invisible characters kept."""
+
+    def version_2(raw, gmail_canonical=False):  # type: ignore[no-untyped-def]
+        text = raw.strip(" \t\r\n\0\x0b.").lower() if isinstance(raw, str) else ""
+        if not text:
+            return identity.Normalized(None, MISSING)
+        ok = len(text) <= 254 and re.match(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$", text)
+        return identity.Normalized(text) if ok else identity.Normalized(None, INVALID)
+
+    monkeypatch.setattr(identity, "normalize_email", version_2)
+    monkeypatch.setattr(staging, "NORMALIZATION_VERSION", "2")
+
+
+def _sync(tmp_path, resolver, state_engine, holder: str) -> None:  # type: ignore[no-untyped-def]
+    write_audience(tmp_path / "aud", MIGRATION_AUD, MIGRATION_YAML)
+    AudienceRunner(state_engine, load_audiences(tmp_path / "aud"), MIGRATION_AUD, resolver).run(holder, AS_OF)
+
+
+def _pushed(store, op: str) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    return {r.member_key: r.email_sha256 for o, _, rows in store.requests if o == op for r in rows}
+
+
+def _last_sync(engine) -> dict:  # type: ignore[no-untyped-def]
+    s = state.sync
+    with engine.connect() as conn:
+        return dict(conn.execute(select(s).order_by(s.c.id.desc()).limit(1)).mappings().one())
+
+
+def test_a_new_normalisation_version_moves_only_the_members_whose_hashes_change(
+    tmp_path, resolver, state_engine, people, store, monkeypatch
+):
+    plain = [{"customer_id": f"c{i}", "email": f"P{i}@Example.com"} for i in range(8)]
+    wrapped = [
+        {"customer_id": "w1", "email": "mailto:w1@example.com"},  # v2: hashed with "mailto:", v3: unwrapped
+        {"customer_id": "w2", "email": "<w2@example.com>"},
+    ]
+    nbsp = [{"customer_id": "n1", "email": "n1@example.com\u00a0"}]  # v2: invalid (lost), v3: trimmed
+    people.set(plain + wrapped + nbsp)
+    with monkeypatch.context() as m:
+        _old_rules(m)
+        _sync(tmp_path, resolver, state_engine, "t/1")
+    held = store.audience("aud-1")
+    assert held["w1"].email_sha256 == sha256_hex("mailto:w1@example.com") and "n1" not in held
+    before = {k: r.email_sha256 for k, r in held.items()}
+    store.requests.clear()
+
+    _sync(tmp_path, resolver, state_engine, "t/2")  # the upgraded rules, version 3
+
+    assert _pushed(store, "remove") == {"w1": before["w1"], "w2": before["w2"]}  # exactly the old hashes
+    assert _pushed(store, "add") == {
+        "w1": sha256_hex("w1@example.com"),
+        "w2": sha256_hex("w2@example.com"),
+        "n1": sha256_hex("n1@example.com"),
+    }
+    after = {k: r.email_sha256 for k, r in store.audience("aud-1").items()}
+    assert {k: after[k] for k in before if k.startswith("c")} == {k: v for k, v in before.items() if k.startswith("c")}
+    sync = _last_sync(state_engine)
+    assert (sync["status"], sync["changed"], sync["guard"]) == ("success", 2, "passed")
+
+    store.requests.clear()
+    _sync(tmp_path, resolver, state_engine, "t/3")  # settled: nothing moves again
+    assert store.requests == []
+
+
+def test_a_rule_change_that_would_drop_many_members_is_held_by_the_guard(
+    tmp_path, resolver, state_engine, people, store, monkeypatch
+):
+    # version 2 hashed addresses with a zero-width space inside as they were; version 3 refuses them
+    people.set(
+        [{"customer_id": f"z{i}", "email": f"z{i}\u200b@example.com"} for i in range(6)]
+        + [{"customer_id": f"c{i}", "email": f"c{i}@example.com"} for i in range(4)]
+    )
+    with monkeypatch.context() as m:
+        _old_rules(m)
+        _sync(tmp_path, resolver, state_engine, "t/1")
+    assert len(store.audience("aud-1")) == 10
+    store.requests.clear()
+
+    with pytest.raises(RunFailed, match="mass-removal guard"):
+        _sync(tmp_path, resolver, state_engine, "t/2")
+    assert store.requests == [] and len(store.audience("aud-1")) == 10
+    assert _last_sync(state_engine)["status"] == "guarded"
+
+
+# -- identifier quality per reason, in the run record and the run table ----------------------------------
+
+
+def test_each_runs_identifier_quality_is_counted_per_reason_never_with_values(
+    tmp_path, resolver, state_engine, people, store
+):
+    raw = {
+        "a": "mailto:a@example.com",
+        "b": "mailto:b@example.com",
+        "c": "<c@example.com>",
+        "d": "\ufeffd@example.com",
+        "e": "e\u200b@example.com",
+        "f": "not-an-email",
+        "g": "ｇ@example.com",
+        "h": "h@example.com",
+    }
+    people.set(
+        [{"customer_id": k, "email": v} for k, v in raw.items()]
+        + [{"customer_id": "m", "email": None, "phone": "+52 1 55 1234 5678"}]
+    )
+    _sync(tmp_path, resolver, state_engine, "t/1")
+    with state_engine.connect() as conn:
+        issues = conn.execute(select(state.run.c.identifier_issues)).scalar_one()
+    assert {k: v for k, v in issues.items() if k.startswith("reason:")} == {
+        "reason:email_mailto": 2,
+        "reason:email_angle": 1,
+        "reason:email_edge_chars": 1,
+        "reason:email_invisible": 1,
+        "reason:email_shape": 1,
+        "reason:email_folded": 1,
+    }  # the phone is not mapped by this audience: its repair is not counted
+    assert issues["email_invalid"] == 2 and issues["email_missing"] == 1
+
+    rows = report.sync_rows(state_engine, [1])
+    table = report.run_report(rows)
+    assert "email wrapped in mailto: (unwrapped)" in table and "| email_mailto" in table
+    assert rows[0]["invalid"] == 2  # reason counts are not added to the invalid ids again
+    hist = history.history_table(history.history_rows(state_engine, MIGRATION_AUD))
+    assert "email_mailto 2" in hist
+    for value in raw.values():
+        assert value not in table and value not in hist and value not in str(issues)
+
+
+def test_reasons_of_meta_keys_follow_the_normaliser():
+    ids = Identifiers(email="email", phone="phone", extra={"COUNTRY": "country", "ST": "st", "FN": "fn"})
+    raw = ("x@y.com", "+52 1 55 1234 5678", None, "Narnia", "…", "Ontario")  # extras in key order: COUNTRY FN ST
+    row = Normaliser("q_v1", ids, None).identity("k", raw)
+    assert row["id_notes"] == " country_unknown fn_no_letters phone_mx_legacy "
+    assert json.loads(row["extra"]) == {"ST": sha256_hex("ontario")}  # no country: taken as a state elsewhere
+
+
+# -- the choices a destination makes ---------------------------------------------------------------------
+
+
+def _cfg(destination: dict) -> AudienceConfig:
+    return AudienceConfig.model_validate(
+        {
+            "name": "choice_v1",
+            "owner": "t",
+            "purpose": "t",
+            "source": {"query": "SELECT 1"},
+            "identifiers": {"email": "email", "phone": "phone"},
+            "destinations": [destination],
+        }
+    )
+
+
+def test_google_gmail_form_is_a_destination_setting():
+    base = {"type": "google_ads", "customer_id": "1234567890", "user_list_id": "1"}
+    plain, gmail = _cfg(base), _cfg({**base, "gmail_canonical": True})
+    assert GoogleAdsDestination.columns_for(plain.destinations[0])["email_sha256"] == "email_sha256"
+    assert GoogleAdsDestination.columns_for(gmail.destinations[0])["email_sha256"] == GMAIL_COLUMN
+    row = Normaliser.for_audience(gmail).identity("k", ("A.B+x@Gmail.com", None, None))
+    assert row[GMAIL_COLUMN] == sha256_hex("ab@gmail.com") and row["email_sha256"] == sha256_hex("a.b+x@gmail.com")
+    assert Normaliser.for_audience(plain).identity("k", ("A.B+x@Gmail.com", None, None))[GMAIL_COLUMN] is None
+    # turning it on recomputes every member: the Gmail hash exists only from then on
+    assert staging._fingerprint_context(plain) != staging._fingerprint_context(gmail)
+
+
+def test_tiktok_phone_form_is_a_destination_setting():
+    base = {"type": "tiktok", "advertiser_id": "1", "segment_id": "s1"}
+    assert TikTokDestination.columns_for(_cfg(base).destinations[0])["phone_sha256"] == "phone_e164_sha256"
+    digits = _cfg({**base, "phone_format": "digits"}).destinations[0]
+    assert TikTokDestination.columns_for(digits)["phone_sha256"] == "phone_digits_sha256"
