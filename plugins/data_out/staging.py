@@ -278,7 +278,9 @@ class Stager:
                 s = state.stage
                 conn.execute(delete(s).where(s.c.audience == self.cfg.name, s.c.run_id != self.run_id))
             stats.duplicate_keys = self._drop_duplicates(conn)
-            change_id = self._open_change(conn, 0, 0)
+            # most rows normalised again (a new normalisation version, a new key): a full diff is cheaper
+            # than recording every key, as on the in-database path
+            change_id = self._open_change(conn, stats.recomputed, stats.source_rows)
             changed = self._merge(conn, change_id)
             self._replace_exclusions(conn, exclusions, None, change_id)
             self._record(conn, figures.count(conn, self.cfg), stats)
@@ -447,7 +449,7 @@ class Stager:
         changes.collect(conn, self.cfg.name, [d.label for d in self.cfg.destinations])
         if not self.record_changes:
             return None
-        # the Python path learns how many keys changed only while merging: it records whenever it can
+        # the Python path passes the rows it normalised again (members that left are known only at the merge)
         recorded = changes.should_record(conn, self.cfg.name, changed, members)
         change_id = changes.open_change(conn, self.cfg.name, self.run_id, "stage", recorded)
         return change_id if recorded else None

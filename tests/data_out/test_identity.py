@@ -10,7 +10,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from data_out import history, identity, report, staging, state
+from data_out import changes, history, identity, report, staging, state
 from data_out.config import AudienceConfig, Identifiers, load_audiences
 from data_out.destinations.google_ads import GoogleAdsDestination
 from data_out.destinations.tiktok import TikTokDestination
@@ -167,6 +167,7 @@ def test_a_new_normalisation_version_moves_only_the_members_whose_hashes_change(
     before = {k: r.email_sha256 for k, r in held.items()}
     store.requests.clear()
 
+    monkeypatch.setattr(changes, "ALWAYS_RECORD", 0)  # as in an audience of more than 10,000 members
     _sync(tmp_path, resolver, state_engine, "t/2")  # the upgraded rules, version 3
 
     assert _pushed(store, "remove") == {"w1": before["w1"], "w2": before["w2"]}  # exactly the old hashes
@@ -179,6 +180,7 @@ def test_a_new_normalisation_version_moves_only_the_members_whose_hashes_change(
     assert {k: after[k] for k in before if k.startswith("c")} == {k: v for k, v in before.items() if k.startswith("c")}
     sync = _last_sync(state_engine)
     assert (sync["status"], sync["changed"], sync["guard"]) == ("success", 2, "passed")
+    assert sync["diffed_keys"] is None  # every member normalised again: one full diff, not 11 recorded keys
 
     store.requests.clear()
     _sync(tmp_path, resolver, state_engine, "t/3")  # settled: nothing moves again
