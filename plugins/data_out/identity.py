@@ -16,7 +16,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import phonenumbers
@@ -281,7 +281,7 @@ def normalize_country(raw: Any) -> Normalized:
     return Normalized(code) if code else Normalized(None, INVALID, "country_unknown")
 
 
-@cache
+@lru_cache(maxsize=4096)  # few distinct countries; bounded however much garbage a source holds
 def _country_code(text: str) -> str | None:
     candidates = [text, re.sub(r"[.\s]+", "", text) if len(text) <= 7 else text]  # "U.S.A." -> "USA"
     for candidate in candidates:
