@@ -56,13 +56,19 @@ def identifier_quality(issues: dict[str, int]) -> dict[str, int]:
 
 
 def quality_report(rows: list[dict[str, Any]]) -> str:
-    """Identifier quality per audience run: how many members each reason touched. Counts only, never values."""
-    seen, table = set(), []
+    """Identifier quality of each audience's latest run in ``rows``: how many members each reason touched.
+
+    Counts only, never values.
+    """
+    latest: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if row["id"] in seen:
-            continue
-        seen.add(row["id"])
-        table += [[row["audience"], code, REASONS.get(code, code), n] for code, n in row["quality"].items()]
+        if row["audience"] not in latest or row["id"] > latest[row["audience"]]["id"]:
+            latest[row["audience"]] = row
+    table = [
+        [audience, code, REASONS.get(code, code), n]
+        for audience, row in sorted(latest.items())
+        for code, n in row["quality"].items()
+    ]
     if not table:
         return "identifier quality: nothing to report"
     return tabulate(table, headers=["audience", "reason", "meaning", "members"], tablefmt="github", intfmt=",")

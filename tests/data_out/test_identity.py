@@ -291,3 +291,13 @@ def test_tiktok_phone_form_is_a_destination_setting():
     assert TikTokDestination.columns_for(_cfg(base).destinations[0])["phone_sha256"] == "phone_e164_sha256"
     digits = _cfg({**base, "phone_format": "digits"}).destinations[0]
     assert TikTokDestination.columns_for(digits)["phone_sha256"] == "phone_digits_sha256"
+
+
+def test_the_quality_table_shows_each_audiences_latest_run_once():
+    rows = [
+        {"id": 1, "audience": "a", "quality": {"email_shape": 3}},
+        {"id": 2, "audience": "a", "quality": {"email_shape": 4, "email_mailto": 1}},
+        {"id": 2, "audience": "a", "quality": {"email_shape": 4, "email_mailto": 1}},  # a second destination
+    ]
+    lines = [line for line in report.quality_report(rows).splitlines() if line.startswith("| a ")]
+    assert len(lines) == 2 and "|         4 |" in lines[0] and "email_mailto" in lines[1]
