@@ -94,12 +94,15 @@ def _as_text(raw: Any) -> str | None:
 
 
 def _is_edge(ch: str) -> bool:
-    """White space, format (zero-width, BOM, bidi marks) or control characters: never part of a value."""
-    return ch.isspace() or unicodedata.category(ch) in {"Cf", "Cc", "Zs", "Zl", "Zp"}
+    """White space, NUL or a format character (zero-width, BOM, bidi marks): never part of a value.
+
+    Other control characters are not stripped: a value made of them is garbage, counted as invalid.
+    """
+    return ch.isspace() or ch == "\0" or unicodedata.category(ch) in {"Cf", "Zs", "Zl", "Zp"}
 
 
 def strip_edges(text: str, also: str = "") -> str:
-    """``text`` without every Unicode white space, format and control character (and ``also``) at its ends."""
+    """``text`` without every Unicode white space, NUL and format character (and ``also``) at its ends."""
     start, end = 0, len(text)
     while start < end and (_is_edge(text[start]) or text[start] in also):
         start += 1
@@ -110,7 +113,7 @@ def strip_edges(text: str, also: str = "") -> str:
 
 def _has_invisible(text: str) -> bool:
     """A format, control or non-ASCII space character inside (a plain space is a shape problem)."""
-    return any(c != " " and _is_edge(c) for c in text)
+    return any(c != " " and (_is_edge(c) or unicodedata.category(c) == "Cc") for c in text)
 
 
 # -- email --------------------------------------------------------------------------------------------

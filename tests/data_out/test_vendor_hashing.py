@@ -105,6 +105,8 @@ BAD_EMAILS = [
     "te\u200bst@example.com",  # invisible inside: refused, not hashed as it is
     "test@exa\ufeffmple.com",
     "te\u00a0st@example.com",
+    "\x00\x01",  # control characters other than NUL are garbage, not white space
+    "te\x07st@example.com",
     "John Smith <john@example.com>",
     "mailto:test@example.com?subject=hi",
     "test@example.com, other@example.com",
