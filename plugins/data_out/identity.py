@@ -157,6 +157,8 @@ def normalize_email(raw: Any, gmail_canonical: bool = False) -> Normalized:
         return Normalized(None, MISSING)
     # plain ASCII white space at the ends is routine; anything else stripped there is worth a count
     reason = "email_edge_chars" if trimmed != text.strip(" \t\r\n\0\x0b.") else None
+    if _has_invisible(trimmed):  # before folding, which would turn a no-break space into a plain one
+        return Normalized(None, INVALID, "email_invisible")
     folded = unicodedata.normalize("NFKC", trimmed)
     if folded != trimmed:
         reason = "email_folded"
@@ -165,8 +167,6 @@ def normalize_email(raw: Any, gmail_canonical: bool = False) -> Normalized:
     value = strip_edges(unwrapped, _EMAIL_EDGE).lower()
     if len(value) > MAX_EMAIL_LENGTH:
         return Normalized(None, INVALID, "email_too_long")
-    if _has_invisible(value):
-        return Normalized(None, INVALID, "email_invisible")
     if not _EMAIL_RE.match(value):
         return Normalized(None, INVALID, "email_shape")
     if gmail_canonical:

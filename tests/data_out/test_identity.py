@@ -250,6 +250,22 @@ def test_each_runs_identifier_quality_is_counted_per_reason_never_with_values(
         assert value not in table and value not in hist and value not in str(issues)
 
 
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("te\u200bst@example.com", "email_invisible"),
+        ("te\u00a0st@example.com", "email_invisible"),  # not folded into a plain space first
+        ("te\u3000st@example.com", "email_invisible"),
+        ("te st@example.com", "email_shape"),
+        ("John <john@example.com>", "email_shape"),
+        ("x@" + "y" * 300 + ".com", "email_too_long"),
+        (b"\xff@x.com", "email_undecodable"),
+    ],
+)
+def test_each_refused_email_names_its_reason(raw, reason):
+    assert normalize_email(raw) == identity.Normalized(None, INVALID, reason)
+
+
 def test_reasons_of_meta_keys_follow_the_normaliser():
     ids = Identifiers(email="email", phone="phone", extra={"COUNTRY": "country", "ST": "st", "FN": "fn"})
     raw = ("x@y.com", "+52 1 55 1234 5678", None, "Narnia", "…", "Ontario")  # extras in key order: COUNTRY FN ST
