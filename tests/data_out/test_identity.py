@@ -121,7 +121,7 @@ MIGRATION_YAML = f"""
 
 
 def _old_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Normalisation version 2 for emails: ASCII trimming only, no unwrapping, invisible characters kept."""
+    """The previous email rules: ASCII trimming only, no unwrapping, invisible characters kept."""
 
     def version_2(raw, gmail_canonical=False):  # type: ignore[no-untyped-def]
         text = raw.strip(" \t\r\n\0\x0b.").lower() if isinstance(raw, str) else ""
@@ -168,7 +168,7 @@ def test_a_new_normalisation_version_moves_only_the_members_whose_hashes_change(
     store.requests.clear()
 
     monkeypatch.setattr(changes, "ALWAYS_RECORD", 0)  # as in an audience of more than 10,000 members
-    _sync(tmp_path, resolver, state_engine, "t/2")  # the upgraded rules, version 3
+    _sync(tmp_path, resolver, state_engine, "t/2")  # the upgraded rules (identity.NORMALIZATION_VERSION)
 
     assert _pushed(store, "remove") == {"w1": before["w1"], "w2": before["w2"]}  # exactly the old hashes
     assert _pushed(store, "add") == {
@@ -190,7 +190,7 @@ def test_a_new_normalisation_version_moves_only_the_members_whose_hashes_change(
 def test_a_rule_change_that_would_drop_many_members_is_held_by_the_guard(
     tmp_path, resolver, state_engine, people, store, monkeypatch
 ):
-    # version 2 hashed addresses with a zero-width space inside as they were; version 3 refuses them
+    # the previous rules hashed addresses with a zero-width space inside as they were; the current ones refuse them
     people.set(
         [{"customer_id": f"z{i}", "email": f"z{i}\u200b@example.com"} for i in range(6)]
         + [{"customer_id": f"c{i}", "email": f"c{i}@example.com"} for i in range(4)]
@@ -291,15 +291,13 @@ def _cfg(destination: dict) -> AudienceConfig:
 
 
 def test_google_gmail_form_is_a_destination_setting():
-    base = {"type": "google_ads", "customer_id": "1234567890", "user_list_id": "1"}
+    consent = {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED"}
+    base = {"type": "google_ads", "customer_id": "1234567890", "user_list_id": "1", "consent": consent}
     plain, gmail = _cfg(base), _cfg({**base, "gmail_canonical": True})
     assert GoogleAdsDestination.columns_for(plain.destinations[0])["email_sha256"] == "email_sha256"
     assert GoogleAdsDestination.columns_for(gmail.destinations[0])["email_sha256"] == GMAIL_COLUMN
     row = Normaliser.for_audience(gmail).identity("k", ("A.B+x@Gmail.com", None, None))
     assert row[GMAIL_COLUMN] == sha256_hex("ab@gmail.com") and row["email_sha256"] == sha256_hex("a.b+x@gmail.com")
-    assert Normaliser.for_audience(plain).identity("k", ("A.B+x@Gmail.com", None, None))[GMAIL_COLUMN] is None
-    # turning it on recomputes every member: the Gmail hash exists only from then on
-    assert staging._fingerprint_context(plain) != staging._fingerprint_context(gmail)
 
 
 def test_tiktok_phone_form_is_a_destination_setting():
