@@ -48,6 +48,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
     update,
 )
 
@@ -421,21 +422,32 @@ class Planner:
             source = d.join(k, k.c.member_key == d.c.member_key, full=True)
         in_d, in_k = d.c.member_key.is_not(None), k.c.member_key.is_not(None)
         differs = and_(in_d, in_k, _differs(d, k))
-        rows = (
-            select(
-                func.coalesce(d.c.member_key, k.c.member_key),
-                in_d,
-                in_k,
-                func.coalesce(k.c.rejected, False),
-                differs,
-                *[d.c[c] for c in IDENTITY_COLUMNS],
-                *[k.c[c] for c in IDENTITY_COLUMNS],
+
+        def rows_from(joined: Any) -> Select:
+            rows = (
+                select(
+                    func.coalesce(d.c.member_key, k.c.member_key),
+                    in_d,
+                    in_k,
+                    func.coalesce(k.c.rejected, False),
+                    differs,
+                    *[d.c[c] for c in IDENTITY_COLUMNS],
+                    *[k.c[c] for c in IDENTITY_COLUMNS],
+                )
+                .select_from(joined)
+                .where(or_(in_d, in_k))  # a changed key neither desired nor acknowledged: nothing to do
             )
-            .select_from(source)
-            .where(or_(in_d, in_k))  # a changed key neither desired nor acknowledged: nothing to do
-        )
-        if mode != "full_resync":  # a full resync re-sends everyone desired: keep every row
-            rows = rows.where(or_(~in_d, ~in_k, differs))
+            if mode != "full_resync":  # a full resync re-sends everyone desired: keep every row
+                rows = rows.where(or_(~in_d, ~in_k, differs))
+            return rows
+
+        rows: Any = rows_from(source)
+        if conn.dialect.name == "sqlite" and getattr(source, "full", False):
+            # SQLite runs a FULL JOIN of two subqueries by scanning the materialised right side once per
+            # row of the left (minutes at tens of thousands of members); the same rows as two LEFT JOINs,
+            # each an index lookup per row: desired with its acknowledged row, then acknowledged alone
+            on = k.c.member_key == d.c.member_key
+            rows = union_all(rows_from(d.outerjoin(k, on)), rows_from(k.outerjoin(d, on)).where(~in_d))
         conn.execute(insert(delta).from_select([c.name for c in delta.columns], rows))
         state.analyze_temp(conn, delta)
 
