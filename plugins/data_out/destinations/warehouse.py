@@ -188,8 +188,17 @@ def merge_new(dialect: Dialect, table: Table, rows: list[dict[str, object]]) -> 
 
 
 def _insert_new(conn: Connection, table: Table, rows: list[dict[str, object]]) -> int:
-    """Add the rows not yet present; how many were added."""
+    """Add the rows not yet present; how many were added.
+
+    Counted from ``RETURNING`` where the database has it: psycopg reports ``rowcount`` -1 for
+    ``INSERT ... ON CONFLICT DO NOTHING``, and a replay check that reads -1 as "added" applies twice.
+    """
     if conn.dialect.name in MERGE_DIALECTS:
         sql, params = merge_new(conn.dialect, table, rows)
         return max(conn.exec_driver_sql(sql, params).rowcount, 0)
-    return max(conn.execute(insert_ignore(conn.dialect, table), rows).rowcount, 0)
+    stmt = insert_ignore(conn.dialect, table)
+    if conn.dialect.name in {"postgresql", "sqlite", "duckdb"}:
+        keys = [c for c in table.primary_key.columns]
+        return len(conn.execute(stmt.returning(*keys), rows).all())
+    # MySQL/MariaDB: INSERT IGNORE's affected rows are the rows added (one execution, not executemany)
+    return max(conn.execute(stmt, rows[0] if len(rows) == 1 else rows).rowcount, 0)
