@@ -33,7 +33,7 @@ def mariadb_database(mariadb_admin: Engine) -> Iterator[ConnectionInfo]:
     """A fresh MariaDB database for one test, dropped afterwards."""
     name = f"do_test_{uuid.uuid4().hex[:12]}"
     with mariadb_admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+        conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     url = mariadb_admin.url
     info = ConnectionInfo("mdb", "mysql", host=url.host, port=url.port, login=url.username, schema=name)
     yield info
