@@ -50,6 +50,7 @@ from data_out.state import key_in, utcnow
 _INSTANT = DateTime(timezone=True).with_variant(TIMESTAMP(timezone=True), "bigquery")
 #: warehouses whose primary keys are not enforced: rows are added with MERGE ... WHEN NOT MATCHED
 MERGE_DIALECTS = frozenset({"snowflake", "bigquery", "redshift", "databricks"})
+MERGE_BATCH_ROWS = 1_000
 
 
 class WarehouseSettings(DestinationSettings):
@@ -83,28 +84,15 @@ class WarehouseDestination(Destination):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.engine: Engine = engine_for(self.connection)
-        md = MetaData(schema=self.settings.db_schema)
-        base = self.settings.table or f"audience_{self.audience}"
-        self.members = self._member_table(md, base)
-        self.holdout = self._member_table(md, self.settings.holdout_table or f"{base}_holdout")
-        self.applied = Table(
-            "data_out_applied_batches",
-            md,
-            Column("idempotency_key", String(80), primary_key=True),
-            Column("audience", String(64), nullable=False),
-            Column("rows", Integer, nullable=False),
-            Column("applied_at", _INSTANT, nullable=False),
-        )
-        md.create_all(self.engine, checkfirst=True)
+        self.members, self.holdout, self.applied = destination_tables(self.audience, self.settings)
+        self.members.metadata.create_all(self.engine, checkfirst=True)
 
-    @staticmethod
-    def _member_table(md: MetaData, name: str) -> Table:
-        return Table(
-            name,
-            md,
-            Column("member_key", String(256), primary_key=True),
-            Column("added_at", _INSTANT, nullable=False),
-        )
+    @property
+    def batch_rows(self) -> int:
+        """A MERGE carries its rows as parameters of one statement: BigQuery takes at most 10,000
+        parameters and 1 MB of SQL text, so those warehouses get smaller batches."""
+        rows = super().batch_rows
+        return min(rows, MERGE_BATCH_ROWS) if self.engine.dialect.name in MERGE_DIALECTS else rows
 
     def _table_for(self, row: MemberRow) -> Table:
         if self.settings.include == "all":
@@ -150,6 +138,30 @@ class WarehouseDestination(Destination):
             return sum(
                 int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in tables[self.settings.include]
             )
+
+
+def destination_tables(audience: str, settings: WarehouseSettings) -> tuple[Table, Table, Table]:
+    """The members table, the holdout table and the applied-batches ledger, in ``settings.db_schema``."""
+    md = MetaData(schema=settings.db_schema)
+    base = settings.table or f"audience_{audience}"
+
+    def members(name: str) -> Table:
+        return Table(
+            name,
+            md,
+            Column("member_key", String(256), primary_key=True),
+            Column("added_at", _INSTANT, nullable=False),
+        )
+
+    applied = Table(
+        "data_out_applied_batches",
+        md,
+        Column("idempotency_key", String(80), primary_key=True),
+        Column("audience", String(64), nullable=False),
+        Column("rows", Integer, nullable=False),
+        Column("applied_at", _INSTANT, nullable=False),
+    )
+    return members(base), members(settings.holdout_table or f"{base}_holdout"), applied
 
 
 def insert_ignore(dialect: Dialect, table: Table) -> Insert:
