@@ -88,6 +88,17 @@ def engine_for(conn: ConnectionInfo) -> Engine:
         return engine
 
 
+def state_engine_for(conn: ConnectionInfo) -> Engine:
+    """The state database's engine: Postgres, or SQLite for the embedded default (its SQL is written for
+    those two: arrays, ``ON CONFLICT``, ``COPY``), whatever the warehouses are."""
+    if (conn.conn_type or "").lower() not in {"sqlite", "postgres", "postgresql"}:
+        raise UnsupportedConnection(
+            f"connection {conn.conn_id!r} has type {conn.conn_type!r}; the state database must be of type "
+            "'postgres' (production) or 'sqlite' (embedded): use 'sqlite' or 'postgres'"
+        )
+    return engine_for(conn)
+
+
 def dispose(conn: ConnectionInfo) -> None:
     """Close the pooled connections of ``conn``'s engine and forget it (a test's database is dropped)."""
     with _lock:
