@@ -128,3 +128,27 @@ def test_a_query_that_does_not_parse_in_its_dialect_fails_validation(tmp_path: P
     with pytest.raises(ConfigFileError, match="does not parse as snowflake SQL") as err:
         load_file(d / "t_v1.yaml")
     assert err.value.errors[0].field == "source.query"
+
+
+@pytest.mark.parametrize(("kind", "cursor"), [("mariadb", "SSCursor"), ("postgres", "ServerCursor")])
+def test_rows_come_through_a_server_side_cursor(
+    kind: str, cursor: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """What keeps staging's memory flat (docs/warehouses.md): the driver does not fetch the whole result."""
+    from sqlalchemy import event
+
+    info = database(kind, request, tmp_path)
+    _people(info)
+    engine = engine_for(info)
+    seen: list[str] = []
+
+    def spy(conn, cur, statement, *args):  # type: ignore[no-untyped-def]
+        if "FROM people" in statement:
+            seen.append(type(cur).__name__)
+
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        assert len(_keys(_source(info, "SELECT customer_id FROM people"))) == 30
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    assert seen == [cursor]
