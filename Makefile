@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: install airflow-db demo demo-churn test lint history bench clean
+.PHONY: install airflow-db demo demo-churn test lint history bench bench-mariadb clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,10 @@ lint: install
 # ends with one "bench: ..." line. See README "Scale and benchmark".
 bench: install
 	$(BIN)/python -m bench.scale --members $(or $(N),1000000) --churn $(or $(CHURN),0.01)
+
+# make bench-mariadb [N=1000000]: peak RSS while staging N members from the local MariaDB (docs/warehouses.md)
+bench-mariadb: install
+	$(BIN)/python -m bench.mariadb_staging --members $(or $(N),1000000)
 
 # make history AUDIENCE=cio_cart_abandon_6h_v1 [LAST=10]: the last runs of an audience as a table
 history: install

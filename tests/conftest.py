@@ -53,7 +53,7 @@ def pg_database(pg_admin: Engine) -> Iterator[ConnectionInfo]:
     url = pg_admin.url
     info = ConnectionInfo("pg", "postgres", host=url.host, port=url.port, login=url.username, schema=name)
     yield info
-    connections._engine(connections.url_for(info)).dispose()
+    connections.dispose(info)
     with pg_admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -75,6 +75,21 @@ class SqlSource(_Model):
         dt.timedelta(minutes=15),
         description="longest a statement of the query may run before it is cancelled (e.g. 15m, 2h)",
     )
+    dialect: str | None = Field(
+        None,
+        description="the SQL dialect the query is written in (postgres, mysql, duckdb, sqlite, snowflake, bigquery, "
+        "redshift, databricks); it is then checked at load time and translated for the connection before a run. "
+        "Unset: the query is portable SQL, sent as written",
+    )
+
+    @field_validator("dialect")
+    @classmethod
+    def _dialect(cls, v: str | None) -> str | None:
+        from data_out.dialects import WRITTEN_IN
+
+        if v is not None and v not in WRITTEN_IN:
+            raise ValueError(f"must be one of {', '.join(sorted(WRITTEN_IN))}")
+        return v
 
     @field_validator("statement_timeout")
     @classmethod
@@ -416,6 +431,12 @@ def _query_problems(path: Path, src: Any) -> list[ConfigError]:
                 f"add `{unbound[0]}: <duration>` to source.windows, or remove {names} from the SQL (and its comments)",
             )
         ]
+    if src.dialect:
+        from data_out.dialects import parse_problem
+
+        problem = parse_problem(query, src.dialect)
+        if problem:
+            return [ConfigError(path, where, problem, f"write the audience's SELECT in {src.dialect} SQL")]
     return []
 
 

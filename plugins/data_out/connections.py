@@ -1,23 +1,46 @@
-"""Connections as plain data, and SQLAlchemy engines built from them.
+"""Connections as plain data, and SQLAlchemy engines resolved from them through Airflow's SQL hooks.
 
-The state database, the warehouse source and the warehouse destination are all reached through
-Airflow connections of type ``sqlite`` (``host`` is the file path, as in Airflow's own SQLite
-hook) or ``postgres``. Engines are cached per URL for the life of the process.
+A source, the warehouse destination and the state database are Airflow connections. Every type but
+``sqlite`` is resolved through the connection type's common.sql ``DbApiHook`` (Postgres, MySQL/MariaDB,
+DuckDB, Snowflake, BigQuery, Redshift, Databricks...): the hook builds the URL and the credentials
+(IAM tokens, key pairs, service accounts), never this module. ``sqlite`` is the one exception: Airflow's
+``SqliteHook`` re-reads its connection from Airflow by id (it ignores the one handed to it) and builds
+its URL from Airflow's URI serialisation, while the embedded state database needs nothing but the file
+path in ``host``, so that URL is built here.
+
+Airflow is imported only inside the resolver: the pure modules stay importable without it. Engines
+are cached for the life of the process.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from data_out.shards import register_sqlite
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+#: connection type -> (the SQL hook class, the package extra that installs it). Listed where the type's
+#: registered hook is not its SQL hook (``databricks``, ``google_cloud_platform``) or to name the extra in
+#: the error; any other type is looked up in Airflow's providers manager.
+SQL_HOOKS: dict[str, tuple[str, str]] = {
+    "postgres": ("airflow.providers.postgres.hooks.postgres.PostgresHook", ""),
+    "mysql": ("airflow.providers.mysql.hooks.mysql.MySqlHook", "mysql"),
+    "duckdb": ("airflow.providers.duckdb.hooks.duckdb.DuckDBHook", "duckdb"),
+    "snowflake": ("airflow.providers.snowflake.hooks.snowflake.SnowflakeHook", ""),  # no extra yet: see docs
+    "gcpbigquery": ("airflow.providers.google.cloud.hooks.bigquery.BigQueryHook", "bigquery"),
+    "google_cloud_platform": ("airflow.providers.google.cloud.hooks.bigquery.BigQueryHook", "bigquery"),
+    "redshift": ("airflow.providers.amazon.aws.hooks.redshift_sql.RedshiftSQLHook", "redshift"),
+    "databricks": ("airflow.providers.databricks.hooks.databricks_sql.DatabricksSqlHook", "databricks"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,34 +56,162 @@ class ConnectionInfo:
     schema: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def cache_key(self) -> tuple[Any, ...]:
+        return (
+            self.conn_id,
+            (self.conn_type or "").lower(),
+            self.host,
+            self.port,
+            self.login,
+            self.password,
+            self.schema,
+            json.dumps(dict(self.extra), sort_keys=True, default=str),
+        )
+
 
 class UnsupportedConnection(ValueError):
     pass
 
 
-def url_for(conn: ConnectionInfo) -> URL:
-    """Translate an Airflow-style connection into a SQLAlchemy URL (psycopg 3 for Postgres)."""
+_lock = threading.Lock()
+_by_connection: dict[tuple[Any, ...], Engine] = {}
+_by_url: dict[str, Engine] = {}
+
+
+def engine_for(conn: ConnectionInfo) -> Engine:
+    """The engine of a connection: one per connection (and one per URL) for the life of the process."""
+    key = conn.cache_key()
+    with _lock:
+        engine = _by_connection.get(key)
+        if engine is None:
+            engine = _by_connection[key] = _resolve(conn)
+        return engine
+
+
+def state_engine_for(conn: ConnectionInfo) -> Engine:
+    """The state database's engine: Postgres, or SQLite for the embedded default (its SQL is written for
+    those two: arrays, ``ON CONFLICT``, ``COPY``), whatever the warehouses are."""
+    if (conn.conn_type or "").lower() not in {"sqlite", "postgres", "postgresql"}:
+        raise UnsupportedConnection(
+            f"connection {conn.conn_id!r} has type {conn.conn_type!r}; the state database must be of type "
+            "'postgres' (production) or 'sqlite' (embedded): use 'sqlite' or 'postgres'"
+        )
+    return engine_for(conn)
+
+
+def dispose(conn: ConnectionInfo) -> None:
+    """Close the pooled connections of ``conn``'s engine and forget it (a test's database is dropped)."""
+    with _lock:
+        engine = _by_connection.pop(conn.cache_key(), None)
+        if engine is not None:
+            engine.dispose()
+            for url, cached in list(_by_url.items()):
+                if cached is engine:
+                    del _by_url[url]
+
+
+def _resolve(conn: ConnectionInfo) -> Engine:
     kind = (conn.conn_type or "").lower()
     if kind == "sqlite":
         if not conn.host:
             raise UnsupportedConnection(
                 f"connection {conn.conn_id!r} is sqlite but has no host: set host to the database file path"
             )
-        return URL.create("sqlite", database=conn.host)
-    if kind in {"postgres", "postgresql"}:
-        return URL.create(
-            "postgresql+psycopg",
-            username=conn.login or None,
-            password=conn.password or None,
-            host=conn.host or "127.0.0.1",
-            port=conn.port or 5432,
-            database=conn.schema or "postgres",
+        return _shared(URL.create("sqlite", database=conn.host), None)
+    hook = sql_hook(conn)
+    if _builds_own_engine(hook):
+        # the hook adds what a URL cannot carry (key pairs, service-account credentials, OAuth)
+        return hook.get_sqlalchemy_engine(engine_kwargs(hook.dialect_name))
+    try:
+        url: URL = hook.sqlalchemy_url
+    except NotImplementedError:
+        url = make_url(hook.get_uri())
+    return _shared(url, None)
+
+
+def sql_hook(conn: ConnectionInfo) -> Any:
+    """The connection type's common.sql ``DbApiHook``, handed this connection (no second look-up)."""
+    kind = (conn.conn_type or "").lower()
+    try:
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+        from airflow.sdk import Connection
+    except ImportError as exc:  # pragma: no cover - the package depends on both
+        raise UnsupportedConnection(f"connection {conn.conn_id!r}: Airflow's common.sql provider is missing") from exc
+    path, extra = SQL_HOOKS.get(kind, ("", ""))
+    if not path:
+        path = _registered_hook(kind)
+    if not path:
+        raise UnsupportedConnection(
+            f"connection {conn.conn_id!r} has type {conn.conn_type!r}, which no installed Airflow provider "
+            "serves as a SQL database; use a SQL connection type (postgres, mysql, duckdb, snowflake, gcpbigquery, "
+            "redshift, databricks, sqlite) and install its provider (docs/warehouses.md)"
         )
-    raise UnsupportedConnection(f"connection {conn.conn_id!r} has type {conn.conn_type!r}; use 'sqlite' or 'postgres'")
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError:
+        hint = f"pip install 'data-out-airflow[{extra}]'" if extra else "install the connection type's provider"
+        raise UnsupportedConnection(
+            f"connection {conn.conn_id!r} has type {conn.conn_type!r} but its Airflow provider is not installed; "
+            f"{hint} (docs/warehouses.md)"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, DbApiHook)):
+        raise UnsupportedConnection(
+            f"connection {conn.conn_id!r} has type {conn.conn_type!r}, whose hook {name} is not a SQL (DbApiHook) "
+            "hook; use the SQL connection type of that warehouse"
+        )
+    airflow_conn = Connection(
+        conn_id=conn.conn_id,
+        conn_type=kind,
+        host=conn.host,
+        port=conn.port,
+        login=conn.login,
+        password=conn.password,
+        schema=conn.schema,
+        extra=json.dumps(dict(conn.extra)) if conn.extra else None,
+    )
+    kwargs: dict[str, Any] = {cls.conn_name_attr: conn.conn_id, "connection": airflow_conn}
+    if kind == "duckdb":
+        # DuckDBHook reads its connection from Airflow by id; its ``database`` argument (the file) wins
+        if not conn.host:
+            raise UnsupportedConnection(
+                f"connection {conn.conn_id!r} is duckdb but has no host: set host to the database file path"
+            )
+        kwargs["database"] = conn.host
+    return cls(**kwargs)
 
 
-@lru_cache(maxsize=16)
-def _engine(url: URL) -> Engine:
+def _registered_hook(kind: str) -> str:
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    info = ProvidersManagerTaskRuntime().hooks.get(kind)
+    return getattr(info, "hook_class_name", "") if info else ""
+
+
+def _builds_own_engine(hook: Any) -> bool:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    return type(hook).get_sqlalchemy_engine is not DbApiHook.get_sqlalchemy_engine
+
+
+def engine_kwargs(dialect: str | None) -> dict[str, Any]:
+    """``hide_parameters``: a driver error must never echo member keys or hashes into logs."""
+    if dialect in {"sqlite", "duckdb"}:  # embedded: the driver's own pool, no network to ping
+        return {"hide_parameters": True}
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "hide_parameters": True}
+
+
+def _shared(url: URL, dialect: str | None) -> Engine:
+    """One engine per URL: a state database and a source on the same database share one pool, and the
+    in-database staging path recognises them as the same database."""
+    rendered = url.render_as_string(hide_password=False)
+    engine = _by_url.get(rendered)
+    if engine is None:
+        engine = _by_url[rendered] = _create(url, dialect)
+    return engine
+
+
+def _create(url: URL, dialect: str | None) -> Engine:
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True)
 
@@ -76,9 +227,4 @@ def _engine(url: URL) -> Engine:
             register_sqlite(dbapi_conn)  # the planner's shard hash, as Postgres computes it natively
 
         return engine
-    # hide_parameters: a driver error must never echo member keys or hashes into logs
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2, hide_parameters=True)
-
-
-def engine_for(conn: ConnectionInfo) -> Engine:
-    return _engine(url_for(conn))
+    return create_engine(url, **engine_kwargs(dialect or url.get_backend_name()))

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy import Engine, func, select
 
 from data_out import state_errors
-from data_out.connections import UnsupportedConnection, engine_for
+from data_out.connections import UnsupportedConnection, state_engine_for
 from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.state import ensure_schema, schema_version
 
@@ -29,7 +29,7 @@ def current_version(engine: Engine) -> int | None:
 
 def migrate(conn_id: str = DataOutStateHook.default_conn_name) -> tuple[Engine, int]:
     """Bring the state database behind ``conn_id`` to this code's schema; return it and its version."""
-    engine = state_errors.watch(engine_for(connection_info(conn_id)), conn_id)
+    engine = state_errors.watch(state_engine_for(connection_info(conn_id)), conn_id)
     with state_errors.translated("the schema migration"):  # a database that is down: one clear line
         ensure_schema(engine)
         version = current_version(engine)

@@ -117,6 +117,7 @@ class AudienceRunner:
             required,
             label=f"audience {cfg.name} ({src.sql_file or 'inline query'})",
             statement_timeout=src.statement_timeout,
+            dialect=src.dialect,
         )
 
     def exclusion_sources(self, as_of: dt.datetime) -> dict[str, tuple[Source, str]]:

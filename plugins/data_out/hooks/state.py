@@ -9,7 +9,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy import Engine
 
-from data_out.connections import ConnectionInfo, engine_for
+from data_out.connections import ConnectionInfo, state_engine_for
 from data_out.redact import register_secret
 from data_out.state import ensure_schema
 from data_out.state_errors import translated, watch
@@ -78,7 +78,7 @@ class DataOutStateHook(BaseHook):
         self.data_out_state_conn_id = data_out_state_conn_id
 
     def get_conn(self) -> Engine:
-        engine = watch(engine_for(connection_info(self.data_out_state_conn_id)), self.data_out_state_conn_id)
+        engine = watch(state_engine_for(connection_info(self.data_out_state_conn_id)), self.data_out_state_conn_id)
         with translated("opening the state database"):  # the first place a down database shows
             ensure_schema(engine)
         return engine

@@ -1,4 +1,4 @@
-"""Membership from a SQL query against a warehouse (SQLite or Postgres through an Airflow connection).
+"""Membership from a SQL query against a warehouse (any SQL database an Airflow connection reaches).
 
 Rows are streamed with a server-side cursor, so an audience of millions never sits in memory.
 
@@ -9,13 +9,16 @@ read-only mode lets through but a rollback undoes (large objects) never lands. O
 connection is ``PRAGMA query_only`` for the read (reset afterwards: the pooled connection may be the
 state database's) and a progress handler cancels a statement past the limit. What neither mode can
 stop (signalling other sessions, reading server files) is stopped by the read-only role described in
-``docs/sources.md``.
+``docs/sources.md``. MySQL/MariaDB run the query in ``START TRANSACTION READ ONLY`` under
+``max_statement_time`` / ``max_execution_time``; DuckDB's transaction is rolled back and a timer
+interrupts it past the limit; the rest per ``read_only`` and ``docs/warehouses.md``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from data_out.dialects import QueryProblem, single_select_problem, translate, wants_aware_timestamps
 from data_out.redact import driver_line
 from data_out.sources.base import Row, SourceError
 
@@ -36,6 +40,11 @@ _PG_READ_ONLY, _PG_DENIED, _PG_CANCELED = "25006", "42501", "57014"
 #: syntax_error, feature_not_supported: what Postgres answers a data-changing statement inside a subquery
 #: or a cursor ("DECLARE CURSOR must not contain data-modifying statements in WITH")
 _PG_NOT_IN_A_CURSOR = {"42601", "0A000"}
+#: MySQL/MariaDB error numbers: a write in a READ ONLY transaction; max_statement_time (MariaDB) and
+#: max_execution_time (MySQL) exceeded; a privilege the account lacks (table, column, database)
+_MYSQL_READ_ONLY = 1792
+_MYSQL_TIMEOUTS = {1969, 3024}
+_MYSQL_DENIED = {1142, 1143, 1044}
 _WRITES = re.compile(r"\b(DELETE\s+FROM|INSERT\s+INTO|UPDATE\s+\S+\s+SET|MERGE\s+INTO|TRUNCATE)\b", re.I)
 #: large objects: the one write read-only mode allows, looked for after an in-database read
 _LARGE_OBJECTS = "SELECT count(*) FROM pg_largeobject_metadata"
@@ -50,12 +59,24 @@ class SqlSource:
         required_columns: Sequence[str],
         label: str,
         statement_timeout: dt.timedelta = DEFAULT_STATEMENT_TIMEOUT,
+        dialect: str | None = None,
     ) -> None:
+        """``dialect``: what the SQL is written in (``source.dialect``); it is translated for ``engine``'s
+        dialect here, before anything runs, and a query that cannot be fails at once, naming the reason."""
         self.engine = engine
-        self.sql = sql
+        self.label = label  # e.g. "audience cio_cart_abandon_6h_v1, include/audiences/sql/cart.sql"
+        try:
+            self.sql = translate(sql, dialect, engine.dialect.name).sql
+        except QueryProblem as exc:
+            raise SourceError(
+                f"{label}: {exc}; nothing was run. Fix the query or source.dialect in the audience file "
+                f"(the connection speaks {engine.dialect.name})",
+                retryable=False,
+            ) from None
+        if wants_aware_timestamps(engine.dialect.name):
+            params = {k: v.replace(tzinfo=dt.UTC) if _naive(v) else v for k, v in params.items()}
         self.params = params
         self.required_columns = list(required_columns)
-        self.label = label  # e.g. "audience cio_cart_abandon_6h_v1, include/audiences/sql/cart.sql"
         self.statement_timeout = statement_timeout
 
     def iter_batches(self, batch_size: int) -> Iterator[list[Row]]:
@@ -84,24 +105,70 @@ class SqlSource:
             raise query_failed(self.label, exc, self.statement_timeout) from None
 
 
+def _naive(value: object) -> bool:
+    return isinstance(value, dt.datetime) and value.tzinfo is None
+
+
 @contextmanager
 def read_only(conn: Connection, source: SqlSource) -> Iterator[Any]:
     """Run what follows on ``conn`` read-only, each statement limited to ``source.statement_timeout``.
 
     ``conn`` is a connection of its own (nothing else on it): the whole transaction is made read-only
-    and rolled back at the end, whatever happened. Yields a callable that restarts SQLite's clock.
+    where the database has such a mode, and rolled back at the end, whatever happened. Yields a callable
+    that restarts the clock of a limit kept here (SQLite, DuckDB), as Postgres' is per statement.
     """
     seconds = max(source.statement_timeout.total_seconds(), 0.001)
-    if conn.dialect.name == "postgresql":
+    name = conn.dialect.name
+    if name == "postgresql":
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")
         conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(int(seconds * 1000))})
-        try:
+        with _rolled_back(conn):
             yield lambda: None
-        finally:
-            conn.rollback()  # never commit what read-only mode let through
         return
-    if conn.dialect.name != "sqlite":  # pragma: no cover - engine_for builds only these two
-        raise SourceError(f"{source.label}: {conn.dialect.name} sources are not supported", retryable=False)
+    if name == "sqlite":
+        with _sqlite_read_only(conn, seconds) as refresh:
+            yield refresh
+        return
+    if name in {"mysql", "mariadb"}:
+        with _mysql_read_only(conn, source, seconds):
+            yield lambda: None
+        return
+    if name == "duckdb":
+        with _interrupt_after(conn, seconds) as refresh, _rolled_back(conn):
+            yield refresh
+        return
+    if name == "snowflake":
+        conn.exec_driver_sql(f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = {max(int(seconds), 1)}")
+        try:
+            with _rolled_back(conn):
+                yield lambda: None
+        finally:
+            _reset(conn, "ALTER SESSION UNSET STATEMENT_TIMEOUT_IN_SECONDS")
+        return
+    # BigQuery, Databricks and the rest: no read-only transaction the driver exposes; only the connection's
+    # role keeps the query from writing (docs/warehouses.md). The transaction is still never committed.
+    with _rolled_back(conn):
+        yield lambda: None
+
+
+@contextmanager
+def _rolled_back(conn: Connection) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        conn.rollback()  # never commit what read-only mode let through
+
+
+def _reset(conn: Connection, statement: str) -> None:
+    """Restore a session setting; a connection that cannot be restored never goes back to the pool."""
+    try:
+        conn.exec_driver_sql(statement)
+    except Exception:  # noqa: BLE001
+        conn.invalidate()
+
+
+@contextmanager
+def _sqlite_read_only(conn: Connection, seconds: float) -> Iterator[Any]:
     raw = conn.connection.driver_connection
     deadline = [time.monotonic() + seconds]
 
@@ -119,6 +186,54 @@ def read_only(conn: Connection, source: SqlSource) -> Iterator[Any]:
             raw.execute("PRAGMA query_only = OFF")
         except Exception:  # noqa: BLE001 - never hand a query-only connection back to the pool
             conn.invalidate()
+
+
+@contextmanager
+def _mysql_read_only(conn: Connection, source: SqlSource, seconds: float) -> Iterator[None]:
+    """``START TRANSACTION READ ONLY`` refuses writes to tables. DDL, though, commits implicitly on MySQL
+    and MariaDB (ending that transaction), so a query that is not one SELECT is refused before it runs."""
+    problem = single_select_problem(source.sql, conn.dialect.name)
+    if problem:
+        raise SourceError(f"{source.label}: {problem}; nothing was run. {_WRITE_FIX}", retryable=False)
+    mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+    conn.exec_driver_sql("START TRANSACTION READ ONLY")
+    if mariadb:  # seconds, any statement
+        conn.exec_driver_sql(f"SET SESSION max_statement_time = {seconds:.3f}")
+    else:  # MySQL: milliseconds, SELECT statements
+        conn.exec_driver_sql(f"SET SESSION max_execution_time = {max(int(seconds * 1000), 1)}")
+    try:
+        with _rolled_back(conn):
+            yield
+    finally:
+        _reset(conn, f"SET SESSION {'max_statement_time' if mariadb else 'max_execution_time'} = DEFAULT")
+
+
+@contextmanager
+def _interrupt_after(conn: Connection, seconds: float) -> Iterator[Any]:
+    """DuckDB has no statement timeout: a timer interrupts the connection once the limit has passed."""
+    raw = conn.connection.driver_connection
+    timer: list[threading.Timer] = []
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        raw.interrupt()
+
+    def refresh() -> None:
+        if timer:
+            timer[0].cancel()
+            timer.clear()
+        if not fired.is_set():
+            timer.append(threading.Timer(seconds, fire))
+            timer[0].daemon = True
+            timer[0].start()
+
+    refresh()
+    try:
+        yield refresh
+    finally:
+        if timer:
+            timer[0].cancel()
 
 
 @contextmanager
@@ -168,13 +283,27 @@ def _is_refused_write(exc: SQLAlchemyError) -> bool:
         return True
     if state in _PG_NOT_IN_A_CURSOR and _WRITES.search(str(getattr(exc, "statement", "") or "")):
         return True
+    if _mysql_code(orig) == _MYSQL_READ_ONLY:
+        return True
     return getattr(orig, "sqlite_errorname", None) == "SQLITE_READONLY"
+
+
+def _mysql_code(orig: Any) -> int | None:
+    """The server's error number of a MySQL/MariaDB driver error (``args[0]``)."""
+    if type(orig).__module__.split(".")[0] not in {"MySQLdb", "pymysql", "mysql"}:
+        return None
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def _is_timeout(exc: SQLAlchemyError) -> bool:
     orig = getattr(exc, "orig", None)
     if getattr(orig, "sqlstate", None) == _PG_CANCELED:
         return "statement timeout" in str(orig)
+    if _mysql_code(orig) in _MYSQL_TIMEOUTS:
+        return True
+    if type(orig).__name__ == "InterruptException":  # DuckDB, interrupted by _interrupt_after
+        return True
     return getattr(orig, "sqlite_errorname", None) == "SQLITE_INTERRUPT"
 
 
@@ -195,7 +324,8 @@ def query_failed(label: str, exc: SQLAlchemyError, timeout: dt.timedelta = DEFAU
             "make it faster, or raise source.statement_timeout in the audience file, then clear the stage task",
             retryable=False,
         )
-    if getattr(getattr(exc, "orig", None), "sqlstate", None) == _PG_DENIED:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == _PG_DENIED or _mysql_code(orig) in _MYSQL_DENIED:
         return SourceError(
             f"{label}: the query failed: {detail}. The source connection's role lacks a privilege. Audience "
             "queries may only read: remove what the role may not do from the query, or, if it reads a table the "
