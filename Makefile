@@ -18,9 +18,16 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: install airflow-db demo demo-churn test lint history bench bench-mariadb clean
+.PHONY: system-deps install airflow-db demo demo-churn test lint history bench bench-mariadb clean
 
-$(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml
+# Debian packages the Python install needs, installed only where missing: mysqlclient (the MySQL
+# provider's driver, for the warehouse tests) compiles against the MariaDB client library.
+system-deps:
+	@pkg-config --exists libmariadb 2>/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "as root, or install libmariadb-dev pkg-config gcc yourself"; exit 1; }; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libmariadb-dev pkg-config gcc >/dev/null; }
+
+$(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml | system-deps
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-test.txt -c constraints.txt
