@@ -1,0 +1,289 @@
+"""What the pages read from the state database: plain SQLAlchemy Core, the same on SQLite and Postgres.
+
+Every query is bounded by an index: the last run of an audience and the last syncs of a destination are
+read backwards through ``(audience, id)`` and ``(audience, destination, id)``, a Health tab reads a
+window of N runs, rejects are found through their sync ids. Nothing here scans run history, so the pages
+cost the same after a year of hourly runs as after a day (``include/bench/ui.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    Subquery,
+    and_,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+)
+
+from data_out import state
+
+#: runs a sparkline shows
+SPARK_RUNS = 30
+#: rows per literal table: SQLite allows at most 500 terms in one compound SELECT
+_CHUNK = 400
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _literal_rows(rows: Sequence[Sequence[Any]], names: Sequence[str], types: Sequence[Any]) -> Subquery:
+    """A small table of Python values as a subquery (``SELECT :a, :b UNION ALL ...``), portable to SQLite."""
+    selects = [select(*[literal(v, t).label(n) for v, n, t in zip(row, names, types, strict=True)]) for row in rows]
+    return (union_all(*selects) if len(selects) > 1 else selects[0]).subquery("k")
+
+
+def last_runs(conn: Connection, audiences: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The latest run of each audience (one backward index probe per audience, in one statement)."""
+    if not audiences:
+        return {}
+    r = state.run
+    ids: list[int] = []
+    for chunk in _chunks(audiences):
+        k = _literal_rows([(a,) for a in chunk], ["audience"], [String])
+        last = select(r.c.id).where(r.c.audience == k.c.audience).order_by(r.c.id.desc()).limit(1).scalar_subquery()
+        ids += [i for (_, i) in conn.execute(select(k.c.audience, last).select_from(k)) if i is not None]
+    if not ids:
+        return {}
+    rows = conn.execute(select(r).where(r.c.id.in_(ids))).mappings()
+    return {row["audience"]: dict(row) for row in rows}
+
+
+def recent_syncs(
+    conn: Connection, pairs: Sequence[tuple[str, str]], last: int = SPARK_RUNS
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The last ``last`` syncs of each (audience, destination), oldest first.
+
+    Two statements: the id of each pair's ``last``-th latest sync (a backward index probe), then an
+    index range scan per pair from that id on. A window function over ``do_sync`` would read it whole.
+    """
+    if not pairs:
+        return {}
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {(a, d): [] for a, d in pairs}
+    for chunk in _chunks(pairs):
+        for row in _recent_syncs_chunk(conn, chunk, last):
+            out.setdefault((row["audience"], row["destination"]), []).append(row)
+    return out
+
+
+def _recent_syncs_chunk(conn: Connection, pairs: Sequence[tuple[str, str]], last: int) -> list[dict[str, Any]]:
+    s = state.sync
+    k = _literal_rows(pairs, ["audience", "destination"], [String, String])
+    bound = (
+        select(s.c.id)
+        .where(s.c.audience == k.c.audience, s.c.destination == k.c.destination)
+        .order_by(s.c.id.desc())
+        .limit(1)
+        .offset(last - 1)
+        .scalar_subquery()
+    )
+    bounds = [(a, d, b or 0) for a, d, b in conn.execute(select(k.c.audience, k.c.destination, bound).select_from(k))]
+    kb = _literal_rows(bounds, ["audience", "destination", "from_id"], [String, String, Integer])
+    stmt = (
+        select(
+            s.c.id,
+            s.c.run_id,
+            s.c.audience,
+            s.c.destination,
+            s.c.status,
+            s.c.mode,
+            s.c.started_at,
+            s.c.finished_at,
+            s.c.added,
+            s.c.removed,
+            s.c.rejected,
+            s.c.received,
+            s.c.matched,
+            s.c.destination_size,
+            s.c.acked_size,
+            s.c.desired,
+            s.c.guard,
+            s.c.error,
+        )
+        .select_from(
+            kb.join(s, and_(s.c.audience == kb.c.audience, s.c.destination == kb.c.destination, s.c.id >= kb.c.from_id))
+        )
+        .order_by(s.c.id)
+    )
+    return [dict(row) for row in conn.execute(stmt).mappings()]
+
+
+def acked_counts(conn: Connection) -> dict[tuple[str, str], int]:
+    """Acknowledged members per (audience, destination): a row each, kept by every commit."""
+    c = state.ack_count
+    return {(a, d): int(n) for a, d, n in conn.execute(select(c.c.audience, c.c.destination, c.c.acked))}
+
+
+def open_breaches(conn: Connection, audience: str | None = None) -> list[dict[str, Any]]:
+    """Checks whose alert is open (breached and not yet recovered)."""
+    a = state.alert_state
+    stmt = select(a).where(a.c.open.is_(True))
+    if audience is not None:
+        stmt = stmt.where(a.c.audience == audience)
+    return [dict(m) for m in conn.execute(stmt.order_by(a.c.audience, a.c.destination, a.c.check)).mappings()]
+
+
+def lifecycle(conn: Connection, audience: str | None = None) -> dict[str, dict[str, Any]]:
+    lc = state.lifecycle
+    stmt = select(lc) if audience is None else select(lc).where(lc.c.audience == audience)
+    return {m["audience"]: dict(m) for m in conn.execute(stmt).mappings()}
+
+
+def known_audiences(conn: Connection) -> list[str]:
+    """Audiences the state database holds a snapshot or a lifecycle of (small tables, one row each)."""
+    names = set(conn.execute(select(state.snapshot.c.audience)).scalars())
+    names |= set(conn.execute(select(state.lifecycle.c.audience)).scalars())
+    return sorted(names)
+
+
+# ---- one audience (the Health tab) ----
+
+
+def runs_window(conn: Connection, audience: str, last: int) -> list[dict[str, Any]]:
+    """The audience's last ``last`` runs, oldest first."""
+    r = state.run
+    stmt = select(r).where(r.c.audience == audience).order_by(r.c.id.desc()).limit(last)
+    return [dict(m) for m in reversed(conn.execute(stmt).mappings().all())]
+
+
+def syncs_since(conn: Connection, audience: str, destinations: Iterable[str], from_run: int, last: int) -> list[dict]:
+    """Each destination's syncs of runs ``>= from_run`` (at most ``last`` each, read backwards by index)."""
+    s = state.sync
+    rows: list[dict[str, Any]] = []
+    for d in destinations:
+        stmt = select(s).where(s.c.audience == audience, s.c.destination == d).order_by(s.c.id.desc()).limit(last)
+        rows.extend(dict(m) for m in conn.execute(stmt).mappings() if m["run_id"] >= from_run)
+    rows.sort(key=lambda x: x["id"])
+    return rows
+
+
+def sync_destinations(conn: Connection, audience: str, last_run_id: int | None) -> list[str]:
+    """Destinations the audience's latest run synced (a destination removed from the file still shows)."""
+    if last_run_id is None:
+        return []
+    s = state.sync
+    return sorted(set(conn.execute(select(s.c.destination).where(s.c.run_id == last_run_id)).scalars()))
+
+
+def rejects_by_reason(conn: Connection, sync_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Reject counts per (sync, reason) of the given syncs (index ``ix_do_reject_sync``)."""
+    if not sync_ids:
+        return []
+    j = state.reject
+    stmt = (
+        select(j.c.sync_id, j.c.destination, j.c.reason, func.count().label("rows"))
+        .where(j.c.sync_id.in_(list(sync_ids)))
+        .group_by(j.c.sync_id, j.c.destination, j.c.reason)
+    )
+    return [dict(m) for m in conn.execute(stmt).mappings()]
+
+
+def check_history(conn: Connection, audience: str, last: int = 400) -> list[dict[str, Any]]:
+    """The audience's latest reconciliation check results, oldest first."""
+    c = state.recon
+    stmt = select(c).where(c.c.audience == audience).order_by(c.c.id.desc()).limit(last)
+    return [dict(m) for m in reversed(conn.execute(stmt).mappings().all())]
+
+
+# ---- the member lookup ----
+
+
+def members_by(conn: Connection, audiences: Sequence[str], column: str, value: str) -> list[dict[str, Any]]:
+    """Snapshot rows of the person in the given audiences, found by ``member_key`` (primary key) or a hash."""
+    m = state.member
+    if not audiences:
+        return []
+    stmt = select(m.c.audience, m.c.member_key, m.c.bucket).where(
+        m.c.audience.in_(list(audiences)), m.c[column] == value
+    )
+    return [dict(x) for x in conn.execute(stmt).mappings()]
+
+
+def memberships(conn: Connection, audiences: Sequence[str], keys: Sequence[str]) -> dict[tuple[str, str], int | None]:
+    """Which of ``keys`` are in which audiences' snapshots, with their holdout bucket (primary-key probes)."""
+    if not audiences or not keys:
+        return {}
+    m = state.member
+    stmt = select(m.c.audience, m.c.member_key, m.c.bucket).where(
+        m.c.audience.in_(list(audiences)), m.c.member_key.in_(list(keys))
+    )
+    return {(a, k): b for a, k, b in conn.execute(stmt)}
+
+
+def exclusions_of(conn: Connection, keys: Sequence[str]) -> set[tuple[str, str]]:
+    """(audience, key) pairs where the key is excluded from the audience's snapshot right now."""
+    if not keys:
+        return set()
+    x = state.exclusion
+    return {(a, k) for a, k in conn.execute(select(x.c.audience, x.c.member_key).where(x.c.member_key.in_(list(keys))))}
+
+
+def acks_of(conn: Connection, audiences: Sequence[str], keys: Sequence[str]) -> list[dict[str, Any]]:
+    if not audiences or not keys:
+        return []
+    a = state.ack
+    stmt = select(a.c.audience, a.c.destination, a.c.member_key, a.c.in_holdout, a.c.rejected, a.c.acked_at).where(
+        a.c.audience.in_(list(audiences)), a.c.member_key.in_(list(keys))
+    )
+    return [dict(x) for x in conn.execute(stmt).mappings()]
+
+
+def sync_at(conn: Connection, audience: str, destination: str, at: dt.datetime) -> dict[str, Any] | None:
+    """The latest sync of the destination that started at or before ``at`` (the one that acknowledged a row)."""
+    s = state.sync
+    stmt = (
+        select(s.c.id, s.c.run_id, s.c.batches, s.c.started_at)
+        .where(s.c.audience == audience, s.c.destination == destination, s.c.started_at <= at)
+        .order_by(s.c.id.desc())
+        .limit(1)
+    )
+    row = conn.execute(stmt).mappings().first()
+    return dict(row) if row else None
+
+
+def rejects_of(conn: Connection, key_hashes: Sequence[str], last: int = 50) -> list[dict[str, Any]]:
+    if not key_hashes:
+        return []
+    j = state.reject
+    stmt = (
+        select(j.c.audience, j.c.destination, j.c.op, j.c.reason, j.c.at, j.c.sync_id)
+        .where(j.c.member_key_sha256.in_(list(key_hashes)))
+        .order_by(j.c.id.desc())
+        .limit(last)
+    )
+    return [dict(x) for x in conn.execute(stmt).mappings()]
+
+
+def send_events_of(conn: Connection, customer_ids: Sequence[str], last: int = 20) -> list[dict[str, Any]]:
+    """The person's latest messaging events as the metrics pipeline landed them (the send tasks' source)."""
+    if not customer_ids:
+        return []
+    e = state.metric_event
+    stmt = (
+        select(e.c.metric, e.c.channel, e.c.occurred_at, e.c.campaign_name, e.c.delivery_id)
+        .where(e.c.customer_id.in_(list(customer_ids)))
+        .order_by(e.c.occurred_at.desc())
+        .limit(last)
+    )
+    return [dict(x) for x in conn.execute(stmt).mappings()]
+
+
+def record_lookup(
+    conn: Connection, username: str, kind: str, value_sha256: str | None, audiences_found: int, at: dt.datetime
+) -> None:
+    conn.execute(
+        insert(state.ui_lookup).values(
+            at=at, username=username, kind=kind, value_sha256=value_sha256, audiences_found=audiences_found
+        )
+    )
