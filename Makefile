@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: install airflow-db demo demo-churn test lint history bench clean
+.PHONY: install airflow-db airflow-ui chromium demo demo-churn test lint history bench bench-ui clean
 
 $(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ $(AIRFLOW_HOME)/.pools: $(AIRFLOW_HOME)/.migrated deploy/pools.json
 
 airflow-db: $(AIRFLOW_HOME)/.pools
 
+# Airflow's api-server on http://localhost:8080 with the demo's state database: the Data Out pages
+# (docs/ui.md). Sign in as admin; the password is in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
+airflow-ui: airflow-db
+	$(BIN)/airflow api-server --port 8080
+
 demo: airflow-db
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/python include/sandbox/demo.py
@@ -50,7 +55,13 @@ demo-churn: airflow-db
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/python include/sandbox/demo.py --churn
 
-test: airflow-db
+# Debian's headless Chromium, which the browser test drives (tests/data_out/ui/test_browser.py); apt-get
+# runs only where /usr/bin/chromium is missing (as root, or through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: airflow-db chromium
 	$(BIN)/ruff check plugins dags include tests
 	$(BIN)/python -m pytest
 
@@ -62,6 +73,11 @@ lint: install
 # ends with one "bench: ..." line. See README "Scale and benchmark".
 bench: install
 	$(BIN)/python -m bench.scale --members $(or $(N),1000000) --churn $(or $(CHURN),0.01)
+
+# make bench-ui [DAYS=365] [AUDIENCES=200]: a year of hourly runs in a Postgres state database, then
+# p50/p95 server time of the Data Out pages (not part of make test). See docs/ui.md.
+bench-ui: install
+	$(BIN)/python -m bench.ui --days $(or $(DAYS),365) --audiences $(or $(AUDIENCES),200)
 
 # make history AUDIENCE=cio_cart_abandon_6h_v1 [LAST=10]: the last runs of an audience as a table
 history: install

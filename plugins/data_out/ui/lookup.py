@@ -42,6 +42,7 @@ class AudienceAnswer:
     excluded_by: list[str] = field(default_factory=list)
     destinations: list[DestinationStatus] = field(default_factory=list)
     windows: dict[str, str] = field(default_factory=dict)
+    role: str = ""
 
 
 @dataclass
@@ -118,7 +119,9 @@ def lookup(engine: Engine, catalog: Catalog, kind: Kind, value: str, username: s
     for name in names:
         info = catalog.audiences[name]
         mine = [k for k in keys if (name, k) in bucket]
-        answer = AudienceAnswer(audience=name, dag_id=info.dag_id, member=bool(mine), windows=info.windows)
+        answer = AudienceAnswer(
+            audience=name, dag_id=info.dag_id, member=bool(mine), windows=info.windows, role=info.role
+        )
         if mine:
             key = mine[0]
             answer.member_key = key

@@ -73,7 +73,8 @@ def overview(engine: Engine, catalog: Catalog) -> list[OverviewRow]:
         runs = queries.last_runs(conn, names)
         acked = queries.acked_counts(conn)
         pairs = sorted({(a, d) for a in names for d in infos[a].destinations} | {p for p in acked if p[0] in infos})
-        syncs = queries.recent_syncs(conn, pairs)
+        syncs = queries.recent_syncs(conn, pairs, columns=queries.SPARK_COLUMNS)
+        latest = queries.recent_syncs(conn, pairs, last=1)
         breaches = queries.open_breaches(conn)
         lifecycle = queries.lifecycle(conn)
     open_by: dict[tuple[str, str], list[str]] = {}
@@ -87,7 +88,7 @@ def overview(engine: Engine, catalog: Catalog) -> list[OverviewRow]:
         cells = []
         for d in dests:
             history = syncs.get((name, d), [])
-            last = history[-1] if history else None
+            last = (latest.get((name, d)) or [None])[-1]
             reported = last["destination_size"] if last else None
             ack = acked.get((name, d))
             matched = next((s for s in reversed(history) if s["received"]), None)

@@ -13,17 +13,20 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
-    Integer,
+    FromClause,
     String,
-    Subquery,
     and_,
+    bindparam,
+    column,
     func,
     insert,
     literal,
     select,
     union_all,
 )
+from sqlalchemy.dialects import postgresql
 
 from data_out import state
 
@@ -33,13 +36,31 @@ SPARK_RUNS = 30
 _CHUNK = 400
 
 
-def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _chunks(conn: Connection, items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    size = len(items) or 1 if conn.dialect.name == "postgresql" else _CHUNK  # arrays have no such limit
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
-def _literal_rows(rows: Sequence[Sequence[Any]], names: Sequence[str], types: Sequence[Any]) -> Subquery:
-    """A small table of Python values as a subquery (``SELECT :a, :b UNION ALL ...``), portable to SQLite."""
+def _literal_rows(
+    conn: Connection, rows: Sequence[Sequence[Any]], names: Sequence[str], types: Sequence[Any]
+) -> FromClause:
+    """A small table of Python values to join against.
+
+    Postgres: ``unnest(:col1, :col2, ...) AS k(...)``, one array parameter per column (a statement of
+    fixed shape whatever the row count, so it is built and planned once). SQLite has no arrays:
+    ``SELECT :a, :b UNION ALL ...``, which callers keep under SQLite's 500 terms (``_chunks``).
+    """
+    if conn.dialect.name == "postgresql":
+        arrays = [
+            bindparam(f"k_{n}", [r[i] for r in rows], type_=postgresql.ARRAY(t))
+            for i, (n, t) in enumerate(zip(names, types, strict=True))
+        ]
+        return (
+            func.unnest(*arrays)
+            .table_valued(*[column(n, t) for n, t in zip(names, types, strict=True)])
+            .render_derived(name="k")
+        )
     selects = [select(*[literal(v, t).label(n) for v, n, t in zip(row, names, types, strict=True)]) for row in rows]
     return (union_all(*selects) if len(selects) > 1 else selects[0]).subquery("k")
 
@@ -50,8 +71,8 @@ def last_runs(conn: Connection, audiences: Sequence[str]) -> dict[str, dict[str,
         return {}
     r = state.run
     ids: list[int] = []
-    for chunk in _chunks(audiences):
-        k = _literal_rows([(a,) for a in chunk], ["audience"], [String])
+    for chunk in _chunks(conn, audiences):
+        k = _literal_rows(conn, [(a,) for a in chunk], ["audience"], [String])
         last = select(r.c.id).where(r.c.audience == k.c.audience).order_by(r.c.id.desc()).limit(1).scalar_subquery()
         ids += [i for (_, i) in conn.execute(select(k.c.audience, last).select_from(k)) if i is not None]
     if not ids:
@@ -60,26 +81,45 @@ def last_runs(conn: Connection, audiences: Sequence[str]) -> dict[str, dict[str,
     return {row["audience"]: dict(row) for row in rows}
 
 
+#: what a sparkline and a match rate need of each of the last runs (the overview reads 30 x pairs of them)
+SPARK_COLUMNS = ("id", "acked_size", "received", "matched")
+#: what the overview shows of a destination's latest sync
+LATEST_COLUMNS = (
+    "id",
+    "run_id",
+    "status",
+    "started_at",
+    "finished_at",
+    "added",
+    "removed",
+    "rejected",
+    "received",
+    "matched",
+    "destination_size",
+    "acked_size",
+)
+
+
 def recent_syncs(
-    conn: Connection, pairs: Sequence[tuple[str, str]], last: int = SPARK_RUNS
+    conn: Connection, pairs: Sequence[tuple[str, str]], last: int = SPARK_RUNS, columns: Sequence[str] = LATEST_COLUMNS
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The last ``last`` syncs of each (audience, destination), oldest first.
+    """The last ``last`` syncs of each (audience, destination), oldest first, with ``columns`` only.
 
     Two statements: the id of each pair's ``last``-th latest sync (a backward index probe), then an
     index range scan per pair from that id on. A window function over ``do_sync`` would read it whole.
     """
-    if not pairs:
-        return {}
     out: dict[tuple[str, str], list[dict[str, Any]]] = {(a, d): [] for a, d in pairs}
-    for chunk in _chunks(pairs):
-        for row in _recent_syncs_chunk(conn, chunk, last):
-            out.setdefault((row["audience"], row["destination"]), []).append(row)
+    for chunk in _chunks(conn, pairs):
+        for audience, destination, *values in _recent_syncs_chunk(conn, chunk, last, columns):
+            out[(audience, destination)].append(dict(zip(columns, values, strict=True)))
     return out
 
 
-def _recent_syncs_chunk(conn: Connection, pairs: Sequence[tuple[str, str]], last: int) -> list[dict[str, Any]]:
+def _recent_syncs_chunk(
+    conn: Connection, pairs: Sequence[tuple[str, str]], last: int, columns: Sequence[str]
+) -> list[Any]:
     s = state.sync
-    k = _literal_rows(pairs, ["audience", "destination"], [String, String])
+    k = _literal_rows(conn, pairs, ["audience", "destination"], [String, String])
     bound = (
         select(s.c.id)
         .where(s.c.audience == k.c.audience, s.c.destination == k.c.destination)
@@ -89,34 +129,15 @@ def _recent_syncs_chunk(conn: Connection, pairs: Sequence[tuple[str, str]], last
         .scalar_subquery()
     )
     bounds = [(a, d, b or 0) for a, d, b in conn.execute(select(k.c.audience, k.c.destination, bound).select_from(k))]
-    kb = _literal_rows(bounds, ["audience", "destination", "from_id"], [String, String, Integer])
+    kb = _literal_rows(conn, bounds, ["audience", "destination", "from_id"], [String, String, BigInteger])
     stmt = (
-        select(
-            s.c.id,
-            s.c.run_id,
-            s.c.audience,
-            s.c.destination,
-            s.c.status,
-            s.c.mode,
-            s.c.started_at,
-            s.c.finished_at,
-            s.c.added,
-            s.c.removed,
-            s.c.rejected,
-            s.c.received,
-            s.c.matched,
-            s.c.destination_size,
-            s.c.acked_size,
-            s.c.desired,
-            s.c.guard,
-            s.c.error,
-        )
+        select(s.c.audience, s.c.destination, *[s.c[c] for c in columns])
         .select_from(
             kb.join(s, and_(s.c.audience == kb.c.audience, s.c.destination == kb.c.destination, s.c.id >= kb.c.from_id))
         )
         .order_by(s.c.id)
     )
-    return [dict(row) for row in conn.execute(stmt).mappings()]
+    return list(conn.execute(stmt))
 
 
 def acked_counts(conn: Connection) -> dict[tuple[str, str], int]:
