@@ -120,13 +120,14 @@ def build(engine: Engine, audiences: int, days: int, destinations: int) -> dict[
             )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE")
-    with engine.connect() as conn:
-        counts = {
-            t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-            for t in ("do_run", "do_sync", "do_reject", "do_recon")
-        }
+    counts = {t: _count(engine, t) for t in ("do_run", "do_sync", "do_reject", "do_recon")}
     counts["load_s"] = round(time.monotonic() - start, 1)
     return counts
+
+
+def _count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
 def catalog(audiences: int, destinations: int) -> Catalog:
@@ -165,17 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--destinations", type=int, default=4, choices=range(1, len(DESTINATIONS) + 1))
     ap.add_argument("--repeat", type=int, default=30, help="timed requests per page")
     ap.add_argument("--keep", action="store_true", help="keep the database (its name is printed)")
+    ap.add_argument("--database", help="time the pages again on a database a --keep run built (same sizes)")
     args = ap.parse_args(argv)
 
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"do_bench_ui_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    name = args.database or f"do_bench_ui_{uuid.uuid4().hex[:10]}"
+    if not args.database:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     engine = create_engine(make_url(PG_URL).set(database=name))
     try:
-        counts = build(engine, args.audiences, args.days, args.destinations)
+        if args.database:
+            ensure_schema(engine)
+            counts: dict[str, float] = {t: _count(engine, t) for t in ("do_run", "do_sync", "do_reject", "do_recon")}
+            counts["load_s"] = 0.0
+        else:
+            counts = build(engine, args.audiences, args.days, args.destinations)
         print(
-            f"built {name} in {counts['load_s']}s: "
+            f"{'reused' if args.database else 'built'} {name} in {counts['load_s']}s: "
             + ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "load_s")
         )
         cat = catalog(args.audiences, args.destinations)
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         engine.dispose()
-        if not args.keep:
+        if not args.keep and not args.database:
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0

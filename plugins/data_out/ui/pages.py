@@ -73,8 +73,8 @@ def overview(engine: Engine, catalog: Catalog) -> list[OverviewRow]:
         runs = queries.last_runs(conn, names)
         acked = queries.acked_counts(conn)
         pairs = sorted({(a, d) for a in names for d in infos[a].destinations} | {p for p in acked if p[0] in infos})
-        syncs = queries.recent_syncs(conn, pairs, columns=queries.SPARK_COLUMNS)
-        latest = queries.recent_syncs(conn, pairs, last=1)
+        sizes = queries.size_series(conn, pairs)
+        latest = queries.latest_syncs(conn, pairs)
         breaches = queries.open_breaches(conn)
         lifecycle = queries.lifecycle(conn)
     open_by: dict[tuple[str, str], list[str]] = {}
@@ -87,11 +87,10 @@ def overview(engine: Engine, catalog: Catalog) -> list[OverviewRow]:
         dests = sorted({d for a, d in pairs if a == name}, key=lambda d: (d not in info.destinations, d))
         cells = []
         for d in dests:
-            history = syncs.get((name, d), [])
-            last = (latest.get((name, d)) or [None])[-1]
+            last = latest.get((name, d))
             reported = last["destination_size"] if last else None
             ack = acked.get((name, d))
-            matched = next((s for s in reversed(history) if s["received"]), None)
+            matched = last if last and last["received"] else None
             cells.append(
                 DestinationCell(
                     name=d,
@@ -106,7 +105,7 @@ def overview(engine: Engine, catalog: Catalog) -> list[OverviewRow]:
                     rejected=last["rejected"] if last else None,
                     status=last["status"] if last else None,
                     breaches=open_by.get((name, d), []) + open_by.get((name, "*"), []) * (d == dests[0]),
-                    spark=charts.sparkline([s["acked_size"] for s in history]),
+                    spark=charts.sparkline(sizes.get((name, d), [])),
                 )
             )
         status = info.status

@@ -24,9 +24,11 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    true,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from data_out import state
 
@@ -81,8 +83,6 @@ def last_runs(conn: Connection, audiences: Sequence[str]) -> dict[str, dict[str,
     return {row["audience"]: dict(row) for row in rows}
 
 
-#: what a sparkline and a match rate need of each of the last runs (the overview reads 30 x pairs of them)
-SPARK_COLUMNS = ("id", "acked_size", "received", "matched")
 #: what the overview shows of a destination's latest sync
 LATEST_COLUMNS = (
     "id",
@@ -138,6 +138,58 @@ def _recent_syncs_chunk(
         .order_by(s.c.id)
     )
     return list(conn.execute(stmt))
+
+
+def latest_syncs(conn: Connection, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The latest sync of each (audience, destination): a backward index probe each, then primary-key reads."""
+    s = state.sync
+    ids: list[int] = []
+    for chunk in _chunks(conn, pairs):
+        k = _literal_rows(conn, chunk, ["audience", "destination"], [String, String])
+        last = (
+            select(s.c.id)
+            .where(s.c.audience == k.c.audience, s.c.destination == k.c.destination)
+            .order_by(s.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        ids += [i for (i,) in conn.execute(select(last).select_from(k)) if i is not None]
+    if not ids:
+        return {}
+    cols = [s.c[c] for c in LATEST_COLUMNS]
+    rows = conn.execute(select(s.c.audience, s.c.destination, *cols).where(s.c.id.in_(ids))).mappings()
+    return {(r["audience"], r["destination"]): dict(r) for r in rows}
+
+
+def size_series(
+    conn: Connection, pairs: Sequence[tuple[str, str]], last: int = SPARK_RUNS
+) -> dict[tuple[str, str], list[float | None]]:
+    """Acknowledged size over each pair's last ``last`` syncs, oldest first: the overview's sparklines.
+
+    Postgres aggregates each pair's series in the database (``LATERAL`` backward index scan, then
+    ``array_agg``): 30 x pairs rows never travel to Python. SQLite reads the rows (it holds small installs).
+    """
+    if conn.dialect.name != "postgresql":
+        rows = recent_syncs(conn, pairs, last, columns=("id", "acked_size"))
+        return {p: [r["acked_size"] for r in v] for p, v in rows.items()}
+    s = state.sync
+    k = _literal_rows(conn, pairs, ["audience", "destination"], [String, String])
+    recent = (
+        select(s.c.id, s.c.acked_size)
+        .where(s.c.audience == k.c.audience, s.c.destination == k.c.destination)
+        .order_by(s.c.id.desc())
+        .limit(last)
+        .lateral("x")
+    )
+    stmt = (
+        select(k.c.audience, k.c.destination, func.array_agg(aggregate_order_by(recent.c.acked_size, recent.c.id)))
+        .select_from(k.join(recent, true()))
+        .group_by(k.c.audience, k.c.destination)
+    )
+    out: dict[tuple[str, str], list[float | None]] = {(a, d): [] for a, d in pairs}
+    for a, d, values in conn.execute(stmt):
+        out[(a, d)] = list(values or [])
+    return out
 
 
 def acked_counts(conn: Connection) -> dict[tuple[str, str], int]:

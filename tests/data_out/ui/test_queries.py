@@ -38,6 +38,18 @@ def test_last_runs_and_the_last_n_syncs_of_each_destination(synced, state_engine
         assert [s["id"] for s in two[pair]] == ids[-2:]
 
 
+def test_latest_syncs_and_size_series_agree_with_the_rows(synced, state_engine):
+    with state_engine.connect() as conn:
+        latest = queries.latest_syncs(conn, [*PAIRS, ("never_run_v1", "meta")])
+        sizes = queries.size_series(conn, [*PAIRS, ("never_run_v1", "meta")], last=2)
+        all_syncs = conn.execute(select(state.sync).order_by(state.sync.c.id)).mappings().all()
+    for pair in PAIRS:
+        mine = [s for s in all_syncs if (s["audience"], s["destination"]) == pair]
+        assert latest[pair]["id"] == mine[-1]["id"] and latest[pair]["acked_size"] == mine[-1]["acked_size"]
+        assert sizes[pair] == [s["acked_size"] for s in mine[-2:]]  # oldest first
+    assert ("never_run_v1", "meta") not in latest and sizes[("never_run_v1", "meta")] == []
+
+
 def test_more_pairs_than_sqlite_allows_in_one_compound_select(synced, state_engine):
     pairs = PAIRS + [(f"other_{i}_v1", "meta") for i in range(600)]
     with state_engine.connect() as conn:
