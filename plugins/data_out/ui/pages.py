@@ -174,7 +174,7 @@ def health(engine: Engine, catalog: Catalog, info: AudienceInfo, last: int = 100
         checks=checks,
         check_table=_check_table(checks),
         breaches=breaches,
-        guard_trips=[s for s in syncs if s["status"] == "guarded" or "override" in (s["guard"] or "")],
+        guard_trips=[s for s in syncs if s["status"] == "guarded" or (s["guard"] or "").startswith("overridden")],
         lifecycle=lifecycle,
         yaml_text=info.yaml_text(),
         sql_text=catalog.sql.get(info.name, ""),

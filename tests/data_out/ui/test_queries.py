@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from sqlalchemy import delete, inspect, select, text
 
 from data_out import state
+from data_out.config import load_audiences
 from data_out.holdout import is_held_out
 from data_out.identity import normalize_email, sha256_hex
+from data_out.runner import AudienceRunner, RunFailed
 from data_out.ui import lookup as lookup_mod
 from data_out.ui import pages, queries
-from tests.data_out.ui.conftest import BUYERS, REJECTED, TARGETS
+from tests.data_out.ui.conftest import AS_OF, BUYERS, REJECTED, TARGETS
 
 PAIRS = [(TARGETS, "memory"), (TARGETS, "warehouse"), (BUYERS, "warehouse")]
 
@@ -96,6 +99,20 @@ def test_the_health_model_has_one_point_per_run_and_destination(synced, state_en
     assert "SELECT customer_id" in h.yaml_text
     window = pages.health(state_engine, synced, synced.audiences[TARGETS], last=2)
     assert window.charts["size"].count('data-series="memory"') == 2
+
+
+def test_the_health_model_lists_guard_trips_with_the_override_reason(
+    synced, audiences_dir, resolver, state_engine, people
+):
+    people.set([])  # everyone leaves: the mass-removal guard stops the targets' destinations
+    with pytest.raises(RunFailed):
+        AudienceRunner(state_engine, load_audiences(audiences_dir), TARGETS, resolver).run("r4", AS_OF)
+    AudienceRunner(state_engine, load_audiences(audiences_dir), TARGETS, resolver).run(
+        "r5", AS_OF, override_reason="campaign ended"
+    )
+    trips = pages.health(state_engine, synced, synced.audiences[TARGETS]).guard_trips
+    assert sorted(t["status"] for t in trips) == ["guarded", "guarded", "success", "success"]
+    assert all("campaign ended" in t["guard"] for t in trips if t["status"] == "success")
 
 
 def test_schema_4_adds_the_indexes_the_pages_read_through(synced, state_engine):
