@@ -148,6 +148,7 @@ class Health:
     charts: dict[str, str]
     checks: list[dict[str, Any]]
     check_table: pd.DataFrame
+    check_events: list[dict[str, Any]]  # breach, repaired, recovered: latest first
     breaches: list[dict[str, Any]]
     guard_trips: list[dict[str, Any]]
     lifecycle: dict[str, Any] | None
@@ -173,6 +174,7 @@ def health(engine: Engine, catalog: Catalog, info: AudienceInfo, last: int = 100
         charts=_health_charts(runs, syncs, rejects),
         checks=checks,
         check_table=_check_table(checks),
+        check_events=check_events(checks),
         breaches=breaches,
         guard_trips=[s for s in syncs if s["status"] == "guarded" or (s["guard"] or "").startswith("overridden")],
         lifecycle=lifecycle,
@@ -239,6 +241,20 @@ def _recent(runs: list[dict], syncs: list[dict], show: int = 20) -> list[dict[st
     for s in syncs:
         by_run.setdefault(s["run_id"], []).append(s)
     return [{**r, "duration_s": _seconds(r), "syncs": by_run.get(r["id"], [])} for r in reversed(runs[-show:])]
+
+
+def check_events(checks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The moments a check changed state: it breached, a rebuild repaired it, or it measured ok again."""
+    if not checks:
+        return []
+    f = pd.DataFrame(checks).sort_values("id")
+    previous = f.groupby(["destination", "check"])["status"].shift()
+    f["event"] = None
+    f.loc[f["status"] == "breach", "event"] = "breach"
+    f.loc[(f["status"] == "ok") & (previous == "breach"), "event"] = "recovered"
+    f.loc[f["repaired"].astype(bool), "event"] = "repaired"
+    events = f[f["event"].notna()].sort_values("id", ascending=False)
+    return events.to_dict(orient="records")
 
 
 def _check_table(checks: Sequence[dict[str, Any]]) -> pd.DataFrame:

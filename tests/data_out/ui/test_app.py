@@ -80,6 +80,57 @@ def test_overview_filters(client, token):
     assert names(tag="nothing-has-this") == []
 
 
+def test_the_health_tab_shows_checks_with_thresholds_and_their_history(client, token, state_engine):
+    checks = [("ok", False), ("breach", False), ("breach", True), ("ok", False)]
+    with state_engine.begin() as conn:
+        conn.execute(
+            state.recon.insert(),
+            [
+                {
+                    "recon_id": i,
+                    "at": state.utcnow(),
+                    "audience": TARGETS,
+                    "destination": "memory",
+                    "check": "destination_gap_pct",
+                    "value": 9.5,
+                    "threshold": 5.0,
+                    "status": st,
+                    "repaired": rep,
+                    "detail": "acknowledged 10, destination reports 9",
+                }
+                for i, (st, rep) in enumerate(checks, 1)
+            ],
+        )
+        conn.execute(
+            state.alert_state.insert().values(
+                audience=TARGETS, destination="memory", check="destination_gap_pct", open=True, since=state.utcnow()
+            )
+        )
+    client.cookies.set("_token", token)
+    page = client.get(f"/dags/audience__{TARGETS}/health").text
+    history = page[page.index('id="check-history"') :]
+    assert [e for e in ("recovered", "repaired", "breach") if f">{e}</span>" in history] == [
+        "recovered",
+        "repaired",
+        "breach",
+    ]
+    assert "open: memory destination_gap_pct" in page
+    checks_api = client.get(f"/api/dags/audience__{TARGETS}/health").json()["checks"]
+    assert checks_api == [
+        {
+            "destination": "memory",
+            "check": "destination_gap_pct",
+            "latest": 9.5,
+            "threshold": 5.0,
+            "status": "ok",
+            "at": checks_api[0]["at"],
+            "measured": 4,
+            "breaches": 2,
+            "repaired": 1,
+        }
+    ]
+
+
 def test_the_health_tab_of_a_dag_that_is_no_audience_says_so(client, token):
     client.cookies.set("_token", token)
     r = client.get("/dags/data_out_reconciliation/health")

@@ -115,6 +115,23 @@ def test_the_health_model_lists_guard_trips_with_the_override_reason(
     assert all("campaign ended" in t["guard"] for t in trips if t["status"] == "success")
 
 
+def test_check_events_are_breach_repaired_and_recovered_per_check():
+    at = AS_OF
+    rows = [
+        {"id": 1, "at": at, "destination": "meta", "check": "gap", "status": "ok", "repaired": False},
+        {"id": 2, "at": at, "destination": "meta", "check": "gap", "status": "breach", "repaired": False},
+        {"id": 3, "at": at, "destination": "google", "check": "gap", "status": "ok", "repaired": False},
+        {"id": 4, "at": at, "destination": "meta", "check": "gap", "status": "breach", "repaired": True},
+        {"id": 5, "at": at, "destination": "meta", "check": "gap", "status": "ok", "repaired": False},
+        {"id": 6, "at": at, "destination": "meta", "check": "gap", "status": "ok", "repaired": False},
+    ]
+    assert [(e["id"], e["event"]) for e in pages.check_events(rows)] == [
+        (5, "recovered"),
+        (4, "repaired"),
+        (2, "breach"),
+    ]
+
+
 def test_schema_4_adds_the_indexes_the_pages_read_through(synced, state_engine):
     # a database at version 3: the indexes do not exist yet
     with state_engine.begin() as conn:
