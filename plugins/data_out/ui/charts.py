@@ -19,8 +19,8 @@ def _fmt(v: float) -> str:
         return f"{v / 1_000_000:.1f}M"
     if abs(v) >= 10_000:
         return f"{v / 1000:.0f}k"
-    if float(v).is_integer():
-        return f"{int(v):,}"
+    if float(v).is_integer() or abs(v) >= 100:
+        return f"{v:,.0f}"
     return f"{v:.2f}"
 
 
@@ -133,7 +133,9 @@ def sparkline(values: Sequence[float | None], *, width: int = 120, height: int =
         for i, v in enumerate(vals)
     )
     tip = escape(f"{n} runs: {_fmt(vals[0])} → {_fmt(vals[-1])}")
+    last = pts.rsplit(" ", 1)[-1].replace(",", '" cy="')
     return (
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" data-points="{n}">'
-        f'<title>{tip}</title><polyline fill="none" stroke="#2563eb" stroke-width="1.2" points="{pts}"/></svg>'
+        f'<title>{tip}</title><polyline fill="none" stroke="#2563eb" stroke-width="1.2" points="{pts}"/>'
+        f'<circle cx="{last}" r="1.8" fill="#2563eb"/></svg>'  # the latest run, visible even when it is the only one
     )
