@@ -132,12 +132,12 @@ def test_check_events_are_breach_repaired_and_recovered_per_check():
     ]
 
 
-def test_schema_4_adds_the_indexes_the_pages_read_through(synced, state_engine):
-    # a database at version 3: the indexes do not exist yet
+def test_schema_5_adds_the_indexes_the_pages_read_through(synced, state_engine):
+    # a database at version 4: the indexes do not exist yet
     with state_engine.begin() as conn:
         for name in ("ix_do_reject_sync", "ix_do_reject_member", "ix_do_metric_event_customer"):
             conn.execute(text(f"DROP INDEX {name}"))
-        conn.execute(delete(state.schema_version).where(state.schema_version.c.version == 4))
+        conn.execute(delete(state.schema_version).where(state.schema_version.c.version == 5))
     state.ensure_schema(state_engine)
     names = {i["name"] for t in ("do_reject", "do_metric_event") for i in inspect(state_engine).get_indexes(t)}
     assert {"ix_do_reject_sync", "ix_do_reject_member", "ix_do_metric_event_customer"} <= names
