@@ -71,6 +71,17 @@ def test_a_signed_in_user_is_served_by_bearer_token_or_by_the_ui_cookie(client, 
     assert sorted(a["audience"] for a in overview) == [BUYERS, TARGETS]
 
 
+def test_the_health_tab_asks_airflow_whether_the_user_may_read_the_dag(client, auth_manager):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    # a signed-in user without a role: SimpleAuthManager grants no DAG access
+    nobody = auth_manager.generate_jwt(SimpleAuthManagerUser(username="eve", role=None))
+    client.cookies.set("_token", nobody)
+    assert client.get("/").status_code == 200  # signed in is enough for the overview
+    assert client.get(f"/dags/audience__{TARGETS}/health").status_code == 403
+    assert client.get(f"/api/dags/audience__{TARGETS}/health").status_code == 403
+
+
 def test_overview_filters(client, token):
     client.cookies.set("_token", token)
     names = lambda **q: [a["audience"] for a in client.get("/api/overview", params=q).json()["audiences"]]  # noqa: E731
