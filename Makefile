@@ -14,11 +14,11 @@ export AIRFLOW__LOGGING__LOGGING_LEVEL ?= WARNING
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 
 # The embedded default: SQLite files for the state database and the sample warehouse.
-# Point these at Postgres (conn_type "postgres") for production; see README "Connections".
+# Point these at Postgres (conn_type "postgres") for production; see docs/audiences.md "Connections".
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: system-deps install airflow-db demo demo-churn test lint history bench bench-mariadb clean
+.PHONY: system-deps install airflow-db airflow-ui chromium demo demo-churn test lint history bench bench-mariadb bench-ui clean
 
 # Debian packages the Python install needs, installed only where missing: mysqlclient (the MySQL
 # provider's driver, for the warehouse tests) compiles against the MariaDB client library.
@@ -49,6 +49,11 @@ $(AIRFLOW_HOME)/.pools: $(AIRFLOW_HOME)/.migrated deploy/pools.json
 
 airflow-db: $(AIRFLOW_HOME)/.pools
 
+# Airflow's api-server on http://localhost:8080 with the demo's state database: the Data Out pages
+# (docs/ui.md). Sign in as admin; the password is in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
+airflow-ui: airflow-db
+	$(BIN)/airflow api-server --port 8080
+
 demo: airflow-db
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/python include/sandbox/demo.py
@@ -57,7 +62,13 @@ demo-churn: airflow-db
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/python include/sandbox/demo.py --churn
 
-test: airflow-db
+# Debian's headless Chromium, which the browser test drives (tests/data_out/ui/test_browser.py); apt-get
+# runs only where /usr/bin/chromium is missing (as root, or through sudo).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: airflow-db chromium
 	$(BIN)/ruff check plugins dags include tests
 	$(BIN)/python -m pytest
 
@@ -66,13 +77,18 @@ lint: install
 	$(BIN)/ruff format --check plugins dags include tests
 
 # make bench [N=10000000] [CHURN=0.01]: the scale benchmark on the local Postgres (not part of make test);
-# ends with one "bench: ..." line. See README "Scale and benchmark".
+# ends with one "bench: ..." line. See docs/performance.md.
 bench: install
 	$(BIN)/python -m bench.scale --members $(or $(N),1000000) --churn $(or $(CHURN),0.01)
 
 # make bench-mariadb [N=1000000]: peak RSS while staging N members from the local MariaDB (docs/warehouses.md)
 bench-mariadb: install
 	$(BIN)/python -m bench.mariadb_staging --members $(or $(N),1000000)
+
+# make bench-ui [DAYS=365] [AUDIENCES=200]: a year of hourly runs in a Postgres state database, then
+# p50/p95 server time of the Data Out pages (not part of make test). See docs/ui.md.
+bench-ui: install
+	$(BIN)/python -m bench.ui --days $(or $(DAYS),365) --audiences $(or $(AUDIENCES),200)
 
 # make history AUDIENCE=cio_cart_abandon_6h_v1 [LAST=10]: the last runs of an audience as a table
 history: install

@@ -105,7 +105,19 @@ def _run_dags(as_of: dt.datetime, running: dict) -> int:
     if bag.import_errors or failed:
         print(f"\nFAILED: {', '.join(failed) or 'import errors'}", file=sys.stderr)
         return 1
+    _where_to_look()
     return 0
+
+
+def _where_to_look() -> None:
+    """The pages that show what just ran (served by the plugin once Airflow's api-server runs)."""
+    print(
+        "\nSee it in Airflow: start the api-server with this project's environment (`make airflow-ui`, or "
+        "`airflow standalone`), sign in, then open\n"
+        '  http://localhost:8080/data-out-ui/             every audience (also "Data Out" in the navigation)\n'
+        '  http://localhost:8080/dags/audience__<name>    the "Health" tab of each audience DAG\n'
+        "  http://localhost:8080/data-out-ui/lookup       where a person is, and why (docs/ui.md)"
+    )
 
 
 def _reconcile_with_planted_drift(bag, as_of: dt.datetime, running: dict, state_engine) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ What lives here, and why:
   forward instead of recounting (``figures.py``).
 * ``do_ack_count``: each destination's acknowledged total, kept by every commit (a plan reads it
   instead of counting 10M rows).
+* ``do_ui_lookup``: who looked a person up in the Data Out UI (user and hash only, ``data_out.ui``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -245,6 +246,9 @@ reject = Table(
     Column("member_key_sha256", _HASH, nullable=False),
     Column("reason", String(500), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # the Health tab groups a window's rejects by sync, the member lookup finds a person's rejects
+    Index("ix_do_reject_sync", "sync_id"),
+    Index("ix_do_reject_member", "member_key_sha256"),
 )
 
 recon_run = Table(
@@ -321,6 +325,7 @@ metric_event = Table(
     Column("href", String(500)),
     Index("ix_do_metric_event_received", "received_at"),
     Index("ix_do_metric_event_day", "day", "metric"),
+    Index("ix_do_metric_event_customer", "customer_id"),  # the member lookup's send history
 )
 
 task_route = Table(
@@ -410,6 +415,18 @@ plan_mark = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
+ui_lookup = Table(
+    "do_ui_lookup",
+    metadata,
+    # who looked a person up in the Data Out UI, and when: the hash of what was entered, never the value
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("username", String(250), nullable=False),
+    Column("kind", String(16), nullable=False),  # email | phone | member_key
+    Column("value_sha256", _HASH),  # NULL: the value did not normalise, nothing was looked up
+    Column("audiences_found", Integer, nullable=False),
+)
+
 lease = Table(
     "do_lease",
     metadata,
@@ -476,6 +493,12 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[Connection], None], ...]] = {
     # full diff, which needs no recorded keys and is always correct.
     3: ("DROP TABLE IF EXISTS do_dirty", "DELETE FROM do_plan_mark"),
     4: (_rekey_unsent_batches,),
+    # indexes the UI's pages read through (create_all adds tables, never indexes of existing tables)
+    5: (
+        "CREATE INDEX IF NOT EXISTS ix_do_reject_sync ON do_reject (sync_id)",
+        "CREATE INDEX IF NOT EXISTS ix_do_reject_member ON do_reject (member_key_sha256)",
+        "CREATE INDEX IF NOT EXISTS ix_do_metric_event_customer ON do_metric_event (customer_id)",
+    ),
 }
 
 

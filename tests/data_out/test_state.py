@@ -92,7 +92,7 @@ def test_version_4_gives_unsent_batches_a_random_key_and_keeps_the_keys_of_attem
     state.ensure_schema(engine)
     with engine.connect() as conn:
         keys = dict(conn.execute(select(state.batch.c.batch_no, state.batch.c.idempotency_key)).all())
-        assert conn.scalar(select(func.max(state.schema_version.c.version))) == 4
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
     assert keys[1] == old[1]
     assert re.fullmatch(r"do-a{32}-[0-9a-f]{16}", keys[0]), keys[0]
     state.ensure_schema(engine)  # idempotent: the key is not drawn again
