@@ -332,7 +332,7 @@ def _fix_for(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"add `{loc}` to the file"
     if kind == "extra_forbidden":
-        return f"remove `{loc}` or correct its spelling (see the audience reference in README.md)"
+        return f"remove `{loc}` or correct its spelling (see the audience reference in docs/audiences.md)"
     if kind in {"union_tag_invalid", "literal_error"}:
         return "use one of the values listed"
     if kind == "union_tag_not_found":

@@ -576,7 +576,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: MemoryStore, r
 
 
 def test_the_corpus_has_every_kind_of_bad_input():
-    """The count the README quotes; a case added or dropped updates both."""
+    """The count docs/reliability.md quotes; a case added or dropped updates both."""
     kinds = {k: sum(c.kind == k for c in CORPUS.values()) for k in ("config", "run", "counted", "http")}
     assert kinds == {"config": 16, "run": 11, "counted": 7, "http": 5} and len(CORPUS) == 39
 
