@@ -71,7 +71,7 @@ def receiver_path() -> str:
     """The path the api-server serves the receiver at: the plugin's prefix and the app's POST route."""
     import data_out_plugin
 
-    (mounted,) = data_out_plugin.DataOutPlugin.fastapi_apps
+    (mounted,) = [a for a in data_out_plugin.DataOutPlugin.fastapi_apps if a["url_prefix"] == "/data-out"]
     posts = [r.path for r in mounted["app"].routes if "POST" in getattr(r, "methods", set())]
     assert posts == ["/customerio"]
     return mounted["url_prefix"] + posts[0]

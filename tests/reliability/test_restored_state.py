@@ -124,4 +124,4 @@ def test_a_restored_state_database_syncs_again_into_the_same_vendors_and_converg
     with engine.connect() as conn:
         statuses = conn.execute(select(s.c.destination, s.c.status).order_by(s.c.id)).all()
     assert statuses[-2:] == [("webhook", "success"), ("meta", "success")]
-    connections._engine(connections.url_for(backend)).dispose()
+    connections.dispose(backend)

@@ -147,7 +147,7 @@ def two_databases(pg_admin: Engine) -> Iterator[list[ConnectionInfo]]:
             )
     yield infos
     for info in infos:
-        connections._engine(connections.url_for(info)).dispose()
+        connections.dispose(info)
     with pg_admin.connect() as conn:
         for name in names:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
