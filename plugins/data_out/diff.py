@@ -285,6 +285,8 @@ class Planner:
             to_remove, to_add, changed = _diff_conditions(t, mode)
             sides = Plan(0)
             self._count_sides(conn, sides, mode)
+            if mode == "incremental":  # what the day's refreshes would be (``sides.refreshes``)
+                self._refreshes(conn, sides, delta, dry=True)
 
             def count(cond: Any) -> int:
                 return state.scalar_int(conn, select(func.count()).select_from(delta).where(cond))
@@ -299,6 +301,7 @@ class Planner:
                 "adds": count(to_add),
                 "removes": count(to_remove),
                 "changed": count(changed),
+                "refreshes": sides.refreshes,
                 "unmatchable": sides.unmatchable,
                 "sample_adds": sample(to_add),
                 "sample_removes": sample(to_remove),
@@ -441,12 +444,13 @@ class Planner:
             changes.set_mark(conn, aud, label, upto, shape, plan.sync_id)
         faults.point("plan.written")  # inside the plan transaction, before it commits
 
-    def _refreshes(self, conn: Connection, plan: Plan, delta: Table) -> Select | None:
+    def _refreshes(self, conn: Connection, plan: Plan, delta: Table, dry: bool = False) -> Select | None:
         """Acknowledged members to re-send before they expire, oldest first, within today's share.
 
         Only members the plan does not touch otherwise: an acknowledged member outside the delta is
         desired exactly as acknowledged (the plan mark's invariant, or the full diff), so it is re-sent
-        from ``do_ack`` as it stands. Sets ``plan.refreshes``; ``None``: nothing to refresh.
+        from ``do_ack`` as it stands. Sets ``plan.refreshes``; ``None``: nothing to refresh. ``dry``: a
+        dry run's preview counts them, quietly.
         """
         policy = refresh_policy(self.dest)
         if policy is None or not plan.acked:
@@ -481,7 +485,7 @@ class Planner:
             .limit(cap)
         )
         plan.refreshes = state.scalar_int(conn, select(func.count()).select_from(rows.subquery()))
-        if plan.refreshes:
+        if plan.refreshes and not dry:
             log.info(
                 "%s/%s: %d members acknowledged over %s days ago are refreshed before their %d-day membership ends",
                 self.cfg.name,

@@ -151,6 +151,18 @@ def test_a_changed_member_is_sent_once_as_a_change_not_also_as_a_refresh(
     assert (sync["added"], sync["removed"], sync["refreshed"]) == (1, 2, BUDGET)
 
 
+def test_a_dry_run_previews_the_days_refreshes_and_sends_nothing(runner, store, state_engine, clock, expiring):
+    runner.run("t/0", clock.now)
+    clock.days(33)
+    n = len(store.requests)
+    runner.dry_run("t/dry", clock.now)
+    sync = last_sync(state_engine)
+    assert sync["preview"]["refreshes"] == BUDGET and sync["planned_refreshes"] is None
+    assert store.requests[n:] == [] and set(ages(state_engine).values()) == {START}
+    runner.run("t/33", clock.now)  # the preview spent none of the day's share
+    assert last_sync(state_engine)["refreshed"] == BUDGET
+
+
 def test_members_about_to_expire_go_whatever_the_days_share(runner, store, state_engine, clock, expiring):
     """Runs were missed: members in the last quarter before expiry are all refreshed in one run."""
     runner.run("t/0", clock.now)
