@@ -100,15 +100,15 @@ def test_version_4_gives_unsent_batches_a_random_key_and_keeps_the_keys_of_attem
         assert conn.scalar(select(state.batch.c.idempotency_key).where(state.batch.c.batch_no == 0)) == keys[0]
 
 
-def test_version_5_indexes_acknowledgements_by_age_and_keeps_them(backend):
-    # do_ack as version 4 created it (no index on acked_at), with a row: refreshes read a destination's
+def test_version_6_indexes_acknowledgements_by_age_and_keeps_them(backend):
+    # do_ack as version 5 created it (no index on acked_at), with a row: refreshes read a destination's
     # oldest acknowledgements through the new index; the rows and their ages are kept as they are
     engine = engine_for(backend)
     state.ensure_schema(engine)
     acked_at = state.utcnow().replace(microsecond=0)
     with engine.begin() as conn:
         conn.execute(text(f"DROP INDEX {state.ACK_AGE_INDEX}"))
-        conn.execute(state.schema_version.delete().where(state.schema_version.c.version > 4))
+        conn.execute(state.schema_version.delete().where(state.schema_version.c.version > 5))
         conn.execute(
             state.ack.insert().values(audience="a_v1", destination="google", member_key="k1", acked_at=acked_at)
         )
