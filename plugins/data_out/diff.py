@@ -12,6 +12,12 @@ destination): batch ``r`` of shard ``s`` out of ``n`` is number ``r * n + s``, a
 round after the longest shard's removes, so ordering by number is remove-then-add overall as well.
 A full resync's re-sends of members acknowledged exactly as desired come last, as refreshes
 (``Op.REFRESH``): an add for lists and tables, but no second "entered" event for an event stream.
+
+A destination whose members expire (``Destination.membership_lifetime_days``: Google Customer Match
+drops a member 540 days after its last upload) gets refreshes in incremental plans too: acknowledged
+members older than ``refresh_at_share`` of the lifetime, oldest first, at most a day's share of the
+list (``RefreshPolicy``), so a list uploaded in one day is refreshed over many. Their commit renews
+``do_ack.acked_at``, which is how old each acknowledgement is.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Iterable, Iterator
@@ -79,9 +86,47 @@ class Plan:
     shards: int = 1
     resumed_batches: int = 0
     guard: str = "passed"
+    #: acknowledged members re-sent before their membership expires (``RefreshPolicy``)
+    refreshes: int = 0
     #: members diffed when only those changed since the destination's mark were (changes.py); None: all
     diffed_keys: int | None = None
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    """When a destination's acknowledged members are re-sent before they expire, and how many at once.
+
+    A member is due once ``due_after`` has passed since its last acknowledgement. Due members are
+    spread over ``spread_days`` (half the time between due and expiry, leaving the other half for
+    missed runs): the refreshes planned within any 24 hours stay within ``ceil(acked / spread_days)``
+    whatever the schedule, so a list uploaded in one day is not re-sent in one day. Members older than
+    ``urgent_after`` (the last quarter before expiry: runs were missed, or run less than daily) go
+    whatever the day's share, since an expired member is gone from the audience.
+    """
+
+    lifetime_days: int
+    due_after: dt.timedelta
+    urgent_after: dt.timedelta
+    spread_days: float
+
+    def daily_budget(self, acked: int) -> int:
+        return math.ceil(acked / self.spread_days)
+
+
+def refresh_policy(dest: Destination) -> RefreshPolicy | None:
+    """The destination's refresh policy, or ``None`` when its members never expire."""
+    days = dest.lifetime_days
+    if days is None:
+        return None
+    due = days * dest.refresh_at_share
+    window = days - due
+    return RefreshPolicy(
+        lifetime_days=days,
+        due_after=dt.timedelta(days=due),
+        urgent_after=dt.timedelta(days=days - window / 4),
+        spread_days=max(1.0, window / 2),
+    )
 
 
 def group_filter(cfg: AudienceConfig, include: str, m: Any) -> Any:
@@ -240,6 +285,8 @@ class Planner:
             to_remove, to_add, changed = _diff_conditions(t, mode)
             sides = Plan(0)
             self._count_sides(conn, sides, mode)
+            if mode == "incremental":  # what the day's refreshes would be (``sides.refreshes``)
+                self._refreshes(conn, sides, delta, dry=True)
 
             def count(cond: Any) -> int:
                 return state.scalar_int(conn, select(func.count()).select_from(delta).where(cond))
@@ -254,6 +301,7 @@ class Planner:
                 "adds": count(to_add),
                 "removes": count(to_remove),
                 "changed": count(changed),
+                "refreshes": sides.refreshes,
                 "unmatchable": sides.unmatchable,
                 "sample_adds": sample(to_add),
                 "sample_removes": sample(to_remove),
@@ -333,8 +381,12 @@ class Planner:
         plan.removes = count(to_remove)
         plan.adds = count(to_add)
         plan.changed = count(changed)
+        # a full resync re-sends everyone anyway; a retirement and a dry run's shadow refresh nobody
+        refreshes = self._refreshes(conn, plan, delta) if own and mode == "incremental" else None
         n = plan.shards = shard_count(
-            plan.removes + plan.adds, self.dest.push_shard_limit, self.rows_per_shard or shards.ROWS_PER_SHARD
+            plan.removes + plan.adds + plan.refreshes,
+            self.dest.push_shard_limit,
+            self.rows_per_shard or shards.ROWS_PER_SHARD,
         )
         removes = select(t.member_key, *[t[f"k_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_remove)
         adds = select(t.member_key, *[t[f"d_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_add)
@@ -343,6 +395,8 @@ class Planner:
         if mode == "full_resync":  # re-sent as acknowledged: a refresh, which an event stream tells apart
             unchanged = and_(t.in_k, t.rejected.is_(False), t.differs.is_(False))
             groups = [(Op.REMOVE, removes), (Op.ADD, adds.where(~unchanged)), (Op.REFRESH, adds.where(unchanged))]
+        if refreshes is not None:
+            groups.append((Op.REFRESH, refreshes))
         mine = and_(p.c.audience == aud, p.c.destination == label)
         first_round = 0
         for op, rows in groups:  # each group starts at the round after the longest shard's previous one
@@ -389,6 +443,58 @@ class Planner:
         elif own:
             changes.set_mark(conn, aud, label, upto, shape, plan.sync_id)
         faults.point("plan.written")  # inside the plan transaction, before it commits
+
+    def _refreshes(self, conn: Connection, plan: Plan, delta: Table, dry: bool = False) -> Select | None:
+        """Acknowledged members to re-send before they expire, oldest first, within today's share.
+
+        Only members the plan does not touch otherwise: an acknowledged member outside the delta is
+        desired exactly as acknowledged (the plan mark's invariant, or the full diff), so it is re-sent
+        from ``do_ack`` as it stands. Sets ``plan.refreshes``; ``None``: nothing to refresh. ``dry``: a
+        dry run's preview counts them, quietly.
+        """
+        policy = refresh_policy(self.dest)
+        if policy is None or not plan.acked:
+            return None
+        a, s = state.ack, state.sync
+        now = state.utcnow()
+        mine = and_(a.c.audience == self.cfg.name, a.c.destination == self.label, a.c.rejected.is_(False))
+        due = and_(mine, a.c.acked_at <= now - policy.due_after)
+        if conn.execute(select(a.c.member_key).where(due).limit(1)).first() is None:
+            return None  # the usual day: one probe of the age index
+        if conn.dialect.name == "postgresql":  # an anti-join
+            untouched: Any = ~exists().where(delta.c.member_key == a.c.member_key)
+        else:  # SQLite builds the list once instead of scanning the delta per member
+            untouched = a.c.member_key.not_in(select(delta.c.member_key))
+        recent = and_(
+            s.c.audience == self.cfg.name,
+            s.c.destination == self.label,
+            s.c.id != plan.sync_id,
+            s.c.started_at > now - dt.timedelta(days=1),
+        )
+        spent = state.scalar_int(conn, select(func.sum(s.c.planned_refreshes)).where(recent))
+        urgent = state.scalar_int(
+            conn, select(func.count()).where(due, untouched, a.c.acked_at <= now - policy.urgent_after)
+        )
+        cap = max(policy.daily_budget(plan.acked) - spent, urgent)
+        if cap <= 0:
+            return None
+        rows = (
+            select(a.c.member_key, *[a.c[c] for c in IDENTITY_COLUMNS])
+            .where(due, untouched)
+            .order_by(a.c.acked_at, a.c.member_key)
+            .limit(cap)
+        )
+        plan.refreshes = state.scalar_int(conn, select(func.count()).select_from(rows.subquery()))
+        if plan.refreshes and not dry:
+            log.info(
+                "%s/%s: %d members acknowledged over %s days ago are refreshed before their %d-day membership ends",
+                self.cfg.name,
+                self.label,
+                plan.refreshes,
+                f"{policy.due_after.total_seconds() / 86400:g}",
+                policy.lifetime_days,
+            )
+        return rows if plan.refreshes else None
 
     def _fill_delta(self, conn: Connection, delta: Table, mode: str, keys: Table | None = None) -> None:
         """One full join of desired (``d``) and acknowledged (``k``, rejected ones too) members.

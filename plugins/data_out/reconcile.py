@@ -131,7 +131,10 @@ class Reconciler:
                     func.sum(s.c.matched),
                     func.sum(func.coalesce(s.c.rejected, 0)),
                     func.sum(
-                        func.coalesce(s.c.added, 0) + func.coalesce(s.c.removed, 0) + func.coalesce(s.c.rejected, 0)
+                        func.coalesce(s.c.added, 0)
+                        + func.coalesce(s.c.removed, 0)
+                        + func.coalesce(s.c.refreshed, 0)  # a refresh's rejects count in ``rejected`` too
+                        + func.coalesce(s.c.rejected, 0)
                     ),
                     func.sum(cast(s.c.status.in_(["failed", "guarded", "size_mismatch"]), Integer)),
                 ).where(s.c.audience == audience, s.c.destination == label, s.c.started_at >= since)

@@ -22,7 +22,7 @@ from data_out import changes, lease, state, state_errors
 from data_out.config import CustomerIOSource, LoadedAudience, LoadResult
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
-from data_out.destinations.base import Destination
+from data_out.destinations.base import LIVE_SIZE_MIN_SHARE, Destination
 from data_out.diff import GuardTripped, Plan, Planner, Replacer
 from data_out.sources.base import Source
 from data_out.sources.customerio import CustomerIOSource as CustomerIOSourceReader
@@ -324,7 +324,7 @@ class AudienceRunner:
             )
             raise
         bits = (1 << shards) - 1 if shard is None else 1 << shard
-        share = self.cfg.drift_for(label).min_reported_share
+        share = min_reported_share(self.cfg.drift_for(label).min_reported_share, dest)
         short = size_shortfall(self.cfg.name, label, size, acked, share, in_doubt)
         self._shards_done(sync_id, bits, shards, size, acked, result.seconds, short)
         if short:  # recorded first; the task fails (and alerts) instead of reporting success
@@ -545,6 +545,16 @@ class AudienceRunner:
             log.exception("%s/%s failed", self.cfg.name, label)
 
 
+def min_reported_share(configured: float | None, dest: Destination) -> float:
+    """The post-push size check's threshold: the audience's, or by default 0.5 where the destination's
+    reported size is live and off where it lags behind uploads (Meta's and Google's estimates update
+    hours to a day later, and a new list would fail its first sync); reconciliation's gap checks, a day
+    later, guard those."""
+    if configured is not None:
+        return configured
+    return LIVE_SIZE_MIN_SHARE if dest.reported_size_is_live else 0.0
+
+
 def size_shortfall(
     audience: str, label: str, size: int | None, acked: int, min_share: float, in_doubt: int = 0
 ) -> str | None:
@@ -586,6 +596,7 @@ def _plan_fields(plan: Plan) -> dict[str, Any]:
         "planned_adds": plan.adds,
         "planned_removes": plan.removes,
         "changed": plan.changed,
+        "planned_refreshes": plan.refreshes,
         "guard": plan.guard,
         "plan_seconds": plan.seconds,
         "shards": plan.shards,

@@ -60,7 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -122,6 +122,9 @@ exclusion = Table(
     Column("member_key", _KEY, primary_key=True),
 )
 
+#: the refresh planner reads a destination's oldest acknowledgements through this index (schema version 6)
+ACK_AGE_INDEX = "ix_do_ack_age"
+
 _identity = lambda: [  # noqa: E731 - identity columns shared by ack and pending (see MemberRow)
     Column("email_sha256", _HASH),
     Column("phone_sha256", _HASH),
@@ -140,7 +143,10 @@ ack = Table(
     # a rejected add is remembered (with the identity that was refused) so it is not re-sent every run;
     # it is retried when the member's identifiers change
     Column("rejected", Boolean, nullable=False, default=False, server_default=false()),
+    # when the destination last acknowledged the member (an add, a refresh, a replace): members of a
+    # destination whose memberships expire are refreshed by age (``diff.refresh_policy``)
     Column("acked_at", DateTime(timezone=True), nullable=False),
+    Index(ACK_AGE_INDEX, "audience", "destination", "acked_at"),
 )
 
 pending = Table(
@@ -215,10 +221,12 @@ sync = Table(
     Column("planned_adds", BigInteger),
     Column("planned_removes", BigInteger),
     Column("changed", BigInteger),  # members whose sent identifiers changed (remove old + add new)
+    Column("planned_refreshes", BigInteger),  # acknowledged members re-sent before their membership expires
     Column("diffed_keys", BigInteger),  # an incremental plan: members changed since the last plan; NULL: full diff
     Column("resumed_batches", Integer),
     Column("added", BigInteger, default=0),
     Column("removed", BigInteger, default=0),
+    Column("refreshed", BigInteger, default=0),  # re-sent members acknowledged again: neither added nor removed
     Column("rejected", BigInteger, default=0),
     Column("batches", Integer, default=0),
     Column("received", BigInteger),
@@ -499,6 +507,9 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[Connection], None], ...]] = {
         "CREATE INDEX IF NOT EXISTS ix_do_reject_member ON do_reject (member_key_sha256)",
         "CREATE INDEX IF NOT EXISTS ix_do_metric_event_customer ON do_metric_event (customer_id)",
     ),
+    # refreshes pick a destination's oldest acknowledgements: an index on their age (``acked_at``, which
+    # every acknowledgement has always set, so existing rows need no value)
+    6: (f"CREATE INDEX IF NOT EXISTS {ACK_AGE_INDEX} ON do_ack (audience, destination, acked_at)",),
 }
 
 

@@ -53,6 +53,7 @@ ANALYZE_AFTER_ROWS = 10_000
 class PushResult:
     added: int = 0
     removed: int = 0
+    refreshed: int = 0
     rejected: int = 0
     batches: int = 0
     received: int = 0
@@ -289,8 +290,10 @@ class Pusher:
         result.received += outcome.received if outcome.received is not None else len(rows)
         if outcome.matched is not None:
             result.matched = (result.matched or 0) + outcome.matched
-        if op.adds:
+        if op is Op.ADD:
             result.added += len(rows) - refused
+        elif op is Op.REFRESH:
+            result.refreshed += len(rows) - refused
         else:
             result.removed += len(rows) - refused
         log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op.value, len(rows))
@@ -366,8 +369,9 @@ def _tally(sync_id: int, op: Op, accepted: int, rejected: int, sent: int, outcom
         return func.coalesce(col, 0) + n
 
     values = {
-        "added": plus(s.c.added, accepted if op.adds else 0),
+        "added": plus(s.c.added, accepted if op is Op.ADD else 0),
         "removed": plus(s.c.removed, accepted if op is Op.REMOVE else 0),
+        "refreshed": plus(s.c.refreshed, accepted if op is Op.REFRESH else 0),
         "rejected": plus(s.c.rejected, rejected),
         "batches": plus(s.c.batches, 1),
         "received": plus(s.c.received, outcome.received if outcome.received is not None else sent),

@@ -11,10 +11,12 @@ from sqlalchemy import Engine, func, select, text
 
 from data_out import lease, state
 from data_out.config import load_audiences
+from data_out.destinations import destination_class
 from data_out.holdout import is_held_out
 from data_out.identity import normalize_email, sha256_hex
 from data_out.runner import AudienceRunner, RunFailed, SizeMismatch
 from tests.conftest import write_audience
+from tests.support.memory_destination import MemoryDestination
 
 AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 TARGETS = "test_targets_v1"
@@ -413,3 +415,61 @@ def test_a_retried_push_that_finds_the_size_caught_up_succeeds(tmp_path, resolve
     runner.push(plan.sync_id, "memory", "t/2")  # Airflow's retry of the task
     assert last_sync(state_engine)["status"] == "success" and last_sync(state_engine)["error"] is None
     runner.finish(run_id, "t/2")
+
+
+def test_a_lagging_destination_reporting_nothing_after_its_first_push_succeeds_and_records_it(
+    tmp_path, resolver, state_engine, people, store, monkeypatch
+):
+    """Meta's and Google's counts lag hours to a day behind uploads: a new audience reads 0 right after
+    its first push. By default that is no shortfall there; the size is recorded for reconciliation."""
+    monkeypatch.setattr(MemoryDestination, "reported_size_is_live", False, raising=False)
+    monkeypatch.setattr(MemoryDestination, "size", lambda self: 0)
+    runner = guarded_runner(tmp_path, resolver, state_engine)
+    people.set([person(i) for i in range(10)])
+    runner.run("t/1", AS_OF)
+    sync = last_sync(state_engine)
+    assert sync["status"] == "success" and sync["error"] is None
+    assert (sync["destination_size"], sync["acked_size"]) == (0, 10)
+
+
+def test_a_live_destination_reporting_nothing_after_its_first_push_is_a_size_mismatch(
+    tmp_path, resolver, state_engine, people, store, monkeypatch
+):
+    monkeypatch.setattr(MemoryDestination, "size", lambda self: 0)
+    runner = guarded_runner(tmp_path, resolver, state_engine)
+    people.set([person(i) for i in range(10)])
+    with pytest.raises(RunFailed, match="size_mismatch"):
+        runner.run("t/1", AS_OF)
+    assert last_sync(state_engine)["status"] == "size_mismatch"
+
+
+def test_an_explicit_shortfall_threshold_applies_to_a_lagging_destination(
+    tmp_path, resolver, state_engine, people, store, monkeypatch
+):
+    monkeypatch.setattr(MemoryDestination, "reported_size_is_live", False, raising=False)
+    monkeypatch.setattr(MemoryDestination, "size", lambda self: 0)
+    write_audience(
+        tmp_path / "strict",
+        GUARDED,
+        f"""
+        name: {GUARDED}
+        owner: tests
+        purpose: a lagging destination checked anyway
+        source: {{conn_id: db, query: "SELECT customer_id, email, phone FROM people WHERE in_audience = 1"}}
+        destinations: [{{type: memory}}]
+        drift: {{min_reported_share: 0.5}}
+    """,
+    )
+    runner = AudienceRunner(state_engine, load_audiences(tmp_path / "strict"), GUARDED, resolver)
+    people.set([person(i) for i in range(10)])
+    with pytest.raises(RunFailed, match="size_mismatch"):
+        runner.run("t/1", AS_OF)
+    assert last_sync(state_engine)["status"] == "size_mismatch"
+
+
+@pytest.mark.parametrize(
+    ("kind", "live"),
+    [("meta", False), ("google", False), ("google_ads", False), ("tiktok", False), ("warehouse", True)],
+)
+def test_vendors_whose_counts_lag_say_so(kind, live):
+    assert destination_class(kind).reported_size_is_live is live

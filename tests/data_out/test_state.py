@@ -98,3 +98,26 @@ def test_version_4_gives_unsent_batches_a_random_key_and_keeps_the_keys_of_attem
     state.ensure_schema(engine)  # idempotent: the key is not drawn again
     with engine.connect() as conn:
         assert conn.scalar(select(state.batch.c.idempotency_key).where(state.batch.c.batch_no == 0)) == keys[0]
+
+
+def test_version_6_indexes_acknowledgements_by_age_and_keeps_them(backend):
+    # do_ack as version 5 created it (no index on acked_at), with a row: refreshes read a destination's
+    # oldest acknowledgements through the new index; the rows and their ages are kept as they are
+    engine = engine_for(backend)
+    state.ensure_schema(engine)
+    acked_at = state.utcnow().replace(microsecond=0)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP INDEX {state.ACK_AGE_INDEX}"))
+        conn.execute(state.schema_version.delete().where(state.schema_version.c.version > 5))
+        conn.execute(
+            state.ack.insert().values(audience="a_v1", destination="google", member_key="k1", acked_at=acked_at)
+        )
+    assert state.ACK_AGE_INDEX not in {i["name"] for i in inspect(engine).get_indexes("do_ack")}
+    state.ensure_schema(engine)
+    indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("do_ack")}
+    assert indexes[state.ACK_AGE_INDEX] == ["audience", "destination", "acked_at"]
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
+        (key, at) = conn.execute(select(state.ack.c.member_key, state.ack.c.acked_at)).one()
+    assert key == "k1" and at.replace(tzinfo=at.tzinfo or acked_at.tzinfo) == acked_at
+    state.ensure_schema(engine)  # idempotent

@@ -14,15 +14,21 @@ ingest. Lists have set semantics (adding a member twice keeps one; removing matc
 identifier, as Google matches each identifier to an account). No ``Idempotency-Key`` replay: Google has
 none. Each accepted request gets a ``requestId`` whose status is ``PROCESSING`` for ``processing_polls``
 retrievals, then ``SUCCESS`` with the record and identifier counts and the upload's match-rate range.
+
+Members expire as Customer Match memberships do: ``membership_days`` (the list's ``membershipDuration``,
+540 days by default, Google's maximum) after their last upload, unless uploaded again meanwhile. Time
+is ``clock`` (wall time unless a test sets it), so a test can move a list through years of runs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import itertools
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from sandbox.standins.base import HttpError, Request, Response, StandIn
@@ -36,6 +42,8 @@ CONSENT = {"CONSENT_STATUS_UNSPECIFIED", "CONSENT_GRANTED", "CONSENT_DENIED"}
 ENCODINGS = {"HEX", "BASE64"}  # ENCODING_UNSPECIFIED "should never be used"
 ACCOUNT_TYPES = {"GOOGLE_ADS", "DISPLAY_VIDEO_PARTNER", "DISPLAY_VIDEO_ADVERTISER", "DATA_PARTNER"}
 TERMS = {"TERMS_OF_SERVICE_STATUS_UNSPECIFIED", "ACCEPTED", "REJECTED"}
+#: a list's membership duration when none was set: Customer Match's maximum
+MAX_MEMBERSHIP_DAYS = 540
 #: [lower, upper) bounds in percent of each MatchRateRange value Google reports
 RANGES = [
     (0, 20, "MATCH_RATE_RANGE_LESS_THAN_20"),
@@ -168,13 +176,23 @@ class GoogleDataManagerStandIn(StandIn):
     max_body_bytes = sys.maxsize  # Google documents no body cap, only the member and identifier counts
     rate_per_second = 100.0
     burst = 50
-    persistent = ("lists",)
+    persistent = ("lists", "uploaded")
 
-    def __init__(self, processing_polls: int = 0, token_ttl: float = 3600.0) -> None:
+    def __init__(
+        self,
+        processing_polls: int = 0,
+        token_ttl: float = 3600.0,
+        membership_days: int = MAX_MEMBERSHIP_DAYS,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.oauth = TokenIssuer(SCOPE, token_ttl=token_ttl)
         self.processing_polls = processing_polls
+        self.membership_days = membership_days
+        self.clock: Callable[[], dt.datetime] = clock or (lambda: dt.datetime.now(dt.UTC))
         #: (operating account id, user list id) -> members, each a frozenset of (identifier type, value)
         self.lists: dict[tuple[str, str], set[frozenset[tuple[str, str]]]] = {}
+        #: (operating account id, user list id) -> member -> when it was last uploaded
+        self.uploaded: dict[tuple[str, str], dict[frozenset[tuple[str, str]], dt.datetime]] = {}
         self.requests: dict[str, dict[str, Any]] = {}
         self.unmatched_hashes: set[str] = set()  # identifiers Google finds no account for
         self.bodies: list[tuple[str, bytes]] = []  # (path, body) of every accepted API request
@@ -210,7 +228,22 @@ class GoogleDataManagerStandIn(StandIn):
     def token(self, req: Request, m: re.Match[str] | None = None) -> Response:
         return self.oauth.token(req)
 
+    def expire(self) -> None:
+        """Drop the members whose membership ran out: ``membership_days`` after their last upload."""
+        with self.lock:
+            now = self.clock()
+            cutoff = now - dt.timedelta(days=self.membership_days)
+            for dest, members in self.lists.items():
+                times = self.uploaded.setdefault(dest, {})
+                for u in members - times.keys():  # put there without an upload (a saved list, a test): from now
+                    times[u] = now
+                gone = {u for u in members if times[u] <= cutoff}
+                members.difference_update(gone)
+                for u in gone:
+                    times.pop(u, None)
+
     def dispatch(self, req: Request) -> Response:
+        self.expire()  # whatever the request reads or changes, expired members are gone first
         # Google's token endpoint is another service: the API's faults, rate limit and log are not its own
         if req.path == "/token" and req.method == "POST":
             with self.lock:
@@ -349,9 +382,11 @@ class GoogleDataManagerStandIn(StandIn):
             )
         if body.get("validateOnly"):
             return Response(200, {})
+        now = self.clock()
         for dest in dests:
             held = self.lists.setdefault(dest, set())
             held.update(members)
+            self.uploaded.setdefault(dest, {}).update(dict.fromkeys(members, now))  # a re-upload renews
         matched = sum(1 for u in members if any(v not in self.unmatched_hashes for _, v in u))
         return self._accept(req, "ingest", dests, len(members), sum(map(len, members)), matched)
 
@@ -364,7 +399,10 @@ class GoogleDataManagerStandIn(StandIn):
         gone = {ident for u in members for ident in u}
         for dest in dests:
             held = self.lists.get(dest, set())
-            held.difference_update({u for u in held if u & gone})
+            removed = {u for u in held if u & gone}
+            held.difference_update(removed)
+            for u in removed:
+                self.uploaded.get(dest, {}).pop(u, None)
         return self._accept(req, "remove", dests, len(members), sum(map(len, members)), 0)
 
     def remove_all(self, req: Request, m: re.Match[str]) -> Response:
@@ -378,6 +416,7 @@ class GoogleDataManagerStandIn(StandIn):
             return Response(200, {})
         for dest in dests:
             self.lists.get(dest, set()).clear()
+            self.uploaded.pop(dest, None)
         return self._accept(req, "remove_all", dests, 0, 0, 0)
 
     def status(self, req: Request, m: re.Match[str]) -> Response:
@@ -434,10 +473,12 @@ class GoogleDataManagerStandIn(StandIn):
 
     # -- admin -------------------------------------------------------------------------------------
     def state(self) -> Any:
+        self.expire()
         return {f"{a}/{u}": sorted(sorted(list(m)) for m in members) for (a, u), members in self.lists.items()}
 
     def reset_state(self) -> None:
         self.lists.clear()
+        self.uploaded.clear()
         self.requests.clear()
         self.unmatched_hashes.clear()
         self.bodies.clear()

@@ -50,6 +50,10 @@ class GuardSettings(BaseModel):
     )
 
 
+#: ``DriftSettings.min_reported_share`` of a destination whose reported size is live, unless the audience says
+LIVE_SIZE_MIN_SHARE = 0.5
+
+
 class DriftSettings(BaseModel):
     """Reconciliation thresholds. Set on the audience; a destination's ``drift`` overrides only the
     fields it names."""
@@ -57,12 +61,14 @@ class DriftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_gap_pct: float = Field(5.0, ge=0, description="acknowledged vs destination-reported size")
-    min_reported_share: float = Field(
-        0.5,
+    min_reported_share: float | None = Field(
+        None,
         ge=0,
         le=1,
         description="right after a push, the destination must report at least this share of the "
-        "acknowledged members, or the sync is marked size_mismatch; 0 turns the check off",
+        "acknowledged members, or the sync is marked size_mismatch; 0 turns the check off. Default: "
+        f"{LIVE_SIZE_MIN_SHARE} where the destination's reported size is live, off where it lags behind "
+        "uploads (``Destination.reported_size_is_live``); reconciliation's gap checks judge those a day later",
     )
     max_source_gap_pct: float = Field(5.0, ge=0, description="latest source snapshot vs acknowledged")
     max_day_over_day_pct: float = Field(30.0, ge=0)
@@ -75,6 +81,26 @@ class DriftSettings(BaseModel):
     repair: bool = Field(True, description="rebuild the destination when its gaps breach")
     rebuild_every_days: int | None = Field(
         None, ge=1, description="also rebuild on a schedule: when the last full resync is older than this"
+    )
+
+
+#: a member is refreshed once this share of its membership lifetime has passed since its last upload
+DEFAULT_REFRESH_AT_SHARE = 0.8
+
+
+class MembershipSettings(BaseModel):
+    """Settings of a destination whose members expire (``Destination.membership_lifetime_days``)."""
+
+    membership_lifetime_days: int | None = Field(
+        None,
+        ge=2,
+        description="the list's own membership duration, when it is shorter than the vendor's maximum",
+    )
+    refresh_at_share: float = Field(
+        DEFAULT_REFRESH_AT_SHARE,
+        ge=0.5,
+        le=0.95,
+        description="re-send a member once this share of its lifetime has passed since it was last sent",
     )
 
 
@@ -192,6 +218,12 @@ class Destination(ABC):
     #: how many push shards of one audience may call the vendor at once (1: the vendor refuses
     #: concurrent writes to one list)
     max_push_shards: ClassVar[int] = MAX_PUSH_SHARDS
+    #: days a member stays in the vendor's audience after its last upload (None: until removed); members
+    #: acknowledged that long ago are re-sent as refreshes before then (``diff.refresh_policy``)
+    membership_lifetime_days: ClassVar[int | None] = None
+    #: whether ``size`` counts what was just uploaded; False where the vendor's count is an estimate that
+    #: lags behind uploads (hours to a day), so the post-push size check is off by default
+    reported_size_is_live: ClassVar[bool] = True
 
     @classmethod
     def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
@@ -206,6 +238,21 @@ class Destination(ABC):
     @property
     def batch_rows(self) -> int:
         return min(self.settings.batch_size or self.max_batch_rows, self.max_batch_rows)
+
+    @property
+    def lifetime_days(self) -> int | None:
+        """The membership lifetime refreshes must beat: the audience's own (``membership_lifetime_days``
+        in settings that have it, for a list configured shorter) within the vendor's."""
+        vendor = self.membership_lifetime_days
+        own = getattr(self.settings, "membership_lifetime_days", None)
+        if vendor is None:
+            return None
+        return min(vendor, own) if own else vendor
+
+    @property
+    def refresh_at_share(self) -> float:
+        """Share of the lifetime after which an acknowledged member is due for a refresh."""
+        return float(getattr(self.settings, "refresh_at_share", None) or DEFAULT_REFRESH_AT_SHARE)
 
     @property
     def push_shard_limit(self) -> int:

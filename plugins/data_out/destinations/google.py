@@ -38,7 +38,15 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_out.destinations import register
-from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
+from data_out.destinations.base import (
+    BatchResult,
+    Destination,
+    DestinationError,
+    DestinationSettings,
+    MemberRow,
+    MembershipSettings,
+    Op,
+)
 from data_out.destinations.google_auth import GoogleTokenAuth
 from data_out.destinations.http import HttpClient
 from data_out.redact import scrub
@@ -49,6 +57,9 @@ SCOPE = "https://www.googleapis.com/auth/datamanager"
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_IDENTIFIERS_PER_MEMBER = 10
+#: Customer Match's longest membership: a member not uploaded again within it leaves the list (the Data
+#: Manager ``UserList.membershipDuration`` defaults to it, the Ads API ``membership_life_span`` refuses more)
+CUSTOMER_MATCH_MAX_LIFETIME_DAYS = 540
 #: lower bound, in percent, of each ``MatchRateRange`` (``NOT_ELIGIBLE`` and ``UNKNOWN``: no figure)
 MATCH_RATE_FLOOR = {
     "MATCH_RATE_RANGE_LESS_THAN_20": 0,
@@ -88,7 +99,19 @@ def require_consent(data: Any) -> Any:
     return data
 
 
-class GoogleSettings(DestinationSettings):
+class CustomerMatchMembership(MembershipSettings):
+    """A Customer Match list's membership duration, when it was set shorter than Google's maximum."""
+
+    membership_lifetime_days: int | None = Field(
+        None,
+        ge=2,
+        le=CUSTOMER_MATCH_MAX_LIFETIME_DAYS,
+        description="the list's membership duration in days (Data Manager ``membershipDuration``, Ads API "
+        "``membership_life_span``) when shorter than Google's maximum of 540",
+    )
+
+
+class GoogleSettings(DestinationSettings, CustomerMatchMembership):
     type: Literal["google"]
     customer_id: str = Field(pattern=r"^\d{10}$", description="the operating Google Ads account, 10 digits")
     user_list_id: str = Field(pattern=r"^\d+$")
@@ -145,6 +168,9 @@ class GoogleDestination(Destination):
     default_conn_id = "data_out_google"
     max_batch_rows = MAX_MEMBERS_PER_REQUEST
     identity_columns = {"email_sha256": "email_google_sha256", "phone_sha256": "phone_e164_sha256"}
+    membership_lifetime_days = CUSTOMER_MATCH_MAX_LIFETIME_DAYS
+    # Google's list size is an estimate, updated within about a day and rounded; small lists show 0
+    reported_size_is_live = False
 
     settings: GoogleSettings
 

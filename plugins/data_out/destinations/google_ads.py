@@ -36,7 +36,14 @@ from pydantic import Field, model_validator
 
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
-from data_out.destinations.google import MATCH_RATE_FLOOR, GoogleConsent, describe_google_error, require_consent
+from data_out.destinations.google import (
+    CUSTOMER_MATCH_MAX_LIFETIME_DAYS,
+    MATCH_RATE_FLOOR,
+    CustomerMatchMembership,
+    GoogleConsent,
+    describe_google_error,
+    require_consent,
+)
 from data_out.destinations.google_auth import GoogleTokenAuth
 from data_out.destinations.http import HttpClient, split_by_size
 from data_out.identity import GMAIL_COLUMN
@@ -53,7 +60,7 @@ MAX_IDENTIFIERS_PER_REQUEST = 100_000
 MAX_JOB_GENERATIONS = 5
 
 
-class GoogleAdsSettings(DestinationSettings):
+class GoogleAdsSettings(DestinationSettings, CustomerMatchMembership):
     type: Literal["google_ads"]
     customer_id: str = Field(pattern=r"^\d{10}$", description="the ad account, 10 digits without dashes")
     user_list_id: str = Field(pattern=r"^\d+$")
@@ -89,6 +96,9 @@ class GoogleAdsDestination(Destination):
     default_conn_id = "data_out_google_ads"
     max_batch_rows = 50_000  # two identifiers each: within 100,000 identifiers per request
     supports_replace = True
+    membership_lifetime_days = CUSTOMER_MATCH_MAX_LIFETIME_DAYS
+    # ``size_for_search`` is an estimate Google updates within about a day, rounded; small lists show 0
+    reported_size_is_live = False
 
     settings: GoogleAdsSettings
 

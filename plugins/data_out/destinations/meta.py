@@ -119,6 +119,8 @@ class MetaDestination(Destination):
     default_conn_id = "data_out_meta"
     max_batch_rows = MAX_ROWS
     supports_replace = True
+    # ``approximate_count_*`` is an estimate Meta updates hours after an upload is processed
+    reported_size_is_live = False
 
     settings: MetaSettings
 

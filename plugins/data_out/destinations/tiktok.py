@@ -74,6 +74,8 @@ class TikTokDestination(Destination):
     settings_model = TikTokSettings
     default_conn_id = "data_out_tiktok"
     max_batch_rows = 10_000
+    # ``cover_num`` counts the audience once TikTok has processed uploads, asynchronously, not on acceptance
+    reported_size_is_live = False
 
     settings: TikTokSettings
 

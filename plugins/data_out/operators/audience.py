@@ -150,7 +150,13 @@ class PushDestinationOperator(AudienceStepOperator):
         r = self.runner().push(
             planned["sync_id"], self.destination, self.holder(context), self.override_reason(context), shard=self.shard
         )
-        return {"added": r.added, "removed": r.removed, "rejected": r.rejected, "batches": r.batches}
+        return {
+            "added": r.added,
+            "removed": r.removed,
+            "refreshed": r.refreshed,
+            "rejected": r.rejected,
+            "batches": r.batches,
+        }
 
 
 class FinishRunOperator(AudienceStepOperator):
