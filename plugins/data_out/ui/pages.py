@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine
 
+from data_out.identity import REASONS
+from data_out.report import identifier_quality
 from data_out.ui import charts, queries
 from data_out.ui.catalog import AudienceInfo, Catalog
 
@@ -154,6 +156,8 @@ class Health:
     lifecycle: dict[str, Any] | None
     yaml_text: str
     sql_text: str
+    #: the latest run's identifier quality: (reason code, meaning, members), largest first; counts only
+    id_quality: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def health(engine: Engine, catalog: Catalog, info: AudienceInfo, last: int = 100) -> Health:
@@ -180,7 +184,16 @@ def health(engine: Engine, catalog: Catalog, info: AudienceInfo, last: int = 100
         lifecycle=lifecycle,
         yaml_text=info.yaml_text(),
         sql_text=catalog.sql.get(info.name, ""),
+        id_quality=id_quality(runs[-1] if runs else None),
     )
+
+
+def id_quality(run: dict[str, Any] | None) -> list[tuple[str, str, int]]:
+    """Members per identifier-quality reason in ``run`` (the same counts the run table prints)."""
+    if not run:
+        return []
+    found = identifier_quality(run.get("identifier_issues") or {})
+    return [(code, REASONS.get(code, code), n) for code, n in found.items()]
 
 
 def _run_label(run: dict[str, Any]) -> str:

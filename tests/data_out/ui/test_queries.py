@@ -186,3 +186,21 @@ def test_a_lookup_shows_when_each_destination_acknowledged_the_member(synced, st
     memory = next(d for a in rejected.answers if a.audience == TARGETS for d in a.destinations if d.name == "memory")
     assert memory.rejected and memory.acknowledged_since is None
     assert [j["reason"] for j in rejected.rejects] == ["vendor says: invalid entry"]
+
+
+def test_the_health_model_shows_the_latest_runs_identifier_quality_by_reason(
+    synced, audiences_dir, resolver, state_engine, people
+):
+    """Counts per reason from a real staging run, never the values themselves."""
+    from tests.data_out.ui.conftest import person, run_all
+
+    assert pages.health(state_engine, synced, synced.audiences[TARGETS]).id_quality == []
+    rows = [person(i, bought=int(i in (3, 4))) for i in range(35)]  # the third run's people, buyers kept
+    rows[5]["email"], rows[6]["email"] = "not-an-email", "also@not"  # no domain with a dot
+    rows[7]["phone"] = "+1 415 000 0000"  # a US number that cannot exist
+    people.set(rows)
+    run_all(audiences_dir, resolver, state_engine, "r4")
+    quality = pages.health(state_engine, synced, synced.audiences[TARGETS]).id_quality
+    assert {code: n for code, _, n in quality} == {"email_shape": 2, "phone_not_valid": 1}
+    assert quality[0][0] == "email_shape"  # largest first
+    assert not any("not-an-email" in meaning for _, meaning, _ in quality)
