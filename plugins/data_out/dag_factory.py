@@ -4,6 +4,7 @@ DAG files stay thin: they call ``build_audience_dags`` and put the result in the
 
 Per destination: ``plan`` -> ``push`` mapped over the key-hash shards the plan returns (one for a
 small diff) -> ``finish``. Both run in the destination type's Airflow pool (``deploy/pools.json``).
+The tasks come from ``data_out.task_group``, which also builds them into people's own DAGs.
 """
 
 from __future__ import annotations
@@ -11,17 +12,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, Param, TaskGroup
+from airflow.sdk import DAG, Param
 
+from data_out.assets import audience_schedule
 from data_out.config import LoadedAudience, LoadResult, load_audiences
-from data_out.destinations import destination_class
-from data_out.operators.audience import (
-    FinishRunOperator,
-    PlanDestinationOperator,
-    PushDestinationOperator,
-    StageAudienceOperator,
-    notify_sync_failure,
-)
+from data_out.operators.audience import notify_sync_failure
+from data_out.task_group import add_audience_sync_tasks
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -80,7 +76,7 @@ def build_audience_dag(loaded: LoadedAudience, module_doc: str | None = None) ->
         "retry_exponential_backoff": True,
         "on_failure_callback": notify_sync_failure,
     }
-    schedule = c.schedule if c.status == "active" else None  # paused: runs only when triggered
+    schedule = audience_schedule(c)  # paused: runs only when triggered; asset:<pipeline>: after that pipeline
     with DAG(
         dag_id=c.dag_id,
         schedule=schedule,
@@ -93,26 +89,7 @@ def build_audience_dag(loaded: LoadedAudience, module_doc: str | None = None) ->
         params=RUN_PARAMS,
         is_paused_upon_creation=c.status != "active",
     ) as dag:
-        stage = StageAudienceOperator(task_id="stage", audience=c.name)
-        finish = FinishRunOperator(task_id="finish", audience=c.name)
-        for d in c.destinations:
-            # The pool caps concurrent calls per vendor across every worker and audience. The plan task
-            # takes a slot too: when it finds an interrupted run's batches it pushes them first.
-            pool = destination_class(d.type).pool
-            with TaskGroup(group_id=d.label, tooltip=f"{d.type} destination"):
-                plan = PlanDestinationOperator(task_id="plan", audience=c.name, destination=d.label, pool=pool)
-                push = PushDestinationOperator.partial(
-                    task_id="push",
-                    audience=c.name,
-                    destination=d.label,
-                    plan_task_id=f"{d.label}.plan",
-                    pool=pool,
-                    map_index_template="shard {{ task.shard }}",
-                ).expand(shard=plan.output)  # one mapped push per key-hash shard the plan returns
-                stage >> plan
-                push >> finish
-        if not c.destinations:
-            stage >> finish
+        add_audience_sync_tasks(c)
     return dag
 
 

@@ -11,10 +11,12 @@ import logging
 import os
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from data_out import alerts
+from data_out.asset_names import audience_uri, run_counts
+from data_out.assets import audience_asset
 from data_out.config import load_audiences
 from data_out.destinations.base import DestinationError
 from data_out.diff import GuardTripped
@@ -160,10 +162,19 @@ class PushDestinationOperator(AudienceStepOperator):
 
 
 class FinishRunOperator(AudienceStepOperator):
-    """Close the run record and release the lease; fails the DAG run if any step failed."""
+    """Close the run record and release the lease; fails the DAG run if any step failed.
 
-    def __init__(self, *, stage_task_id: str = "stage", **kwargs: Any) -> None:
+    On success it updates the audience's Asset (``data_out.assets.audience_asset``) with the run's
+    counts as the event's ``extra``, so DAGs scheduled on that Asset run after each sync. A failed run
+    emits no event.
+
+    :param emit_asset: add the audience's Asset to ``outlets`` (default); ``False`` for no event
+    """
+
+    def __init__(self, *, stage_task_id: str = "stage", emit_asset: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
+        if emit_asset:
+            kwargs["outlets"] = [*(kwargs.get("outlets") or []), audience_asset(kwargs["audience"])]
         super().__init__(**kwargs)
         self.stage_task_id = stage_task_id
 
@@ -173,7 +184,13 @@ class FinishRunOperator(AudienceStepOperator):
             raise AirflowFailException(
                 f"audience {self.audience}: the run did not start (see the stage task's log), so nothing was synced"
             )
-        return self.runner().finish(run_id, self.holder(context))
+        runner = self.runner()
+        result = runner.finish(run_id, self.holder(context))
+        uri = audience_uri(self.audience)
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset) and outlet.uri == uri:
+                context["outlet_events"][outlet].extra = run_counts(runner.engine, run_id)
+        return result
 
 
 _NEXT_STEPS = [
