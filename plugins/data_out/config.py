@@ -29,6 +29,7 @@ from pydantic import (
 )
 from sqlalchemy import text
 
+from data_out.asset_names import ASSET_SCHEDULE_PREFIX, PIPELINE_ASSETS, pipeline_asset_key
 from data_out.destinations import REGISTRY
 from data_out.destinations.base import DestinationSettings, DriftSettings, GuardSettings
 from data_out.identity import is_valid_region
@@ -185,7 +186,11 @@ class AudienceConfig(_Model):
     owner: str = Field(min_length=1)
     purpose: str = Field(min_length=1)
     status: Literal["active", "paused", "retired"] = "active"
-    schedule: str | None = "@daily"
+    schedule: str | None = Field(
+        "@daily",
+        description="a cron expression, a preset (@hourly, @daily, ...), or asset:<pipeline> to run each time "
+        "that pipeline's Asset is updated (asset:message_metrics: after every message-metrics run)",
+    )
     source: Source
     identifiers: Identifiers = Identifiers()  # before member_key: its validator reads the mapping
     member_key: str = "customer_id"
@@ -216,8 +221,17 @@ class AudienceConfig(_Model):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, v: str | None) -> str | None:
+        key = pipeline_asset_key(v)
+        if key is not None:
+            if key not in PIPELINE_ASSETS:
+                known = ", ".join(ASSET_SCHEDULE_PREFIX + k for k in sorted(PIPELINE_ASSETS))
+                raise ValueError(f"{v!r} names no Data Out pipeline Asset; use one of: {known}")
+            return v
         if v is not None and v not in SCHEDULE_PRESETS and not croniter.is_valid(v):
-            raise ValueError(f"{v!r} is neither a cron expression nor one of {sorted(SCHEDULE_PRESETS)}")
+            raise ValueError(
+                f"{v!r} is neither a cron expression, one of {sorted(SCHEDULE_PRESETS)}, "
+                f"nor {ASSET_SCHEDULE_PREFIX}<pipeline> (e.g. asset:message_metrics)"
+            )
         return v
 
     @field_validator("member_key")

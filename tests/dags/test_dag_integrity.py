@@ -108,3 +108,23 @@ def test_a_broken_audience_file_is_an_import_error_and_the_others_still_load(mon
     [(path, message)] = bag.import_errors.items()
     assert path.endswith("audience_config_check.py")
     assert "broken_v1.yaml: holdout.percent" in message and "Fix:" in message
+
+
+def test_exposure_audiences_run_after_the_message_metrics_pipeline_writes_the_send_log(bag):
+    """The exposure audience reads the send log: it is scheduled on the Asset the metrics DAG updates once the
+    send log is written, not on a clock that may fire before it."""
+    from data_out.assets import MESSAGE_METRICS
+
+    exposed = bag.get_dag("audience__cio_cart_msg_exposed_12h_v1")
+    assert list(exposed.timetable.asset_condition.objects) == [MESSAGE_METRICS]
+    metrics = bag.get_dag("data_out_message_metrics")
+    producers = [t.task_id for t in metrics.tasks if MESSAGE_METRICS in t.outlets]
+    assert producers == ["write_send_log"]
+
+
+def test_every_audience_dag_updates_its_asset_when_it_finishes(bag):
+    from data_out.assets import audience_asset
+
+    for name, loaded in load_audiences().audiences.items():
+        if loaded.config.status != "retired":
+            assert bag.get_dag(loaded.config.dag_id).get_task("finish").outlets == [audience_asset(name)]

@@ -128,6 +128,23 @@ def test_invalid_schedule_and_region(tmp_path):
     assert {e.field for e in errs} == {"schedule", "identifiers.default_region"}
 
 
+def test_a_schedule_can_name_a_pipeline_asset(tmp_path):
+    write_audience(
+        tmp_path, "on_metrics_v1", GOOD.format(name="on_metrics_v1") + "    schedule: asset:message_metrics\n"
+    )
+    (tmp_path / "q.sql").write_text("SELECT 1 AS customer_id")
+    result = load_audiences(tmp_path)
+    assert result.errors == []
+    assert result.audiences["on_metrics_v1"].config.schedule == "asset:message_metrics"
+
+
+def test_an_unknown_pipeline_asset_names_the_ones_there_are(tmp_path):
+    body = GOOD.format(name="on_nothing_v1") + "    schedule: asset:message_metric\n"
+    [err] = one_error(tmp_path, "on_nothing_v1", body)
+    assert err.field == "schedule"
+    assert "names no Data Out pipeline Asset" in err.message and "asset:message_metrics" in err.message
+
+
 def test_non_utf8_file(tmp_path):
     good(tmp_path)
     (tmp_path / "latin_v1.yaml").write_bytes(b"name: caf\xe9_v1\n")

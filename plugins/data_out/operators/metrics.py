@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from data_out.connections import engine_for
 from data_out.hooks.state import DataOutStateHook, connection_info
@@ -40,5 +40,10 @@ class MetricsStepOperator(BaseOperator):
                 result = getattr(pipeline, self.step)(wh, start, end)
             else:
                 result = getattr(pipeline, self.step)(start, end)
-        self.log.info("%s over [%s, %s): %s", self.step, start, end, result if isinstance(result, int) else len(result))
-        return result if isinstance(result, int) else len(result)
+        count = result if isinstance(result, int) else len(result)
+        self.log.info("%s over [%s, %s): %s", self.step, start, end, count)
+        for outlet in self.outlets:  # e.g. data_out.assets.MESSAGE_METRICS on write_send_log
+            if isinstance(outlet, Asset):
+                extra = {"step": self.step, "rows": count, "interval": [start.isoformat(), end.isoformat()]}
+                context["outlet_events"][outlet].extra = extra
+        return count
