@@ -5,6 +5,7 @@ everyone a destination should have; ``replace`` uses the vendor's replace API), 
 would happen without changing anything, a guard override with its reason, and a ``metrics_from`` /
 ``metrics_to`` range to replay the message-metrics pipeline. Also usable from the CLI:
 ``airflow dags trigger data_out_operations --conf '{"audiences": ["lapsed_75d_v1"], "dry_run": true}'``.
+Each completed sync (not a dry run) updates the audience's Asset, as its own DAG's runs do.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from data_out.asset_names import run_counts
+from data_out.assets import AUDIENCE_SYNCS, audience_asset
 from data_out.config import load_audiences
 from data_out.dag_factory import platform_dag
 from data_out.operations import MODES, InvalidRequest, backfill_metrics, run_item, validate
@@ -72,16 +75,19 @@ with platform_dag(
     def audience_items(planned: dict[str, Any]) -> list[dict[str, Any]]:
         return planned["items"]
 
-    @task(max_active_tis_per_dagrun=2)
+    @task(max_active_tis_per_dagrun=2, outlets=[AUDIENCE_SYNCS])
     def run_audience(item: dict[str, Any]) -> dict[str, Any]:
         from data_out.hooks.state import DataOutStateHook, connection_info
         from data_out.operators.audience import as_of_from_context
 
         context = get_current_context()
         holder = f"{context['dag_run'].dag_id}/{context['dag_run'].run_id}"
-        return run_item(
-            DataOutStateHook().get_conn(), load_audiences(), connection_info, item, holder, as_of_from_context(context)
-        )
+        engine = DataOutStateHook().get_conn()
+        result = run_item(engine, load_audiences(), connection_info, item, holder, as_of_from_context(context))
+        if not result["dry_run"]:  # a failed run raised above: only a completed sync updates the audience's Asset
+            counts = run_counts(engine, result["run_id"])
+            context["outlet_events"][AUDIENCE_SYNCS].add(audience_asset(item["audience"]), extra=counts)
+        return result
 
     @task
     def replay_metrics(planned: dict[str, Any]) -> dict[str, Any] | None:

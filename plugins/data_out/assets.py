@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetAlias
 
 from data_out.asset_names import PIPELINE_ASSETS, audience_uri, pipeline_asset_key
 from data_out.config import AudienceConfig
@@ -22,6 +22,10 @@ def pipeline_asset(key: str) -> Asset:
 
 
 MESSAGE_METRICS = pipeline_asset("message_metrics")
+
+#: the outlet of tasks that sync audiences chosen at run time (the operations DAG): each sync adds an event
+#: for ``audience_asset(name)`` through it, so DAGs scheduled on that Asset run after those syncs too
+AUDIENCE_SYNCS = AssetAlias("data_out_audience_syncs", group="data-out")
 
 
 def audience_schedule(config: AudienceConfig) -> str | list[Asset] | None:

@@ -111,12 +111,13 @@ def test_a_broken_audience_file_is_an_import_error_and_the_others_still_load(mon
 
 
 def test_exposure_audiences_run_after_the_message_metrics_pipeline_writes_the_send_log(bag):
-    """The exposure audience reads the send log: it is scheduled on the Asset the metrics DAG updates once the
-    send log is written, not on a clock that may fire before it."""
+    """Hourly audiences of the send log are scheduled on the Asset the metrics DAG updates once the send log is
+    written, not on a clock that may fire before it (the daily unengaged_45d_v1 keeps its clock)."""
     from data_out.assets import MESSAGE_METRICS
 
-    exposed = bag.get_dag("audience__cio_cart_msg_exposed_12h_v1")
-    assert list(exposed.timetable.asset_condition.objects) == [MESSAGE_METRICS]
+    for name in ("cio_cart_msg_exposed_12h_v1", "clicked_3d_no_order_v1", "do_not_contact_v1"):
+        dag = bag.get_dag(f"audience__{name}")
+        assert list(dag.timetable.asset_condition.objects) == [MESSAGE_METRICS], name
     metrics = bag.get_dag("data_out_message_metrics")
     producers = [t.task_id for t in metrics.tasks if MESSAGE_METRICS in t.outlets]
     assert producers == ["write_send_log"]
