@@ -53,7 +53,6 @@ from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
 
-SCOPE = "https://www.googleapis.com/auth/datamanager"
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_IDENTIFIERS_PER_MEMBER = 10

@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 #: the Google Ads API version every request uses; the only place it is set
 API_VERSION = "v26"
-SCOPE = "https://www.googleapis.com/auth/adwords"
 DEFAULT_BASE_URL = "https://googleads.googleapis.com"
 MAX_IDENTIFIERS_PER_REQUEST = 100_000
 #: failed jobs of one batch replaced before the batch fails for good

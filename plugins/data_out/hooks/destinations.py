@@ -177,6 +177,7 @@ class GoogleHook(DataOutHttpHook):
     conn_type = "data_out_google"
     hook_name = "Data Out: Google Customer Match (Data Manager API)"
     vendor = "google"
+    #: the OAuth scope access tokens are minted for
     scope: ClassVar[str] = "https://www.googleapis.com/auth/datamanager"
     host_placeholder = "https://datamanager.googleapis.com"
     password_label = "OAuth client secret, or service account key (JSON)"
