@@ -7,6 +7,7 @@ import json
 import pytest
 
 from data_out.destinations import REGISTRY
+from data_out.destinations.http import ApiSession
 from data_out.hooks import destinations as hooks
 from data_out.provider import get_provider_info
 
@@ -45,7 +46,7 @@ def test_hook_resolves_its_connection_and_describes_its_form(monkeypatch, hook):
         "host": "http://127.0.0.1:9",
         "password": "s3cret",
         "login": "client-id",
-        "extra": {"timeout": 5, "app_secret": "as-9f8e", "refresh_token": "rt-1"},
+        "extra": {"timeout": 5, "app_secret": "as-9f8e", "refresh_token": "rt-1", "verify": False},
     }
     monkeypatch.setenv(f"AIRFLOW_CONN_{hook.default_conn_name.upper()}", json.dumps(conn))
     made = hook()
@@ -58,6 +59,8 @@ def test_hook_resolves_its_connection_and_describes_its_form(monkeypatch, hook):
     )
     session = made.get_conn()  # HttpHook's session: base URL from the connection, no extra as a header
     assert made.base_url == conn["host"]
+    assert isinstance(session, ApiSession)  # refuses redirects to another host
+    assert session.verify is False  # HttpHook's session extras (verify, proxies, cert) apply
     # HttpHook sends unknown extras as headers: none of Data Out's (they hold app secrets and refresh tokens)
     assert not {"timeout", "app_secret"} & set(session.headers) and "as-9f8e" not in json.dumps(dict(session.headers))
     ui = hook.get_ui_field_behaviour()
