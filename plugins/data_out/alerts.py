@@ -3,8 +3,8 @@
 A breach is announced once, when it opens; while it continues it is only listed under "still open" in
 emails that go out for something new; when it closes its recovery is announced. One email per
 reconciliation run and recipient list (audience recipients, else the default), readable on a phone.
-Email goes through the Airflow SMTP connection's settings (host, port, login, password, ``from_email``,
-``disable_tls``, ``disable_ssl``), the same fields the smtp provider reads.
+Email goes through the SMTP provider's hook (``hooks.smtp``) with the Airflow SMTP connection's settings
+(host, port, login, password, ``from_email``, ``disable_tls``, ``disable_ssl``, ``timeout``, ``retry_limit``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import smtplib
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -198,31 +196,14 @@ def failure_email(audience: str, task: str, reason: str, next_step: str, recipie
 
 
 def send(conn: ConnectionInfo, email: Email) -> None:
-    """Send through an SMTP connection: ``from_email`` extra, TLS unless ``disable_tls``/``disable_ssl``."""
-    extra = dict(conn.extra)
+    """Send through an SMTP connection with the provider's ``SmtpHook``; the sender is extra ``from_email``."""
+    from data_out.hooks.smtp import DataOutSmtpHook  # Airflow's face: imported when an email goes out
+
     msg = EmailMessage()
     msg["Subject"] = email.subject
-    msg["From"] = str(extra.get("from_email") or conn.login or "data-out@localhost")
+    msg["From"] = str(conn.extra.get("from_email") or conn.login or "data-out@localhost")
     msg["To"] = ", ".join(email.recipients)
     msg.set_content(email.text)
     msg.add_alternative(email.html, subtype="html")
-    use_ssl = not _flag(extra.get("disable_ssl"))
-    starttls = not _flag(extra.get("disable_tls"))
-    timeout = float(extra.get("timeout", 30))
-    client: smtplib.SMTP = (
-        smtplib.SMTP_SSL(
-            conn.host or "localhost", conn.port or 465, timeout=timeout, context=ssl.create_default_context()
-        )
-        if use_ssl
-        else smtplib.SMTP(conn.host or "localhost", conn.port or 25, timeout=timeout)
-    )
-    with client:
-        if starttls and not use_ssl:
-            client.starttls(context=ssl.create_default_context())
-        if conn.login and conn.password:
-            client.login(conn.login, conn.password)
-        client.send_message(msg)
-
-
-def _flag(value: object) -> bool:
-    return str(value).lower() in {"1", "true", "yes"}
+    with DataOutSmtpHook(connection=conn) as hook:
+        hook.send_message(msg)

@@ -62,6 +62,7 @@ class CustomerIOStandIn(StandIn):
     def setup_routes(self) -> None:
         self.route("GET", r"/v1/segments/(?P<seg>[0-9]+)/membership", self.membership)
         self.route("GET", r"/v1/segments/(?P<seg>[0-9]+)/customer_count", self.count)
+        self.route("GET", r"/v1/segments", self.list_segments)
 
     # -- the vendor's rules ------------------------------------------------------------------------
     def check_auth(self, req: Request) -> None:
@@ -127,6 +128,11 @@ class CustomerIOStandIn(StandIn):
         if self.on_page:
             self.on_page(seg, self.pages_served)
         return Response(200, body)
+
+    def list_segments(self, req: Request, m: re.Match[str]) -> Response:
+        """``GET /v1/segments``: the workspace's segments (App API "List segments")."""
+        listed = [{"id": int(seg), "name": f"segment {seg}", "type": "dynamic"} for seg in sorted(self.segments)]
+        return Response(200, {"segments": listed})
 
     def count(self, req: Request, m: re.Match[str]) -> Response:
         return Response(200, {"segment_id": int(m["seg"]), "count": len(self._segment(m["seg"]))})

@@ -104,6 +104,7 @@ class MetaStandIn(StandIn):
 
     def setup_routes(self) -> None:
         v = r"/v\d+\.\d+"
+        self.route("GET", f"{v}/me", self.me)  # before the audience read, which would take "me" for an id
         self.route("POST", f"{v}/(?P<aud>[\\w-]+)/users", self.add)
         self.route("DELETE", f"{v}/(?P<aud>[\\w-]+)/users", self.remove)
         self.route("POST", f"{v}/(?P<aud>[\\w-]+)/usersreplace", self.replace)
@@ -232,6 +233,10 @@ class MetaStandIn(StandIn):
             del self.sessions[(aud, sid)]
             self.finished.add((aud, sid))
         return self._answer(aud, len(rows) + invalid, invalid, sid)
+
+    def me(self, req: Request, m: re.Match[str]) -> Response:
+        """The token's own node (``GET /me``): a system user's id and name, as Graph API answers."""
+        return Response(200, {"id": "100000000000001", "name": "Data Out system user"})
 
     def read(self, req: Request, m: re.Match[str]) -> Response:
         n = len(self._audience(m["aud"]))

@@ -39,6 +39,7 @@ class TikTokStandIn(StandIn):
     def setup_routes(self) -> None:
         self.route("POST", "/open_api/v1.3/segment/mapping/", self.mapping)
         self.route("GET", "/open_api/v1.3/dmp/custom_audience/get/", self.get)
+        self.route("GET", "/open_api/v1.3/user/info/", self.user_info)
 
     def check_auth(self, req: Request) -> None:
         if req.headers.get("access-token") != self.token:
@@ -81,6 +82,11 @@ class TikTokStandIn(StandIn):
                 members = self.segments.setdefault(seg, set())
                 members.add(ids) if action == "add" else members.discard(ids)
         return Response(200, {"code": 0, "message": "OK", "request_id": "standin", "data": {}})
+
+    def user_info(self, req: Request, m: re.Match[str]) -> Response:
+        """The user the access token belongs to (``/user/info/``), in TikTok's envelope."""
+        data = {"core_user_id": "7000000000000000001", "display_name": "Data Out", "email": None}
+        return Response(200, {"code": 0, "message": "OK", "request_id": "standin", "data": data})
 
     def get(self, req: Request, m: re.Match[str]) -> Response:
         ids = req.query.get("custom_audience_ids", ["[]"])[0].strip("[]").replace('"', "").split(",")

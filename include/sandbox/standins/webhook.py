@@ -50,11 +50,18 @@ class WebhookStandIn(StandIn):
         super().__init__()
 
     def setup_routes(self) -> None:
+        self.route("POST", "/", self.ping)
         self.route("POST", "/hooks/send-tasks", self.send_tasks)
         self.route("POST", "/hooks/(?P<name>[\\w-]+)", self.receive)
 
     def check_auth(self, req: Request) -> None:
         verify(self.secret, req.headers.get("x-dataout-signature"), req.body, tolerance_s=self.tolerance_s)
+
+    def ping(self, req: Request, m: re.Match[str]) -> Response:
+        """The connection test (docs/webhooks.md): a signed ``{"kind": "ping"}``; the signature was checked."""
+        if req.json().get("kind") != "ping":
+            raise HttpError(400, {"error": "the base URL takes only a ping"})
+        return Response(200, {"ok": True})
 
     def receive(self, req: Request, m: re.Match[str]) -> Response:
         body = req.json()

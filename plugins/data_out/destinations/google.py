@@ -53,7 +53,6 @@ from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
 
-SCOPE = "https://www.googleapis.com/auth/datamanager"
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_IDENTIFIERS_PER_MEMBER = 10
@@ -177,14 +176,11 @@ class GoogleDestination(Destination):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         extra = dict(self.connection.extra)
-        self.auth = GoogleTokenAuth("google", self.connection, [SCOPE], DEFAULT_BASE_URL)
-        self.client = HttpClient(
-            "google",
-            self.connection,
-            default_base_url=DEFAULT_BASE_URL,
-            auth=self.auth,
-            describe_error=describe_google_error,
-        )
+        from data_out.hooks.destinations import GoogleHook  # access tokens minted from the connection
+
+        self.client: HttpClient = GoogleHook(connection=self.connection, default_base_url=DEFAULT_BASE_URL).client()
+        assert isinstance(self.client.session.auth, GoogleTokenAuth)
+        self.auth = self.client.session.auth
         self.status_wait = float(extra.get("status_wait", 0))
         self.status_poll_interval = float(extra.get("status_poll_interval", 2))
 
@@ -288,7 +284,6 @@ class GoogleDestination(Destination):
 
     def close(self) -> None:
         self.client.close()
-        self.auth.close()
 
 
 def _counts(info: Any, key: str) -> str:

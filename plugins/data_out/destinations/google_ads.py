@@ -41,7 +41,6 @@ from data_out.destinations.google import (
     MATCH_RATE_FLOOR,
     CustomerMatchMembership,
     GoogleConsent,
-    describe_google_error,
     require_consent,
 )
 from data_out.destinations.google_auth import GoogleTokenAuth
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 
 #: the Google Ads API version every request uses; the only place it is set
 API_VERSION = "v26"
-SCOPE = "https://www.googleapis.com/auth/adwords"
 DEFAULT_BASE_URL = "https://googleads.googleapis.com"
 MAX_IDENTIFIERS_PER_REQUEST = 100_000
 #: failed jobs of one batch replaced before the batch fails for good
@@ -115,18 +113,12 @@ class GoogleAdsDestination(Destination):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         extra = dict(self.connection.extra)
-        headers = {"developer-token": str(extra.get("developer_token", ""))}
-        if extra.get("login_customer_id"):
-            headers["login-customer-id"] = str(extra["login_customer_id"])
-        self.auth = GoogleTokenAuth("google_ads", self.connection, [SCOPE], DEFAULT_BASE_URL)
-        self.client = HttpClient(
-            "google_ads",
-            self.connection,
-            default_base_url=DEFAULT_BASE_URL,
-            headers=headers,
-            auth=self.auth,
-            describe_error=describe_google_error,
-        )
+        from data_out.hooks.destinations import GoogleAdsHook  # tokens, developer-token, login-customer-id
+
+        hook = GoogleAdsHook(connection=self.connection, default_base_url=DEFAULT_BASE_URL)
+        self.client: HttpClient = hook.client()
+        assert isinstance(self.client.session.auth, GoogleTokenAuth)
+        self.auth = self.client.session.auth
         self.poll_interval = float(extra.get("poll_interval", 5))
         self.poll_timeout = float(extra.get("poll_timeout", 3600))
         self.prefix = f"/{API_VERSION}/customers/{self.settings.customer_id}"
@@ -302,7 +294,6 @@ class GoogleAdsDestination(Destination):
 
     def close(self) -> None:
         self.client.close()
-        self.auth.close()
 
 
 def _matched(op: Op, accepted: int, match_rate_range: str | None) -> int | None:

@@ -1,4 +1,5 @@
-"""Shared HTTP transport for API destinations: base URL and auth from the connection, bounded retries.
+"""Shared HTTP transport for API destinations: session, base URL and auth from the connection's
+``HttpHook`` (``data_out.hooks.destinations``), bounded retries here.
 
 Retries follow one rule set for every vendor: connection errors, timeouts, 429 and 5xx are retried with
 exponential backoff and jitter, never sooner than the server's ``Retry-After``, for a bounded number of
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote_plus, urljoin, urlsplit
 
 import requests
@@ -34,6 +35,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError, PayloadTooLarge
 from data_out.redact import register_secret, scrub
+
+if TYPE_CHECKING:
+    from data_out.hooks.destinations import DataOutHttpHook
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +146,16 @@ class ApiSession(requests.Session):
     before anything is sent there.
     """
 
+    @classmethod
+    def adopt(cls, session: requests.Session) -> ApiSession:
+        """``session`` as configured (``HttpHook.get_conn``'s adapters, proxies, verify...), as an ``ApiSession``."""
+        if isinstance(session, cls):
+            return session
+        adopted = cls()
+        for name in requests.Session.__attrs__:  # the state requests itself pickles
+            setattr(adopted, name, getattr(session, name))
+        return adopted
+
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         old, new = response.request.url or "", prepared_request.url or ""
         if self.should_strip_auth(old, new):
@@ -183,24 +197,32 @@ def transport_problem(exc: BaseException) -> str:
 
 
 class HttpClient:
-    """A requests session bound to one vendor's base URL, auth headers and retry policy."""
+    """The session of a connection's ``HttpHook`` (base URL, credential), with the retry policy.
+
+    ``hook``: the vendor's hook; without one, the hook of ``conn``'s type is built from ``conn``
+    (``default_base_url`` when the connection names no host). ``headers`` and ``auth`` add to or
+    replace what the hook put on the session.
+    """
 
     def __init__(
         self,
         vendor: str,
         conn: ConnectionInfo,
         *,
-        default_base_url: str,
+        default_base_url: str = "",
+        hook: DataOutHttpHook | None = None,
         headers: dict[str, str] | None = None,
         auth: tuple[str, str] | AuthBase | None = None,
         classify: Callable[[requests.Response], Verdict] = default_classify,
         describe_error: Callable[[requests.Response], str] | None = None,
     ) -> None:
+        from data_out.hooks.destinations import http_hook  # Airflow's face: imported when a client is built
+
         self.vendor = vendor
-        self.base_url = base_url(conn, default_base_url)
+        self.hook = hook or http_hook(conn, default_base_url)
         self.policy = RetryPolicy.from_extra(dict(conn.extra))
-        self.session = ApiSession()
-        self.session.headers.update(headers or {})
+        self.session: ApiSession = self.hook.get_conn(headers)
+        self.base_url = self.hook.base_url
         if auth:
             self.session.auth = auth
         register_secret(conn.password)  # masked wherever a vendor's answer echoes it
@@ -315,6 +337,9 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+        close_auth = getattr(self.session.auth, "close", None)
+        if callable(close_auth):
+            close_auth()
 
 
 def _unanswered(vendor: str, method: str, path: str, why: str) -> DestinationError:

@@ -126,17 +126,9 @@ class MetaDestination(Destination):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.client = HttpClient(
-            "meta",
-            self.connection,
-            default_base_url="https://graph.facebook.com",
-            headers={"Authorization": f"Bearer {self.connection.password or ''}"},
-            classify=classify,
-            describe_error=describe,
-        )
-        proof = appsecret_proof(self.connection.password or "", self.connection.extra.get("app_secret"))
-        if proof:
-            self.client.session.params = {"appsecret_proof": proof}  # on every call, as Meta's SDK does
+        from data_out.hooks.destinations import MetaHook  # bearer token and appsecret_proof from the connection
+
+        self.client: HttpClient = MetaHook(connection=self.connection).client()
         self.path = f"/{self.settings.api_version}/{self.settings.audience_id}"
 
     @classmethod

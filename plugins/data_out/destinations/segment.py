@@ -49,12 +49,9 @@ class SegmentDestination(Destination):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.client = HttpClient(
-            "segment",
-            self.connection,
-            default_base_url="https://api.segment.io",
-            auth=(self.connection.password or "", ""),
-        )
+        from data_out.hooks.destinations import SegmentHook  # the write key as Basic auth
+
+        self.client: HttpClient = SegmentHook(connection=self.connection).client()
 
     def _messages(self, op: Op, r: MemberRow, key: str, now: str) -> list[dict[str, Any]]:
         def mid(kind: str) -> str:

@@ -81,14 +81,9 @@ class TikTokDestination(Destination):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.client = HttpClient(
-            "tiktok",
-            self.connection,
-            default_base_url="https://business-api.tiktok.com",
-            headers={"Access-Token": self.connection.password or ""},
-            classify=classify,
-            describe_error=_describe,
-        )
+        from data_out.hooks.destinations import TikTokHook  # the Access-Token header from the connection
+
+        self.client: HttpClient = TikTokHook(connection=self.connection).client()
 
     @classmethod
     def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:

@@ -90,7 +90,9 @@ class WebhookDestination(Destination):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.secret = signing_secret(self.connection)
-        self.client = HttpClient("webhook", self.connection, default_base_url="http://127.0.0.1")
+        from data_out.hooks.destinations import WebhookHook  # signed per attempt, no credential on the session
+
+        self.client: HttpClient = WebhookHook(connection=self.connection, default_base_url="http://127.0.0.1").client()
 
     @classmethod
     def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:

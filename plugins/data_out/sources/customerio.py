@@ -77,12 +77,11 @@ class _PacedAdapter(HTTPAdapter):
 class CustomerIOSource:
     def __init__(self, conn: ConnectionInfo, segment_id: int, page_size: int, label: str) -> None:
         region = str(conn.extra.get("region", "us")).lower()
-        self.client = HttpClient(
-            "customerio",
-            conn,
-            default_base_url=REGIONS.get(region, REGIONS["us"]),
-            headers={"Authorization": f"Bearer {conn.password or ''}"},
-        )
+        from data_out.hooks.destinations import CustomerIOHook  # the bearer key and region's host
+
+        self.client: HttpClient = CustomerIOHook(
+            connection=conn, default_base_url=REGIONS.get(region, REGIONS["us"])
+        ).client()
         rate = float(conn.extra.get("requests_per_second", DEFAULT_REQUESTS_PER_SECOND))
         if rate >= CUSTOMERIO_REQUESTS_PER_SECOND:
             log.warning(

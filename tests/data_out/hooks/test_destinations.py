@@ -7,6 +7,7 @@ import json
 import pytest
 
 from data_out.destinations import REGISTRY
+from data_out.destinations.http import ApiSession
 from data_out.hooks import destinations as hooks
 from data_out.provider import get_provider_info
 
@@ -40,15 +41,28 @@ def test_airflow_discovers_the_provider():
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_resolves_its_connection_and_describes_its_form(monkeypatch, hook):
-    conn = {"conn_type": hook.conn_type, "host": "http://127.0.0.1:9", "password": "s3cret", "extra": {"timeout": 5}}
+    conn = {
+        "conn_type": hook.conn_type,
+        "host": "http://127.0.0.1:9",
+        "password": "s3cret",
+        "login": "client-id",
+        "extra": {"timeout": 5, "app_secret": "as-9f8e", "refresh_token": "rt-1", "verify": False},
+    }
     monkeypatch.setenv(f"AIRFLOW_CONN_{hook.default_conn_name.upper()}", json.dumps(conn))
-    info = hook().get_conn()
+    made = hook()
+    info = made.info
     assert (info.conn_type, info.host, info.password, info.extra["timeout"]) == (
         hook.conn_type,
         conn["host"],
         "s3cret",
         5,
     )
+    session = made.get_conn()  # HttpHook's session: base URL from the connection, no extra as a header
+    assert made.base_url == conn["host"]
+    assert isinstance(session, ApiSession)  # refuses redirects to another host
+    assert session.verify is False  # HttpHook's session extras (verify, proxies, cert) apply
+    # HttpHook sends unknown extras as headers: none of Data Out's (they hold app secrets and refresh tokens)
+    assert not {"timeout", "app_secret"} & set(session.headers) and "as-9f8e" not in json.dumps(dict(session.headers))
     ui = hook.get_ui_field_behaviour()
     assert ui["relabeling"]["host"] == "Base URL"
     assert ("login" in ui["hidden_fields"]) != ("login" in ui["relabeling"])  # hidden, or labelled for its use
@@ -78,7 +92,7 @@ def test_secrets_are_stripped_and_registered_when_read(monkeypatch):
             "extra": {"developer_token": f" {dev_token}\r\n", "max_attempts": 1},
         }
         monkeypatch.setenv("AIRFLOW_CONN_DATA_OUT_TIKTOK", json.dumps(conn))
-        info = hooks.TikTokHook().get_conn()
+        info = hooks.TikTokHook().info
         assert (info.password, info.host, info.extra["developer_token"]) == (token, vendor.url, dev_token)
         settings = TikTokSettings(type="tiktok", advertiser_id="7000000001", segment_id="s1")
         TikTokDestination("a_v1", settings, info).push(
