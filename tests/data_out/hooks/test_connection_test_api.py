@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,14 +25,10 @@ from sandbox.standins.google_oauth import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKE
 from sandbox.standins.meta import MetaStandIn
 from sandbox.standins.tiktok import TikTokStandIn
 from sandbox.standins.webhook import WebhookStandIn
-from tests.data_out.ui.test_api_server import request
-from tests.support.airflow_processes import AirflowProcesses, clean_environ, free_port
+from tests.support.api_server import api_server, request, sign_in
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[3]
-AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
-STARTUP_TIMEOUT = 120
 WEBHOOK_SECRET = "whsec-" + "k" * 32
 
 
@@ -54,51 +47,9 @@ def standins() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    tmp = tmp_path_factory.mktemp("api")
-    metadata = ROOT / ".airflow" / "airflow.db"
-    if not metadata.is_file():
-        pytest.fail(f"{metadata} is missing: run `make airflow-db` first (make test does)")
-    shutil.copy(metadata, tmp / "airflow.db")
-    password = secrets.token_urlsafe(16)
-    (tmp / "passwords.json").write_text(json.dumps({"ops": password}), encoding="utf-8")
-    port = free_port()
-    env = clean_environ(
-        {
-            "AIRFLOW_HOME": str(tmp / "home"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp / 'airflow.db'}",
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp / "passwords.json"),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        }
-    )
-    procs = AirflowProcesses(AIRFLOW_BIN, env, tmp / "logs", tmp / "home" / "logs")
-    procs.start("api-server", "api-server", "--port", str(port), "--host", "127.0.0.1")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with procs.tails_on_failure():
-            health = f"{base}/api/v2/monitor/health"
-            procs.wait_for("the api-server", lambda: request(health)[0] == 200, STARTUP_TIMEOUT)
-            status, body = request(
-                f"{base}/auth/token",
-                data=json.dumps({"username": "ops", "password": password}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            assert status == 201, body
-            bearer = {"Authorization": f"Bearer {json.loads(body)['access_token']}"}
-            yield base, bearer
-    finally:
-        procs.stop()
+    env = {"AIRFLOW__CORE__TEST_CONNECTION": "Enabled"}
+    with api_server(tmp_path_factory.mktemp("api"), "ops", "admin", env) as (base, password):
+        yield base, sign_in(base, "ops", password)
 
 
 def connections(urls: dict[str, str], wrong: bool) -> dict[str, dict[str, Any]]:
