@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from sqlalchemy.sql.dml import Insert
 
 SCHEMA_VERSION = 6
@@ -449,13 +451,41 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+#: how often ``ensure_schema`` starts over after losing a race with another task creating the schema
+SCHEMA_RACE_ATTEMPTS = 5
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create missing tables, add missing columns, record the schema version; safe from every task.
 
     Schema changes so far are additive (new tables, new nullable or defaulted columns), applied here
     with ``ALTER TABLE ... ADD COLUMN`` on SQLite and Postgres alike. A change that is not additive must
     come with an explicit step in ``_MIGRATIONS`` and a version bump.
+
+    The first tasks on an empty database (every audience's first scheduled run at once) create the
+    schema concurrently: the one that finds a table or version row another just created starts over,
+    and then finds it all in place.
     """
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+        try:
+            _ensure_schema(engine)
+            return
+        except (DBAPIError, NoSuchTableError) as exc:
+            if attempt == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
+                raise
+            time.sleep(0.1 * attempt)  # let the winner's transaction finish
+
+
+def _lost_schema_race(exc: DBAPIError | NoSuchTableError) -> bool:
+    """Another task created the same table, column or version row between our check and our write, or
+    dropped a table a migration step recreates while we inspected it."""
+    if isinstance(exc, NoSuchTableError):
+        return True
+    text_ = str(exc.orig).lower()
+    return any(s in text_ for s in ("already exists", "duplicate column", "duplicate key", "unique constraint"))
+
+
+def _ensure_schema(engine: Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
     _add_missing_columns(engine)
     with engine.begin() as conn:

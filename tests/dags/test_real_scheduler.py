@@ -6,11 +6,19 @@ checks the result where it matters: the members the Meta stand-in holds. Then sh
 and checks that none is left. This is what catches what ``dag.test()`` cannot: the DAG file parsed by
 the dag-processor in its own process, the schedule and pause-at-creation settings honoured, tasks run
 by the Task SDK through the execution API with connections from the environment.
+
+Then a data engineer's backfill, typed as they would: ``airflow backfill create`` over three days of a
+daily audience. Airflow starts a backfill's runs together (a backfill has its own ``max_active_runs``,
+10 unless given), so the runs must take turns themselves: each one's stage task waits while an earlier
+run is running, and the state database's run history shows three successful runs, one after another in
+logical-date order, each evaluated as of its own data interval.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import itertools
 import json
 import secrets
 import sys
@@ -51,9 +59,15 @@ PLATFORM_DAGS = {"data_out_lifecycle", "data_out_message_metrics", "data_out_ope
 # fire time at or before now (never before the start date), which is already past: the scheduler creates
 # that one run as soon as the DAG is parsed, and no second run comes due while the test runs.
 SCHEDULE = "0 0 1 1 *"
+BACKFILL_AUDIENCE = "real_scheduler_backfill_v1"
+BACKFILL_DAG_ID = f"audience__{BACKFILL_AUDIENCE}"
+BACKFILL_META_AUDIENCE_ID = "120000000000043"
+BACKFILL_SCHEDULE = "0 6 * * *"  # daily; with catchup off, only its latest fire time runs on its own
+BACKFILL_FROM, BACKFILL_TO = "2026-06-01T00:00:00", "2026-06-03T23:00:00"  # three fire times: 1-3 June 06:00
 
 STARTUP_TIMEOUT = 90  # api-server healthy, scheduler and dag-processor heartbeating
 RUN_TIMEOUT = 150  # from healthy to the scheduled run finished (about 10s on 2 idle cores)
+BACKFILL_TIMEOUT = 240  # three runs one after another, each waiting up to a turn poke (15s) for its turn
 SHUTDOWN_GRACE = 30  # SIGTERM to exit; then SIGKILL
 SHUTDOWN_BOUND = 45  # what the whole shutdown may take, SIGKILL included
 
@@ -86,16 +100,22 @@ def expected_meta_rows(rows: list[dict]) -> set[tuple[str, ...]]:
     }
 
 
-def write_audience(directory: Path, warehouse_conn_id: str) -> None:
+def write_audience(
+    directory: Path,
+    warehouse_conn_id: str,
+    name: str = AUDIENCE,
+    schedule: str = SCHEDULE,
+    meta_audience_id: str = META_AUDIENCE_ID,
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{AUDIENCE}.yaml").write_text(
+    (directory / f"{name}.yaml").write_text(
         textwrap.dedent(
             f"""\
-            name: {AUDIENCE}
+            name: {name}
             owner: tests
             purpose: run by the real scheduler on its schedule
             status: active
-            schedule: "{SCHEDULE}"
+            schedule: "{schedule}"
             source:
               conn_id: {warehouse_conn_id}
               query: SELECT customer_id, email FROM people WHERE in_audience = 1
@@ -103,7 +123,7 @@ def write_audience(directory: Path, warehouse_conn_id: str) -> None:
             holdout: {{percent: {HOLDOUT_PERCENT}, salt: {SALT}}}
             destinations:
               - type: meta
-                audience_id: "{META_AUDIENCE_ID}"
+                audience_id: "{meta_audience_id}"
                 match_keys: [EMAIL]
             """
         ),
@@ -154,12 +174,12 @@ def dag_runs(api: str, dag_id: str = "~") -> list[dict]:
     return http_json(f"{api}/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
 
 
-def finished_runs(api: str) -> list[dict]:
-    """The audience's finished runs; raises at once when a task fails rather than waiting out its retries
-    (the audience DAG retries after minutes)."""
-    runs = dag_runs(api, DAG_ID)
+def finished_runs(api: str, dag_id: str = DAG_ID, run_type: str | None = None) -> list[dict]:
+    """The audience's finished runs (of ``run_type`` if given); raises at once when a task fails rather
+    than waiting out its retries (the audience DAG retries after minutes)."""
+    runs = [r for r in dag_runs(api, dag_id) if run_type in (None, r["run_type"])]
     for run in runs:
-        url = f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{quote(run['dag_run_id'], safe='')}/taskInstances"
+        url = f"{api}/api/v2/dags/{dag_id}/dagRuns/{quote(run['dag_run_id'], safe='')}/taskInstances"
         tis = http_json(url)["task_instances"]
         failed = {t["task_id"]: t["state"] for t in tis if t["state"] in {"failed", "up_for_retry", "upstream_failed"}}
         assert not failed, f"tasks of {run['dag_run_id']} failed: {failed} (task logs below)"
@@ -175,12 +195,15 @@ def all_healthy(api: str) -> bool:
     return all(status[c]["status"] == "healthy" for c in ("metadatabase", "scheduler", "dag_processor"))
 
 
-def test_the_scheduler_runs_an_audience_on_its_schedule(tmp_path: Path, metadata_db: str) -> None:
+def test_the_scheduler_runs_audiences_on_schedule_and_a_backfill_in_order(tmp_path: Path, metadata_db: str) -> None:
     warehouse = ConnectionInfo("rs_warehouse", "sqlite", host=str(tmp_path / "warehouse.db"))
     state_db = ConnectionInfo("data_out_state", "sqlite", host=str(tmp_path / "state.db"))
     rows = people_rows()
     People(engine_for(warehouse)).set(rows)
     write_audience(tmp_path / "audiences", warehouse.conn_id)
+    write_audience(
+        tmp_path / "audiences", warehouse.conn_id, BACKFILL_AUDIENCE, BACKFILL_SCHEDULE, BACKFILL_META_AUDIENCE_ID
+    )
     expected = expected_meta_rows(rows)
     assert 15 < len(expected) < 36  # a holdout was drawn and people without an email were left out
 
@@ -220,18 +243,25 @@ def test_the_scheduler_runs_an_audience_on_its_schedule(tmp_path: Path, metadata
 
                 t0 = time.monotonic()
                 finished = procs.wait_for(f"a finished run of {DAG_ID}", lambda: finished_runs(api), RUN_TIMEOUT, 1.0)
-                timings["scheduled run"] = time.monotonic() - t0
+                procs.wait_for(
+                    f"the scheduled run of {BACKFILL_DAG_ID}",
+                    lambda: finished_runs(api, BACKFILL_DAG_ID, "scheduled"),
+                    RUN_TIMEOUT,
+                    1.0,
+                )
+                timings["scheduled runs"] = time.monotonic() - t0
 
                 [run] = finished
                 assert len(dag_runs(api, DAG_ID)) == 1  # one fire time in the past: one run, no second
                 assert (run["state"], run["run_type"]) == ("success", "scheduled"), run
                 assert run["dag_run_id"].startswith("scheduled__")
-                # the platform DAGs were parsed too, arrived paused, and nothing but the audience ran
+                # the platform DAGs were parsed too, arrived paused, and nothing but the audiences ran
                 dags = {d["dag_id"]: d["is_paused"] for d in http_json(f"{api}/api/v2/dags?limit=100")["dags"]}
                 assert dags.pop(DAG_ID) is False
+                assert dags.pop(BACKFILL_DAG_ID) is False
                 assert set(dags) == PLATFORM_DAGS, dags
                 assert all(dags.values()), dags
-                assert {r["dag_id"] for r in dag_runs(api)} == {DAG_ID}
+                assert {r["dag_id"] for r in dag_runs(api)} == {DAG_ID, BACKFILL_DAG_ID}
 
                 # the result at the destination: exactly the targeted members, hashed; the holdout withheld
                 with standin.lock:
@@ -239,8 +269,13 @@ def test_the_scheduler_runs_an_audience_on_its_schedule(tmp_path: Path, metadata
                 assert at_meta == expected
                 # and the product's own run record names the scheduler's run ("<dag_id>/<run_id>")
                 with engine_for(state_db).connect() as conn:
-                    record = conn.execute(select(state.run)).mappings().one()
+                    record = conn.execute(select(state.run).where(state.run.c.audience == AUDIENCE)).mappings().one()
                 assert (record["status"], record["dag_run_id"]) == ("success", f"{DAG_ID}/{run['dag_run_id']}")
+
+                t0 = time.monotonic()
+                backfill = check_backfill_in_order(procs, api, state_db, tmp_path / "airflow" / "logs")
+                timings["backfill of 3 days"] = time.monotonic() - t0
+                print(f"\nbackfill runs (logical date, state run started -> finished, as_of): {backfill}")
         finally:
             report = procs.stop(grace=SHUTDOWN_GRACE)
             timings["shutdown"] = report.seconds
@@ -250,3 +285,58 @@ def test_the_scheduler_runs_an_audience_on_its_schedule(tmp_path: Path, metadata
 
     assert not report.left, f"processes still alive after SIGKILL: {report.left}\n{procs.tails()}"
     assert report.seconds < SHUTDOWN_BOUND, report
+
+
+def parse_ts(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def check_backfill_in_order(procs: AirflowProcesses, api: str, state_db: ConnectionInfo, task_logs: Path) -> list:
+    """``airflow backfill create`` over three days, as typed by hand: three runs, all successful, one after
+    another in logical-date order, each evaluated as of its own data interval. Returns the figures."""
+    procs.run("backfill", "create", "--dag-id", BACKFILL_DAG_ID, "--from-date", BACKFILL_FROM, "--to-date", BACKFILL_TO)
+    runs = procs.wait_for(
+        "three finished backfill runs",
+        lambda: (r := finished_runs(api, BACKFILL_DAG_ID, "backfill")) and len(r) == 3 and r,
+        BACKFILL_TIMEOUT,
+        1.0,
+    )
+    runs.sort(key=lambda r: r["logical_date"])
+    assert [r["state"] for r in runs] == ["success"] * 3, runs
+    assert [parse_ts(r["logical_date"]).date() for r in runs] == [
+        dt.date(2026, 6, 1),
+        dt.date(2026, 6, 2),
+        dt.date(2026, 6, 3),
+    ]
+    with engine_for(state_db).connect() as conn:
+        records = (
+            conn.execute(
+                select(state.run)
+                .where(state.run.c.audience == BACKFILL_AUDIENCE, state.run.c.dag_run_id.like("%/backfill__%"))
+                .order_by(state.run.c.started_at)
+            )
+            .mappings()
+            .all()
+        )
+    # one run record per backfill run (a waiting stage task opens none), all successful, in logical-date order
+    assert [r["dag_run_id"] for r in records] == [f"{BACKFILL_DAG_ID}/{r['dag_run_id']}" for r in runs]
+    assert [r["status"] for r in records] == ["success"] * 3
+    utc = lambda d: d if d.tzinfo else d.replace(tzinfo=dt.UTC)  # noqa: E731 - SQLite drops the zone
+    for record, run in zip(records, runs, strict=True):
+        assert utc(record["as_of"]) == parse_ts(run["data_interval_end"]), (record, run)
+    for before, after in itertools.pairwise(records):
+        assert utc(before["finished_at"]) <= utc(after["started_at"]), (before, after)  # never overlapping
+    # Airflow really did start them together: the later runs waited for their turn rather than failing
+    stage_logs = [
+        p.read_text(errors="replace")
+        for p in task_logs.glob(f"dag_id={BACKFILL_DAG_ID}/run_id=backfill__*/task_id=stage/**/*.log")
+    ]
+    assert any("Waiting for this run's turn" in text for text in stage_logs), "no backfill run had to wait its turn"
+    return [
+        (
+            run["logical_date"],
+            f"{utc(r['started_at']):%H:%M:%S} -> {utc(r['finished_at']):%H:%M:%S}",
+            f"{utc(r['as_of']):%Y-%m-%d %H:%M}",
+        )
+        for r, run in zip(records, runs, strict=True)
+    ]

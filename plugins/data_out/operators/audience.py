@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
 from data_out import alerts
 from data_out.asset_names import audience_uri, run_counts
@@ -21,7 +21,7 @@ from data_out.config import load_audiences
 from data_out.destinations.base import DestinationError
 from data_out.diff import GuardTripped
 from data_out.hooks.state import DataOutStateHook, connection_info
-from data_out.lease import LeaseHeld
+from data_out.lease import DEFAULT_TTL, LeaseHeld
 from data_out.redact import scrub
 from data_out.runner import AudienceRunner, RunFailed
 from data_out.sources.base import SourceError
@@ -90,16 +90,62 @@ class AudienceStepOperator(BaseOperator):
         raise NotImplementedError
 
 
+#: how often a run waiting for its turn looks again (the task frees its worker slot meanwhile)
+TURN_POKE = dt.timedelta(seconds=15)
+#: how long a run waits for its turn before failing: longer than a lease outlives a killed worker
+TURN_TIMEOUT = DEFAULT_TTL + dt.timedelta(hours=1)
+
+
 class StageAudienceOperator(AudienceStepOperator):
-    """Take the audience's lease, open a run record, and stage the source snapshot."""
+    """Wait for this run's turn, take the audience's lease, open a run record, and stage the snapshot.
+
+    Runs of one audience take turns in logical-date order. Airflow's ``max_active_runs=1`` orders
+    scheduled and manual runs, but a backfill counts its runs apart (``airflow backfill create`` starts
+    up to its own ``--max-active-runs``, 10 by default) and a backfill run can meet a scheduled one. So
+    while an earlier run of this DAG is still running, or another run holds the lease, the stage task
+    reschedules itself (``up_for_reschedule``, no worker slot held) every ``turn_poke`` and logs why,
+    failing only after ``turn_timeout``.
+
+    :param turn_poke: how often to look again while waiting for the turn
+    :param turn_timeout: how long to wait for the turn before failing
+    """
+
+    def __init__(
+        self, *, turn_poke: dt.timedelta = TURN_POKE, turn_timeout: dt.timedelta = TURN_TIMEOUT, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.turn_poke = turn_poke
+        self.turn_timeout = turn_timeout
 
     def step(self, context: Any) -> dict[str, Any]:
         runner, holder = self.runner(), self.holder(context)
-        run_id = runner.start(holder, as_of_from_context(context))
+        earlier = context["ti"].get_previous_dagrun(state="running")
+        if earlier is not None:
+            self._wait_turn(context, f"the earlier run {earlier.run_id!r} of this DAG is still running")
+        try:
+            run_id = runner.start(holder, as_of_from_context(context))
+        except LeaseHeld as exc:
+            self._wait_turn(context, str(exc))
         # pushed before staging so that finish can close the run and free the lease even if it fails
         context["ti"].xcom_push(key="run_id", value=run_id)
         stats = runner.stage(run_id, holder)
         return {"run_id": run_id, "members": stats.members, "held_out": stats.held_out}
+
+    def _wait_turn(self, context: Any, why: str) -> None:
+        """Reschedule this task to look again in ``turn_poke``; fail once it has waited ``turn_timeout``."""
+        now = dt.datetime.now(dt.UTC)
+        first = context["ti"].get_first_reschedule_date(context) or now
+        waited = now - first
+        if waited >= self.turn_timeout:
+            raise LeaseHeld(f"{why}; gave up waiting for this run's turn after {waited}")
+        log.info(
+            "Waiting for this run's turn: %s. Looking again in %ss (waited %s of %s).",
+            why,
+            int(self.turn_poke.total_seconds()),
+            str(waited).split(".")[0],
+            self.turn_timeout,
+        )
+        raise AirflowRescheduleException(now + self.turn_poke)
 
 
 class PlanDestinationOperator(AudienceStepOperator):
