@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: system-deps install airflow-db airflow-ui chromium demo demo-churn test lint history bench bench-mariadb bench-ui clean
+.PHONY: system-deps install airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-mariadb bench-ui clean
 
 # Debian packages the Python install needs, installed only where missing: mysqlclient (the MySQL
 # provider's driver, for the warehouse tests) compiles against the MariaDB client library.
@@ -54,13 +54,26 @@ airflow-db: $(AIRFLOW_HOME)/.pools
 airflow-ui: airflow-db
 	$(BIN)/airflow api-server --port 8080
 
+# Warning filters for two deprecations inside Airflow's own dependencies (include/sandbox/quiet.py).
+QUIET := PYTHONWARNINGS="$$($(BIN)/python include/sandbox/quiet.py)"
+
 demo: airflow-db
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/python include/sandbox/demo.py
+	$(QUIET) $(BIN)/python include/sandbox/demo.py
 
 demo-churn: airflow-db
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/python include/sandbox/demo.py --churn
+	$(QUIET) $(BIN)/python include/sandbox/demo.py --churn
+
+# make airflow [AIRFLOW_PORT=8080]: api-server, scheduler, dag-processor and triggerer with the stand-ins,
+# an SMTP sink (.demo/mail/) and every connection; Ctrl-C or `make airflow-stop` stops it all.
+# See docs/running-airflow.md.
+airflow: airflow-db
+	mkdir -p $(DEMO_DIR)
+	$(QUIET) $(BIN)/python include/sandbox/airflow_local.py --port $(or $(AIRFLOW_PORT),8080) --demo-dir $(DEMO_DIR)
+
+airflow-stop:
+	$(BIN)/python include/sandbox/airflow_local.py --stop --demo-dir $(DEMO_DIR)
 
 # Debian's headless Chromium, which the browser test drives (tests/data_out/ui/test_browser.py); apt-get
 # runs only where /usr/bin/chromium is missing (as root, or through sudo).

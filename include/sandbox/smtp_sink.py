@@ -1,24 +1,40 @@
-"""A real SMTP server on loopback (aiosmtpd) that keeps every message it receives: the demo and tests."""
+"""A real SMTP server on loopback (aiosmtpd) that keeps every message it receives: the demo and tests.
+
+Given a directory (``make airflow``), it also writes each message there as one ``.eml`` file, named by
+arrival time and subject, so a person reads the captured alerts with any mail reader or text editor.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
+import re
 import socket
 from email.message import EmailMessage
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
 
 class _Collect:
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self.messages: list[EmailMessage] = []
+        self.directory = directory
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
         self.messages.append(msg)  # type: ignore[arg-type]
+        if self.directory is not None:
+            self._write(msg, envelope.content)
         return "250 OK"
+
+    def _write(self, msg: email.message.Message, raw: bytes) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        subject = re.sub(r"[^A-Za-z0-9]+", "-", str(msg["Subject"] or "no-subject")).strip("-")[:80]
+        path = self.directory / f"{stamp}-{len(self.messages):04d}-{subject}.eml"  # type: ignore[operator]
+        path.write_bytes(raw)
 
 
 def free_port() -> int:
@@ -28,8 +44,12 @@ def free_port() -> int:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
-        self.handler = _Collect()
+    """``directory``: also write every message there, one ``.eml`` file each."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.handler = _Collect(directory)
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
 
     @property
