@@ -2,10 +2,12 @@
 
 A lease row names the Airflow DAG run that owns an audience until it finishes or the lease expires
 (a killed worker cannot release it). Re-entrant for the same holder, so task retries within the run
-continue; a different run fails fast with a message naming the holder. The holder renews it at the
+continue; a different run gets ``LeaseHeld`` naming the holder, and its stage task waits for its turn
+(``StageAudienceOperator``) rather than failing. The holder renews it at the
 start of every step and, while a push drains, every ``RENEW_EVERY``: only a run that stopped working
 loses its audience, however long its pushes take. Airflow's ``max_active_runs=1``
-is the first line of defence; this is the one that also covers manual runs and other DAGs.
+is the first line of defence; this is the one that also covers backfills (whose runs Airflow counts
+apart), manual runs and other DAGs.
 """
 
 from __future__ import annotations
