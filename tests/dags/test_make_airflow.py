@@ -165,4 +165,6 @@ def test_make_airflow_runs_every_audience_and_stops_everything(tmp_path: Path) -
     assert timings["stop"] < STOP_BOUND
     assert "stopped every Airflow process" in out.read_text()
     assert "Deprecat" not in out.read_text()
+    noisy = [p.name for p in (demo_dir / "airflow-logs").glob("*.log") if "Deprecat" in p.read_text(errors="replace")]
+    assert not noisy, f"deprecation warnings in the components' logs: {noisy}"
     assert not (demo_dir / "airflow.pid").exists()
