@@ -160,13 +160,14 @@ class AirflowProcesses:
             raise RuntimeError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
         return done
 
-    def start(self, name: str, *args: str) -> Component:
-        """Start ``airflow <args>`` in a new session, stdout and stderr to ``<log_dir>/<name>.log``."""
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Component:
+        """Start ``airflow <args>`` in a new session, stdout and stderr to ``<log_dir>/<name>.log``;
+        ``env`` adds to (or overrides) the shared environment for this component only."""
         log = self.log_dir / f"{name}.log"
         with log.open("wb") as out:  # the child keeps its own descriptor
             popen = subprocess.Popen(
                 [str(self.airflow_bin), *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

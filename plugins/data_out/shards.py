@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from typing import Any
 
 from sqlalchemy import BigInteger
@@ -20,8 +21,9 @@ from sqlalchemy.sql.functions import FunctionElement
 #: the name of the SQLite function that ``connections.py`` registers
 SQLITE_FUNCTION = "do_key_hash"
 
-#: planned rows per push shard before the planner adds another shard
-ROWS_PER_SHARD = 200_000
+#: planned rows per push shard before the planner adds another shard; the environment variable
+#: ``DATA_OUT_ROWS_PER_SHARD`` (set on the workers) changes it for a deployment
+ROWS_PER_SHARD = int(os.environ.get("DATA_OUT_ROWS_PER_SHARD") or 200_000)
 
 #: upper bound on shards per (audience, destination): far below Airflow's max_map_length (1024),
 #: and more parallelism than any vendor's rate limit allows for one audience anyway
