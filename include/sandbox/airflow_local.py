@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include")]
 
+from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import ConnectionInfo, engine_for  # noqa: E402
 from sandbox import quiet, sample_warehouse  # noqa: E402
 from sandbox.airflow_processes import AirflowProcesses, http_json  # noqa: E402
@@ -126,6 +128,15 @@ def _no_connections(conn_id: str) -> ConnectionInfo:
     raise LookupError(f"preparing the sample needs no connection, yet {conn_id!r} was asked for")
 
 
+def unpause_pattern(audiences: dict[str, str]) -> str:
+    """The DAGs that should run locally, as a regex for ``airflow dags unpause --treat-dag-id-as-regex``:
+    the platform DAGs and every active audience (``audiences``: name -> status). A home used before
+    (``make demo``, or a launch with other settings) may hold them paused; an audience whose status is
+    paused stays paused."""
+    active = sorted(re.escape(name) for name, status in audiences.items() if status == "active")
+    return f"^(data_out_[a-z_]+|audience__({'|'.join(active)}))$"
+
+
 def admin_password(home: Path) -> str | None:
     """The simple auth manager's generated password of ``admin`` (written when the api-server starts)."""
     try:
@@ -185,6 +196,8 @@ def run(port: int, demo_dir: Path, home: Path, people: int) -> int:
             t0 = time.monotonic()
             procs.run("db", "migrate", timeout=600)
             procs.run("pools", "import", str(POOLS))
+            statuses = {name: a.config.status for name, a in load_audiences().audiences.items()}
+            procs.run("dags", "unpause", unpause_pattern(statuses), "--treat-dag-id-as-regex", "--yes")
             procs.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
             procs.wait_for("the api-server", lambda: http_json(f"{api}/api/v2/monitor/health"), STARTUP_TIMEOUT)
             procs.start("scheduler", "scheduler", "--skip-serve-logs")
