@@ -75,10 +75,12 @@ def task_errors(task_logs: Path, dag_id: str, run_id: str) -> list[str]:
 
 
 def all_audiences_done(api: Api, dag_ids: list[str], task_logs: Path) -> dict[str, str] | None:
-    """Each audience's scheduled run state once all have finished; raises at the first failed task."""
+    """Each audience's scheduled (or asset-triggered) run state once all have finished; raises at the
+    first failed task."""
     states = {}
     for dag_id in dag_ids:
-        scheduled = [r for r in api.runs(dag_id) if r["run_type"] == "scheduled"]
+        # on a cron schedule: "scheduled"; on an Asset (asset:message_metrics): "asset_triggered"
+        scheduled = [r for r in api.runs(dag_id) if r["run_type"] in {"scheduled", "asset_triggered"}]
         for run in scheduled:
             failed = api.failed_tasks(dag_id, run["dag_run_id"])
             assert not failed, (
