@@ -1,6 +1,7 @@
 """The pure package imports nothing from Airflow: config, identity, the engine, state, the destinations'
 contracts and transport load (and test) without it. Only the Airflow face may import it: hooks,
-operators, the DAG factory, the UI and the CLI that migrates through Airflow's connections."""
+operators, the DAG factory and the task group it shares, the public API and its Assets, the UI and the CLI
+that migrates through Airflow's connections."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ AIRFLOW_FACE = (
     "data_out.ui",
     "data_out.airflow",
     "data_out.dag_factory",
+    "data_out.task_group",
+    "data_out.api",
+    "data_out.assets",
     "data_out.migrate",
 )
 
