@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: system-deps install airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-mariadb bench-ui clean
+.PHONY: system-deps install dialects airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-mariadb bench-ui clean
 
 # Debian packages the Python install needs, installed only where missing: mysqlclient (the MySQL
 # provider's driver, for the warehouse tests) compiles against the MariaDB client library.
@@ -35,6 +35,18 @@ $(VENV)/.installed: requirements.txt requirements-test.txt constraints.txt pypro
 	touch $@
 
 install: $(VENV)/.installed
+
+# A side virtualenv with the SQLAlchemy dialects that cannot be installed beside the test oracles
+# (snowflake-sqlalchemy needs protobuf < 7, google-ads needs 7): the compile-only test runs a script under
+# its python. Built from its own lock file only; the main venv is never touched. See docs/development.md.
+DIALECTS_VENV := $(CURDIR)/.venv-dialects
+$(DIALECTS_VENV)/.installed: requirements-dialects.txt
+	rm -rf $(DIALECTS_VENV)
+	$(PY) -m venv $(DIALECTS_VENV)
+	$(DIALECTS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-compile -r requirements-dialects.txt
+	touch $@
+
+dialects: $(DIALECTS_VENV)/.installed
 
 $(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
 	mkdir -p $(AIRFLOW_HOME)
@@ -81,7 +93,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: airflow-db chromium
+test: airflow-db chromium dialects
 	$(BIN)/ruff check plugins dags include tests
 	$(BIN)/python -m pytest
 

@@ -12,27 +12,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator
-from sqlalchemy import (
-    TIMESTAMP,
-    Column,
-    Connection,
-    DateTime,
-    Engine,
-    Insert,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    bindparam,
-    delete,
-    func,
-    literal,
-    select,
-    text,
-    union_all,
-)
-from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.engine import Dialect
+from sqlalchemy import Connection, DateTime, Engine, String, Table, bindparam, func, literal, select, text
+from sqlalchemy.dialects import postgresql
 
 from data_out.connections import engine_for
 from data_out.destinations import register
@@ -44,13 +25,15 @@ from data_out.destinations.base import (
     MemberRow,
     Op,
 )
-from data_out.state import key_in, utcnow
-
-#: a point in time, UTC: BigQuery's DATETIME (what its dialect makes of DateTime) has no zone, TIMESTAMP has
-_INSTANT = DateTime(timezone=True).with_variant(TIMESTAMP(timezone=True), "bigquery")
-#: warehouses whose primary keys are not enforced: rows are added with MERGE ... WHEN NOT MATCHED
-MERGE_DIALECTS = frozenset({"snowflake", "bigquery", "redshift", "databricks"})
-MERGE_BATCH_ROWS = 1_000
+from data_out.destinations.warehouse_sql import (
+    MERGE_BATCH_ROWS,
+    MERGE_DIALECTS,
+    delete_keys,
+    insert_ignore,
+    merge_new,
+)
+from data_out.destinations.warehouse_sql import destination_tables as _tables
+from data_out.state import utcnow
 
 
 class WarehouseSettings(DestinationSettings):
@@ -123,7 +106,7 @@ class WarehouseDestination(Destination):
                 # primary-key lookups, in key order: from about 20,000 keys on, the planner would rather
                 # scan the whole table (10M members: 1.6 s per 50,000 removed keys, against 0.7 s)
                 conn.execute(text("SET LOCAL enable_seqscan = off"))
-            conn.execute(delete(table).where(key_in(conn.dialect, table.c.member_key, keys)))
+            conn.execute(delete_keys(conn.dialect, table, keys))
         elif conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
             arr = bindparam("keys", keys, type_=postgresql.ARRAY(String))
             rows = select(func.unnest(arr), literal(now, DateTime(timezone=True)))
@@ -142,61 +125,7 @@ class WarehouseDestination(Destination):
 
 def destination_tables(audience: str, settings: WarehouseSettings) -> tuple[Table, Table, Table]:
     """The members table, the holdout table and the applied-batches ledger, in ``settings.db_schema``."""
-    md = MetaData(schema=settings.db_schema)
-    base = settings.table or f"audience_{audience}"
-
-    def members(name: str) -> Table:
-        return Table(
-            name,
-            md,
-            Column("member_key", String(256), primary_key=True),
-            Column("added_at", _INSTANT, nullable=False),
-        )
-
-    applied = Table(
-        "data_out_applied_batches",
-        md,
-        Column("idempotency_key", String(80), primary_key=True),
-        Column("audience", String(64), nullable=False),
-        Column("rows", Integer, nullable=False),
-        Column("applied_at", _INSTANT, nullable=False),
-    )
-    return members(base), members(settings.holdout_table or f"{base}_holdout"), applied
-
-
-def insert_ignore(dialect: Dialect, table: Table) -> Insert:
-    """An INSERT whose rows already present (by primary key) are skipped, not an error: replays are no-ops."""
-    if dialect.name == "sqlite":
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table).on_conflict_do_nothing()
-    if dialect.name in {"postgresql", "duckdb"}:  # DuckDB takes Postgres' ON CONFLICT DO NOTHING
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if dialect.name in {"mysql", "mariadb"}:
-        return mysql.insert(table).prefix_with("IGNORE")
-    raise NotImplementedError(f"{dialect.name} adds rows with merge_new")
-
-
-def merge_new(dialect: Dialect, table: Table, rows: list[dict[str, object]]) -> tuple[str, dict[str, object]]:
-    """``MERGE INTO table USING (rows) ... WHEN NOT MATCHED THEN INSERT`` for warehouses that do not enforce
-    primary keys (Snowflake, BigQuery, Redshift, Databricks): the driver's SQL and its parameters."""
-    columns = list(rows[0])
-    source = union_all(
-        *[
-            select(*[literal(row[c], table.c[c].type).label(c) for c in columns])
-            for row in rows  # one SELECT per row: every one of these warehouses takes UNION ALL as a source
-        ]
-    ).subquery("src")
-    compiled = select(source).compile(dialect=dialect)
-    src_sql = str(compiled).split("FROM", 1)[1].strip()  # "(SELECT ... UNION ALL ...) AS src"
-    prep = dialect.identifier_preparer
-    target = prep.format_table(table)
-    keys = [c.name for c in table.primary_key.columns]
-    on = " AND ".join(f"tgt.{prep.quote(k)} = src.{prep.quote(k)}" for k in keys)
-    names = ", ".join(prep.quote(c) for c in columns)
-    values = ", ".join(f"src.{prep.quote(c)}" for c in columns)
-    sql = f"MERGE INTO {target} AS tgt USING {src_sql} ON {on} WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
-    return sql, dict(compiled.params)
+    return _tables(audience, table=settings.table, holdout_table=settings.holdout_table, db_schema=settings.db_schema)
 
 
 def _insert_new(conn: Connection, table: Table, rows: list[dict[str, object]]) -> int:
