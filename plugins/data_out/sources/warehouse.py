@@ -10,7 +10,8 @@ connection is ``PRAGMA query_only`` for the read (reset afterwards: the pooled c
 state database's) and a progress handler cancels a statement past the limit. What neither mode can
 stop (signalling other sessions, reading server files) is stopped by the read-only role described in
 ``docs/sources.md``. MySQL/MariaDB run the query in ``START TRANSACTION READ ONLY`` under
-``max_statement_time`` / ``max_execution_time``; DuckDB's transaction is rolled back and a timer
+``max_statement_time`` / ``max_execution_time``; Redshift in ``BEGIN READ ONLY`` (psycopg2) under a
+transaction-local ``statement_timeout``; DuckDB's transaction is rolled back and a timer
 interrupts it past the limit; the rest per ``read_only`` and ``docs/warehouses.md``.
 """
 
@@ -21,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -125,6 +126,10 @@ def read_only(conn: Connection, source: SqlSource) -> Iterator[Any]:
         with _rolled_back(conn):
             yield lambda: None
         return
+    if name == "redshift":
+        with _redshift_read_only(conn, seconds):
+            yield lambda: None
+        return
     if name == "sqlite":
         with _sqlite_read_only(conn, seconds) as refresh:
             yield refresh
@@ -149,6 +154,20 @@ def read_only(conn: Connection, source: SqlSource) -> Iterator[Any]:
     # role keeps the query from writing (docs/warehouses.md). The transaction is still never committed.
     with _rolled_back(conn):
         yield lambda: None
+
+
+@contextmanager
+def _redshift_read_only(conn: Connection, seconds: float) -> Iterator[None]:
+    """Redshift documents ``BEGIN ... READ ONLY`` but not ``SET TRANSACTION``: the driver opens the transaction
+    read-only where it can (psycopg2's read-only session sends ``BEGIN READ ONLY``, and SQLAlchemy resets it
+    when the connection goes back to the pool). redshift_connector has no such session: there only the
+    connection's role keeps the query from writing (docs/warehouses.md). The timeout is transaction-local
+    (``set_config(..., true)``, as on Postgres), so the rollback ends it."""
+    with suppress(NotImplementedError):
+        conn.execution_options(postgresql_readonly=True)
+    conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(max(int(seconds * 1000), 1))})
+    with _rolled_back(conn):
+        yield
 
 
 @contextmanager
@@ -278,7 +297,7 @@ def _is_refused_write(exc: SQLAlchemyError) -> bool:
     """Refused by read-only mode, or by Postgres' rule that a cursor or subquery holds no DELETE/INSERT/...
     (the query is read through one, so such a query fails as a syntax error before it can write)."""
     orig = getattr(exc, "orig", None)
-    state = getattr(orig, "sqlstate", None)
+    state = _sqlstate(orig)
     if state == _PG_READ_ONLY:
         return True
     if state in _PG_NOT_IN_A_CURSOR and _WRITES.search(str(getattr(exc, "statement", "") or "")):
@@ -296,10 +315,15 @@ def _mysql_code(orig: Any) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def _sqlstate(orig: Any) -> str | None:
+    """The SQLSTATE of a Postgres-protocol driver error: psycopg's ``sqlstate``, psycopg2's ``pgcode``."""
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
 def _is_timeout(exc: SQLAlchemyError) -> bool:
     orig = getattr(exc, "orig", None)
-    if getattr(orig, "sqlstate", None) == _PG_CANCELED:
-        return "statement timeout" in str(orig)
+    if _sqlstate(orig) == _PG_CANCELED:  # Redshift: "Query (150) canceled on user's request"
+        return "statement timeout" in str(orig) or "canceled on user's request" in str(orig)
     if _mysql_code(orig) in _MYSQL_TIMEOUTS:
         return True
     if type(orig).__name__ == "InterruptException":  # DuckDB, interrupted by _interrupt_after
@@ -325,7 +349,7 @@ def query_failed(label: str, exc: SQLAlchemyError, timeout: dt.timedelta = DEFAU
             retryable=False,
         )
     orig = getattr(exc, "orig", None)
-    if getattr(orig, "sqlstate", None) == _PG_DENIED or _mysql_code(orig) in _MYSQL_DENIED:
+    if _sqlstate(orig) == _PG_DENIED or _mysql_code(orig) in _MYSQL_DENIED:
         return SourceError(
             f"{label}: the query failed: {detail}. The source connection's role lacks a privilege. Audience "
             "queries may only read: remove what the role may not do from the query, or, if it reads a table the "
