@@ -715,7 +715,7 @@ class Replacer:
             conn.execute(delete(a).where(a.c.audience == aud, a.c.destination == label))
             conn.execute(
                 insert(a).from_select(
-                    ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at"],
+                    ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at", "acked_sync"],
                     select(
                         literal(aud),
                         literal(label),
@@ -723,6 +723,7 @@ class Replacer:
                         *[d.c[c] for c in IDENTITY_COLUMNS],
                         literal(False),
                         literal(now, a.c.acked_at.type),
+                        literal(sync_id, a.c.acked_sync.type),
                     ),
                 )
             )

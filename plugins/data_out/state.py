@@ -148,6 +148,11 @@ ack = Table(
     # when the destination last acknowledged the member (an add, a refresh, a replace): members of a
     # destination whose memberships expire are refreshed by age (``diff.refresh_policy``)
     Column("acked_at", DateTime(timezone=True), nullable=False),
+    # the sync (do_sync.id) and batch number whose commit wrote the row (an add, a refresh; NULL batch: a
+    # replace), so the member lookup can name the last add: two integers on a row the commit writes
+    # anyway, where a per-member history table would add a row per member per change
+    Column("acked_sync", _Id),
+    Column("acked_batch", Integer),
     Index(ACK_AGE_INDEX, "audience", "destination", "acked_at"),
 )
 

@@ -258,7 +258,16 @@ class Pusher:
             if op.adds:
                 conn.execute(
                     insert(a).from_select(
-                        ["audience", "destination", "member_key", *IDENTITY_COLUMNS, "rejected", "acked_at"],
+                        [
+                            "audience",
+                            "destination",
+                            "member_key",
+                            *IDENTITY_COLUMNS,
+                            "rejected",
+                            "acked_at",
+                            "acked_sync",
+                            "acked_batch",
+                        ],
                         select(
                             p.c.audience,
                             p.c.destination,
@@ -266,6 +275,8 @@ class Pusher:
                             *[p.c[c] for c in IDENTITY_COLUMNS],
                             literal(False),
                             literal(now, a.c.acked_at.type),
+                            literal(sync_id, a.c.acked_sync.type),
+                            literal(batch_no, a.c.acked_batch.type),
                         ).where(self._mine(p), p.c.batch_no == batch_no),
                     )
                 )
