@@ -80,13 +80,22 @@ def line_chart(
     return "".join(parts) + legend(list(cleaned))
 
 
-def bar_chart(labels: Sequence[str], up: Sequence[float], down: Sequence[float], *, title: str) -> str:
-    """Adds above the axis, removes below it: one pair of ``rect.bar`` per run."""
+def bar_chart(
+    labels: Sequence[str],
+    up: Sequence[float],
+    down: Sequence[float],
+    *,
+    title: str,
+    refreshed: Sequence[float] | None = None,
+) -> str:
+    """Adds above the axis, removes below it: one pair of ``rect.bar`` per run. ``refreshed`` (members
+    re-sent before their membership expires: neither added nor removed) stacks on the adds in grey."""
     n = len(labels)
+    fresh = [float(v or 0) for v in refreshed] if refreshed is not None else [0.0] * n
     head = f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}">'
     if not n:
         return head + f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle" class="muted">no data yet</text></svg>'
-    top = max([*up, *down, 1])
+    top = max([*(float(a or 0) + f for a, f in zip(up, fresh, strict=True)), *down, 1])
     iw, ih = W - PAD_L - PAD_R, H - PAD_T - PAD_B
     mid = PAD_T + ih / 2
     bw = max(iw / n * 0.7, 0.6)
@@ -97,18 +106,25 @@ def bar_chart(labels: Sequence[str], up: Sequence[float], down: Sequence[float],
     parts.append(f'<text x="{W - PAD_R}" y="{H - 6}" text-anchor="end">{escape(labels[-1])}</text></g>')
     for i in range(n):
         cx = PAD_L + iw * (i + 0.5) / n - bw / 2
-        a, r = float(up[i] or 0), float(down[i] or 0)
-        ha, hr = a / top * ih / 2, r / top * ih / 2
-        tip = escape(f"{labels[i]}: +{_fmt(a)} / -{_fmt(r)}")
+        a, r, f = float(up[i] or 0), float(down[i] or 0), fresh[i]
+        ha, hr, hf = a / top * ih / 2, r / top * ih / 2, f / top * ih / 2
+        tip = escape(f"{labels[i]}: +{_fmt(a)} / -{_fmt(r)}" + (f" / {_fmt(f)} refreshed" if refreshed else ""))
         parts.append(
             f'<rect class="bar add" x="{cx:.1f}" y="{mid - ha:.1f}" width="{bw:.1f}" height="{ha:.1f}">'
             f"<title>{tip}</title></rect>"
         )
+        if refreshed is not None:
+            parts.append(
+                f'<rect class="bar refresh" data-value="{_fmt(f)}" x="{cx:.1f}" y="{mid - ha - hf:.1f}" '
+                f'width="{bw:.1f}" height="{hf:.1f}"><title>{tip}</title></rect>'
+            )
         parts.append(
             f'<rect class="bar remove" x="{cx:.1f}" y="{mid:.1f}" width="{bw:.1f}" height="{hr:.1f}">'
             f"<title>{tip}</title></rect>"
         )
     parts.append("</svg>")
+    if refreshed is not None:
+        return "".join(parts) + legend(["adds", "refreshes", "removes"], colors=("#059669", "#9ca3af", "#dc2626"))
     return "".join(parts) + legend(["adds", "removes"], colors=("#059669", "#dc2626"))
 
 

@@ -29,7 +29,12 @@ class DestinationStatus:
     acknowledged_since: Any = None
     in_holdout: bool | None = None
     rejected: bool = False
-    added_by: dict[str, Any] | None = None  # the sync (run, batches) that acknowledged the row
+    #: the last add (or refresh) the destination acknowledged: sync, run, DAG run, batch number (None: a
+    #: replace, or a row acknowledged before batches were recorded on it), ``exact`` False: the sync was
+    #: inferred from the time of the acknowledgement
+    last_add: dict[str, Any] | None = None
+    #: planned and not yet acknowledged: op (add, remove, refresh), batch number, planning sync and run
+    pending: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +98,23 @@ def _matches(engine: Engine, catalog: Catalog, kind: Kind, value: str) -> tuple[
         return recorded, (None if recorded else problem), rows
 
 
+def _last_add(ack: dict[str, Any], origins: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The sync, run and batch that wrote the person's acknowledged (or rejected) row."""
+    sync_id = ack["acked_sync"] or ack.get("inferred_sync")
+    origin = origins.get(sync_id) if sync_id is not None else None
+    if origin is None:
+        return None
+    return {
+        "sync_id": sync_id,
+        "run_id": origin["run_id"],
+        "dag_run_id": origin["dag_run_id"],
+        "mode": origin["mode"],
+        "batch": ack["acked_batch"],
+        "at": ack["acked_at"],
+        "exact": ack["acked_sync"] is not None,
+    }
+
+
 def lookup(engine: Engine, catalog: Catalog, kind: Kind, value: str, username: str) -> LookupResult:
     """Answer for every configured audience, and record who asked (with the hash only)."""
     if kind not in KINDS:
@@ -107,13 +129,19 @@ def lookup(engine: Engine, catalog: Catalog, kind: Kind, value: str, username: s
         bucket = queries.memberships(conn, names, keys)
         excluded = queries.exclusions_of(conn, keys)
         acks = queries.acks_of(conn, names, keys)
-        added_by = {
-            (a["audience"], a["destination"], a["member_key"]): queries.sync_at(
-                conn, a["audience"], a["destination"], a["acked_at"]
-            )
-            for a in acks
-            if not a["rejected"]
-        }
+        for a in acks:
+            if a["acked_sync"] is None:  # acknowledged before rows recorded their sync: the one running then
+                found = queries.sync_at(conn, a["audience"], a["destination"], a["acked_at"])
+                a["inferred_sync"] = found["id"] if found else None
+        origins = queries.syncs_by_id(conn, [a["acked_sync"] or a.get("inferred_sync") for a in acks])
+        places = [
+            (name, d, k)
+            for name in names
+            for k in keys
+            if (name, k) in bucket
+            for d in catalog.audiences[name].destinations
+        ]
+        pending = queries.pending_of(conn, places)
         rejects = queries.rejects_of(conn, [_key_hash(k) for k in keys])
         events = queries.send_events_of(conn, keys)
     for name in names:
@@ -133,14 +161,20 @@ def lookup(engine: Engine, catalog: Catalog, kind: Kind, value: str, username: s
             if (name, key) in excluded:
                 answer.excluded_by = [x for x in info.exclusions if (x, key) in bucket]
             for d in info.destinations:
-                ack = next((a for a in acks if a["audience"] == name and a["destination"] == d), None)
+                ack = next(
+                    (a for a in acks if a["audience"] == name and a["destination"] == d and a["member_key"] == key),
+                    None,
+                )
                 answer.destinations.append(
                     DestinationStatus(
                         name=d,
                         acknowledged_since=ack["acked_at"] if ack and not ack["rejected"] else None,
                         in_holdout=ack["in_holdout"] if ack else None,
                         rejected=bool(ack and ack["rejected"]),
-                        added_by=added_by.get((name, d, key)),
+                        last_add=_last_add(ack, origins) if ack else None,
+                        pending=[
+                            p for p in pending if (p["audience"], p["destination"], p["member_key"]) == (name, d, key)
+                        ],
                     )
                 )
         answers.append(answer)

@@ -43,6 +43,7 @@ class DestinationCell:
     match_rate: float | None
     added: int | None
     removed: int | None
+    refreshed: int | None  # members re-sent before their membership expires (neither added nor removed)
     rejected: int | None
     status: str | None
     breaches: list[str]
@@ -104,6 +105,7 @@ def overview(engine: Engine, catalog: Catalog) -> list[OverviewRow]:
                     else None,
                     added=last["added"] if last else None,
                     removed=last["removed"] if last else None,
+                    refreshed=last["refreshed"] if last else None,
                     rejected=last["rejected"] if last else None,
                     status=last["status"] if last else None,
                     breaches=open_by.get((name, d), []) + open_by.get((name, "*"), []) * (d == dests[0]),
@@ -224,11 +226,13 @@ def _health_charts(runs: list[dict], syncs: list[dict], rejects: list[dict]) -> 
         )
         wide = rate.pivot_table(index="run_id", columns="destination", values="rate", aggfunc="last").reindex(index)
         series = {str(d): [None if pd.isna(v) else float(v) for v in wide[d]] for d in wide.columns}
-        totals = frame.groupby("run_id")[["added", "removed"]].sum().reindex(index).fillna(0)
-        adds, removes = list(totals["added"]), list(totals["removed"])
+        totals = frame.groupby("run_id")[["added", "removed", "refreshed"]].sum().reindex(index).fillna(0)
+        adds, removes, refreshes = list(totals["added"]), list(totals["removed"]), list(totals["refreshed"])
     else:
-        series, adds, removes = {}, [0.0] * len(labels), [0.0] * len(labels)
-    out["changes"] = charts.bar_chart(labels, adds, removes, title="adds and removes per run")
+        series, adds, removes, refreshes = {}, [0.0] * len(labels), [0.0] * len(labels), [0.0] * len(labels)
+    out["changes"] = charts.bar_chart(
+        labels, adds, removes, refreshed=refreshes, title="adds, removes and refreshes per run"
+    )
     out["match"] = charts.line_chart(labels, series, title="match rate", unit="%")
     if rejects:
         rej = pd.DataFrame(rejects).merge(frame[["id", "run_id"]], left_on="sync_id", right_on="id")

@@ -25,6 +25,7 @@ from sqlalchemy import (
     literal,
     select,
     true,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql
@@ -92,6 +93,7 @@ LATEST_COLUMNS = (
     "finished_at",
     "added",
     "removed",
+    "refreshed",
     "rejected",
     "received",
     "matched",
@@ -303,13 +305,67 @@ def exclusions_of(conn: Connection, keys: Sequence[str]) -> set[tuple[str, str]]
 
 
 def acks_of(conn: Connection, audiences: Sequence[str], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The person's acknowledged rows, with the sync and batch whose commit wrote each."""
     if not audiences or not keys:
         return []
     a = state.ack
-    stmt = select(a.c.audience, a.c.destination, a.c.member_key, a.c.in_holdout, a.c.rejected, a.c.acked_at).where(
-        a.c.audience.in_(list(audiences)), a.c.member_key.in_(list(keys))
-    )
+    stmt = select(
+        a.c.audience,
+        a.c.destination,
+        a.c.member_key,
+        a.c.in_holdout,
+        a.c.rejected,
+        a.c.acked_at,
+        a.c.acked_sync,
+        a.c.acked_batch,
+    ).where(a.c.audience.in_(list(audiences)), a.c.member_key.in_(list(keys)))
     return [dict(x) for x in conn.execute(stmt).mappings()]
+
+
+def syncs_by_id(conn: Connection, sync_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Syncs with their run's Airflow DAG run id (primary-key reads): who wrote a member's rows."""
+    ids = sorted({i for i in sync_ids if i is not None})
+    if not ids:
+        return {}
+    s, r = state.sync, state.run
+    stmt = (
+        select(s.c.id, s.c.run_id, s.c.mode, s.c.started_at, r.c.dag_run_id)
+        .select_from(s.outerjoin(r, r.c.id == s.c.run_id))
+        .where(s.c.id.in_(ids))
+    )
+    return {m["id"]: dict(m) for m in conn.execute(stmt).mappings()}
+
+
+def pending_of(conn: Connection, places: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """The person's planned, not yet acknowledged adds, removes and refreshes, with their batch.
+
+    ``places`` are (audience, destination, member key): each probe is a primary-key read of ``do_pending``
+    per op, then the batch row (the sync that planned it, and how often it was tried).
+    """
+    if not places:
+        return []
+    p, b, s = state.pending, state.batch, state.sync
+    wanted = [(a, d, op, k) for a, d, k in places for op in ("add", "remove", "refresh")]
+    stmt = (
+        select(
+            p.c.audience,
+            p.c.destination,
+            p.c.op,
+            p.c.member_key,
+            p.c.batch_no,
+            b.c.planned_by,
+            b.c.attempts,
+            s.c.run_id,
+        )
+        .select_from(
+            p.outerjoin(
+                b, and_(b.c.audience == p.c.audience, b.c.destination == p.c.destination, b.c.batch_no == p.c.batch_no)
+            ).outerjoin(s, s.c.id == b.c.planned_by)
+        )
+        .where(tuple_(p.c.audience, p.c.destination, p.c.op, p.c.member_key).in_(wanted))
+        .order_by(p.c.audience, p.c.destination, p.c.batch_no)
+    )
+    return [dict(m) for m in conn.execute(stmt).mappings()]
 
 
 def sync_at(conn: Connection, audience: str, destination: str, at: dt.datetime) -> dict[str, Any] | None:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import re
 
 import pytest
-from sqlalchemy import delete, inspect, select, text
+from sqlalchemy import delete, inspect, select, text, update
 
 from data_out import state
 from data_out.config import load_audiences
+from data_out.diff import idempotency_key
 from data_out.holdout import is_held_out
 from data_out.identity import normalize_email, sha256_hex
 from data_out.runner import AudienceRunner, RunFailed
 from data_out.ui import lookup as lookup_mod
 from data_out.ui import pages, queries
-from tests.data_out.ui.conftest import AS_OF, BUYERS, REJECTED, TARGETS
+from tests.data_out.ui.conftest import AS_OF, BUYERS, REJECTED, TARGETS, person, run_all
+from tests.support.memory_destination import MemoryDestination
 
 PAIRS = [(TARGETS, "memory"), (TARGETS, "warehouse"), (BUYERS, "warehouse")]
 
@@ -174,25 +178,107 @@ def test_a_lookup_names_audiences_holdout_and_exclusions_and_records_the_hash_on
     assert "person.3" not in dump and "4155550003" not in dump and "nobody" not in dump
 
 
-def test_a_lookup_shows_when_each_destination_acknowledged_the_member(synced, state_engine):
+def _vendor_key_of(store, op: str, key: str) -> str:
+    """The idempotency key of the last request to the memory destination that carried ``key`` under ``op``."""
+    return [k for o, k, rows in store.requests if o == op and any(r.member_key == key for r in rows)][-1]
+
+
+def _batch_key_prefix(audience: str, destination: str, sync_id: int, batch_no: int) -> str:
+    """The readable part of a batch's idempotency key (``diff.idempotency_key``), without the plan's nonce."""
+    return idempotency_key(audience, destination, sync_id, batch_no, "")
+
+
+def test_a_lookup_names_the_run_sync_and_batch_of_each_destinations_last_add(synced, state_engine, store):
     key = next(f"c{i:04d}" for i in range(5, 30) if not is_held_out("test-salt", f"c{i:04d}", 20))
     result = lookup_mod.lookup(state_engine, synced, "member_key", key, "alice")
     target = next(a for a in result.answers if a.audience == TARGETS)
     assert [d.name for d in target.destinations] == ["memory", "warehouse"]
     first_run = min(_runs(state_engine, TARGETS))
     for d in target.destinations:
-        assert d.acknowledged_since is not None and d.added_by["run_id"] == first_run
+        assert d.acknowledged_since is not None and d.pending == []
+        assert d.last_add["run_id"] == first_run and d.last_add["exact"] and d.last_add["batch"] is not None
+        assert d.last_add["dag_run_id"] == f"r1/{TARGETS}"  # the run id the first run was given
+    # the batch named is the one the destination received the person in: its key says so
+    memory = target.destinations[0].last_add
+    sent = _vendor_key_of(store, "add", key)
+    assert sent.startswith(_batch_key_prefix(TARGETS, "memory", memory["sync_id"], memory["batch"]))
     rejected = lookup_mod.lookup(state_engine, synced, "member_key", REJECTED, "alice")
     memory = next(d for a in rejected.answers if a.audience == TARGETS for d in a.destinations if d.name == "memory")
     assert memory.rejected and memory.acknowledged_since is None
+    assert memory.last_add["run_id"] == max(_runs(state_engine, TARGETS))  # the refused add, in the third run
     assert [j["reason"] for j in rejected.rejects] == ["vendor says: invalid entry"]
+
+
+def test_a_lookup_infers_the_sync_of_a_row_acknowledged_before_rows_recorded_it(synced, state_engine):
+    key = next(f"c{i:04d}" for i in range(5, 30) if not is_held_out("test-salt", f"c{i:04d}", 20))
+    with state_engine.begin() as conn:  # as a row written before do_ack had the columns
+        conn.execute(update(state.ack).values(acked_sync=None, acked_batch=None))
+    target = next(
+        a for a in lookup_mod.lookup(state_engine, synced, "member_key", key, "alice").answers if a.audience == TARGETS
+    )
+    for d in target.destinations:
+        assert d.last_add["run_id"] == min(_runs(state_engine, TARGETS))
+        assert not d.last_add["exact"] and d.last_add["batch"] is None
+
+
+def test_a_lookup_shows_a_planned_add_the_destination_has_not_acknowledged(
+    synced, audiences_dir, resolver, state_engine, people, store
+):
+    """A push that failed leaves the plan's batches: the person's row names its batch and planning sync."""
+    newcomer = next(f"c{i:04d}" for i in range(100, 199) if not is_held_out("test-salt", f"c{i:04d}", 20))
+    people.set([person(i, bought=int(i in (3, 4))) for i in range(35)] + [person(int(newcomer[1:]))])
+    n = len(store.requests)
+    store.fail_before_apply.update(range(n + 1, n + 50))  # the memory destination answers 503 from now on
+    with pytest.raises(RunFailed):
+        run_all(audiences_dir, resolver, state_engine, "r4")
+    result = lookup_mod.lookup(state_engine, synced, "member_key", newcomer, "alice")
+    memory = next(d for a in result.answers if a.audience == TARGETS for d in a.destinations if d.name == "memory")
+    assert memory.acknowledged_since is None and memory.last_add is None
+    [planned] = memory.pending
+    assert planned["op"] == "add" and planned["run_id"] == max(_runs(state_engine, TARGETS))
+    sent = _vendor_key_of(store, "add", newcomer)  # the refused request carried the person in that batch
+    assert sent.startswith(_batch_key_prefix(TARGETS, "memory", planned["planned_by"], planned["batch_no"]))
+    assert planned["attempts"] >= 1
+
+
+def test_refreshes_are_shown_with_the_adds_and_removes_of_a_run(
+    synced, audiences_dir, resolver, state_engine, monkeypatch
+):
+    """Memberships that expire are re-sent: the overview, the Health tab and the lookup count them."""
+    monkeypatch.setattr(MemoryDestination, "membership_lifetime_days", 40)
+    later = state.utcnow() + dt.timedelta(days=39)  # every acknowledgement is in its urgent last days
+    monkeypatch.setattr(state, "utcnow", lambda: later)
+    run_all(audiences_dir, resolver, state_engine, "r4")
+    with state_engine.connect() as conn:
+        s = state.sync
+        last = (
+            conn.execute(
+                select(s).where(s.c.audience == TARGETS, s.c.destination == "memory").order_by(s.c.id.desc()).limit(1)
+            )
+            .mappings()
+            .one()
+        )
+    assert last["refreshed"] > 0 and last["added"] == 0
+    rows = {r.audience.name: r for r in pages.overview(state_engine, synced)}
+    memory = next(c for c in rows[TARGETS].destinations if c.name == "memory")
+    assert memory.refreshed == last["refreshed"]
+    h = pages.health(state_engine, synced, synced.audiences[TARGETS])
+    bars = re.findall(r'class="bar refresh" data-value="([^"]+)"', h.charts["changes"])
+    assert len(bars) == len(h.runs) and bars[-1] != "0" and bars[0] == "0"
+    assert [s["refreshed"] for s in h.recent[0]["syncs"] if s["destination"] == "memory"] == [last["refreshed"]]
+    key = next(f"c{i:04d}" for i in range(5, 30) if not is_held_out("test-salt", f"c{i:04d}", 20))
+    target = next(
+        a for a in lookup_mod.lookup(state_engine, synced, "member_key", key, "alice").answers if a.audience == TARGETS
+    )
+    refreshed = next(d for d in target.destinations if d.name == "memory")
+    assert refreshed.last_add["sync_id"] == last["id"]
+    assert refreshed.acknowledged_since.replace(tzinfo=None) == later.replace(tzinfo=None)  # SQLite keeps no zone
 
 
 def test_the_health_model_shows_the_latest_runs_identifier_quality_by_reason(
     synced, audiences_dir, resolver, state_engine, people
 ):
     """Counts per reason from a real staging run, never the values themselves."""
-    from tests.data_out.ui.conftest import person, run_all
 
     assert pages.health(state_engine, synced, synced.audiences[TARGETS]).id_quality == []
     rows = [person(i, bought=int(i in (3, 4))) for i in range(35)]  # the third run's people, buyers kept
