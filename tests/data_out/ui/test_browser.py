@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from data_out import state
 from data_out.holdout import holdout_threshold
@@ -90,8 +90,34 @@ def test_the_health_tab_draws_one_point_per_run(site):
         assert page.locator(f'#chart-size circle.pt[data-series="{destination}"]').count() == RUNS
     assert page.locator("#chart-duration circle.pt").count() == RUNS
     assert page.locator("#chart-changes rect.bar.add").count() == RUNS
+    # refreshes (memberships re-sent before they expire) are drawn per run with the figure the syncs recorded
+    refreshed = page.eval_on_selector_all(
+        "#chart-changes rect.bar.refresh", "bars => bars.map(b => Number(b.dataset.value))"
+    )
+    assert refreshed == _refreshed_per_run(site, AUDIENCE)
     assert page.locator("#runs tbody tr").count() == RUNS
     assert "SELECT" in page.locator("#sql").inner_text().upper()
+
+
+def _refreshed_per_run(site: dict[str, Any], audience: str) -> list[int]:
+    s = state.sync
+    with site["demo"].engine.connect() as conn:
+        rows = conn.execute(
+            select(s.c.run_id, func.sum(s.c.refreshed)).where(s.c.audience == audience).group_by(s.c.run_id)
+        ).all()
+    return [int(n or 0) for _, n in sorted(rows)]
+
+
+def _last_adds(site: dict[str, Any], key: str) -> set[tuple[str, str, str, str]]:
+    """(audience, destination, run id, batch) of the person's acknowledged rows, as the demo's state holds them."""
+    a, s = state.ack, state.sync
+    with site["demo"].engine.connect() as conn:
+        rows = conn.execute(
+            select(a.c.audience, a.c.destination, s.c.run_id, a.c.acked_batch)
+            .select_from(a.join(s, s.c.id == a.c.acked_sync))
+            .where(a.c.member_key == key)
+        ).all()
+    return {(aud, d, str(run), "" if b is None else str(b)) for aud, d, run, b in rows}
 
 
 def _a_demo_member(site: dict[str, Any]) -> tuple[str, str, dict[str, bool]]:
@@ -133,6 +159,14 @@ def test_a_lookup_of_a_demo_member_names_its_audiences_and_holdout(site):
     assert dict(members) == expected
     verdict = page.inner_text("#verdict")
     assert all(a in verdict for a in expected)
+    # per destination, the run and batch of the person's last add, as the state database recorded them
+    shown = page.eval_on_selector_all(
+        "tr.answer .dest-status .last-add",
+        """spans => spans.map(s => [s.closest('tr').dataset.audience, s.closest('.dest-status').dataset.destination,
+                                  s.dataset.run, s.dataset.batch])""",
+    )
+    expected_adds = _last_adds(site, key)
+    assert expected_adds and {tuple(x) for x in shown} == expected_adds
     assert email.strip().lower() not in page.content().lower()  # never echoed back
 
 
