@@ -58,8 +58,24 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             context = browser.new_context(viewport={"width": 1400, "height": 900})
             context.add_cookies([{"name": "_token", "value": token, "url": url}])  # as Airflow's login sets it
+            elsewhere: list[str] = []  # every request a page made off the server: refused, and recorded
+
+            def offline(route: Any) -> None:
+                if route.request.url.startswith(url):
+                    route.continue_()
+                else:
+                    elsewhere.append(route.request.url)
+                    route.abort()
+
+            context.route("**/*", offline)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            yield {"url": url + URL_PREFIX, "page": context.new_page(), "demo": demo, "catalog": catalog}
+            yield {
+                "url": url + URL_PREFIX,
+                "page": context.new_page(),
+                "demo": demo,
+                "catalog": catalog,
+                "elsewhere": elsewhere,
+            }
             browser.close()
     print(f"\nscreenshots: {ARTIFACTS}")
 
@@ -179,3 +195,13 @@ def test_a_lookup_of_a_stranger_answers_not_a_member(site):
     assert page.get_attribute("#result", "data-found") == "0"
     assert "not a member" in page.inner_text("#verdict")
     assert page.locator('tr.answer[data-member="yes"]').count() == 0
+
+
+def test_the_pages_ask_for_nothing_off_the_server(site):
+    """Works offline: no CDN, no external font or script; every chart and style comes with the page."""
+    page = site["page"]
+    for path in ("/", f"/dags/audience__{AUDIENCE}/health", "/lookup"):
+        page.goto(site["url"] + path, wait_until="networkidle")
+    page.goto(f"{site['url']}/dags/audience__{AUDIENCE}/health", wait_until="networkidle")
+    assert page.locator("svg.chart").count() >= 5
+    assert site["elsewhere"] == []
