@@ -77,9 +77,12 @@ def insert_ignore(dialect: Dialect, table: Table) -> Insert:
     raise NotImplementedError(f"{dialect.name} adds rows with merge_new")
 
 
-def merge_new(dialect: Dialect, table: Table, rows: list[dict[str, object]]) -> tuple[str, dict[str, object]]:
+def merge_new(
+    dialect: Dialect, table: Table, rows: list[dict[str, object]]
+) -> tuple[str, dict[str, object] | tuple[object, ...]]:
     """``MERGE INTO table USING (rows) ... WHEN NOT MATCHED THEN INSERT`` for warehouses that do not enforce
-    primary keys (Snowflake, BigQuery, Redshift, Databricks): the driver's SQL and its parameters."""
+    primary keys (Snowflake, BigQuery, Redshift, Databricks): the driver's SQL and its parameters, by name or,
+    for a positional paramstyle (redshift_connector's ``%s``), in the order of the placeholders."""
     columns = list(rows[0])
     source = union_all(
         *[
@@ -96,6 +99,8 @@ def merge_new(dialect: Dialect, table: Table, rows: list[dict[str, object]]) -> 
     names = ", ".join(prep.quote(c) for c in columns)
     values = ", ".join(f"src.{prep.quote(c)}" for c in columns)
     sql = f"MERGE INTO {target} AS tgt USING {src_sql} ON {on} WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+    if compiled.positional:
+        return sql, tuple(compiled.params[name] for name in compiled.positiontup or ())
     return sql, dict(compiled.params)
 
 
