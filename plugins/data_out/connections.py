@@ -6,7 +6,9 @@ DuckDB, Snowflake, BigQuery, Redshift, Databricks...): the hook builds the URL a
 (IAM tokens, key pairs, service accounts), never this module. ``sqlite`` is the one exception: Airflow's
 ``SqliteHook`` re-reads its connection from Airflow by id (it ignores the one handed to it) and builds
 its URL from Airflow's URI serialisation, while the embedded state database needs nothing but the file
-path in ``host``, so that URL is built here.
+path in ``host``, so that URL is built here. ``redshift`` takes its connections from the hook but not its
+engine: ``RedshiftSQLHook.get_sqlalchemy_engine`` builds a Postgres-dialect engine, and Redshift's SQL
+(MERGE, no ``ON CONFLICT``) is sqlalchemy-redshift's dialect's.
 
 Airflow is imported only inside the resolver: the pure modules stay importable without it. Engines
 are cached for the life of the process.
@@ -40,6 +42,14 @@ SQL_HOOKS: dict[str, tuple[str, str]] = {
     "google_cloud_platform": ("airflow.providers.google.cloud.hooks.bigquery.BigQueryHook", "bigquery"),
     "redshift": ("airflow.providers.amazon.aws.hooks.redshift_sql.RedshiftSQLHook", "redshift"),
     "databricks": ("airflow.providers.databricks.hooks.databricks_sql.DatabricksSqlHook", "databricks"),
+}
+
+#: connection type -> the SQLAlchemy dialect that drives the DB-API connections its hook's ``get_conn``
+#: returns. The engine is built over ``get_conn`` (``creator``), not from the hook's own engine: the hook keeps
+#: the credentials (IAM tokens, fetched again for each new connection), the dialect decides the SQL.
+HOOK_CONNECTION_DIALECTS: dict[str, str] = {
+    # RedshiftSQLHook.get_conn returns a redshift_connector connection (its extras are driver arguments)
+    "redshift": "redshift+redshift_connector",
 }
 
 
@@ -119,6 +129,11 @@ def _resolve(conn: ConnectionInfo) -> Engine:
             )
         return _shared(URL.create("sqlite", database=conn.host), None)
     hook = sql_hook(conn)
+    over_connections = HOOK_CONNECTION_DIALECTS.get(kind)
+    if over_connections:
+        url = make_url(f"{over_connections}://")
+        # one call of get_conn per pooled connection: a new IAM token each time, never a URL with a password
+        return create_engine(url, creator=hook.get_conn, **engine_kwargs(url.get_backend_name()))
     if _builds_own_engine(hook):
         # the hook adds what a URL cannot carry (key pairs, service-account credentials, OAuth)
         return hook.get_sqlalchemy_engine(engine_kwargs(hook.dialect_name))

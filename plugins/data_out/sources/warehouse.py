@@ -10,9 +10,10 @@ connection is ``PRAGMA query_only`` for the read (reset afterwards: the pooled c
 state database's) and a progress handler cancels a statement past the limit. What neither mode can
 stop (signalling other sessions, reading server files) is stopped by the read-only role described in
 ``docs/sources.md``. MySQL/MariaDB run the query in ``START TRANSACTION READ ONLY`` under
-``max_statement_time`` / ``max_execution_time``; Redshift in ``BEGIN READ ONLY`` (psycopg2) under a
-transaction-local ``statement_timeout``; DuckDB's transaction is rolled back and a timer
-interrupts it past the limit; the rest per ``read_only`` and ``docs/warehouses.md``.
+``max_statement_time`` / ``max_execution_time``; Redshift in ``BEGIN READ ONLY`` (psycopg2's read-only
+session, or the statement itself with redshift_connector) under a transaction-local
+``statement_timeout``; DuckDB's transaction is rolled back and a timer interrupts it past the limit;
+the rest per ``read_only`` and ``docs/warehouses.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -158,16 +159,36 @@ def read_only(conn: Connection, source: SqlSource) -> Iterator[Any]:
 
 @contextmanager
 def _redshift_read_only(conn: Connection, seconds: float) -> Iterator[None]:
-    """Redshift documents ``BEGIN ... READ ONLY`` but not ``SET TRANSACTION``: the driver opens the transaction
-    read-only where it can (psycopg2's read-only session sends ``BEGIN READ ONLY``, and SQLAlchemy resets it
-    when the connection goes back to the pool). redshift_connector has no such session: there only the
-    connection's role keeps the query from writing (docs/warehouses.md). The timeout is transaction-local
-    (``set_config(..., true)``, as on Postgres), so the rollback ends it."""
-    with suppress(NotImplementedError):
-        conn.execution_options(postgresql_readonly=True)
-    conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(max(int(seconds * 1000), 1))})
+    """Redshift documents ``BEGIN ... READ ONLY`` but not ``SET TRANSACTION``, so the transaction is opened
+    read-only: by psycopg2's read-only session where the driver has one (SQLAlchemy resets it when the
+    connection goes back to the pool), otherwise by ``BEGIN READ ONLY`` itself (``_begin_read_only``). The
+    timeout is transaction-local (``set_config(..., true)``, as on Postgres), so the rollback ends it."""
     with _rolled_back(conn):
+        try:
+            conn.execution_options(postgresql_readonly=True)
+        except NotImplementedError:  # redshift_connector: no read-only session
+            _begin_read_only(conn)
+        conn.execute(
+            text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(max(int(seconds * 1000), 1))}
+        )
         yield
+
+
+def _begin_read_only(conn: Connection) -> None:
+    """Open the transaction with ``BEGIN READ ONLY`` on a driver without a read-only session.
+
+    redshift_connector sends ``begin transaction`` before a statement whenever the server reports no open
+    transaction and autocommit is off, so a ``BEGIN READ ONLY`` sent as a statement would come second,
+    inside a read-write transaction already open (Postgres answers it with a warning and ignores it). Sent
+    with autocommit on, it is the transaction's own BEGIN; with autocommit off again the driver sees the
+    transaction open and adds none, and the rollback at the end (the driver's ``rollback``) closes it."""
+    raw = conn.connection.driver_connection
+    previous = raw.autocommit
+    raw.autocommit = True
+    try:
+        conn.exec_driver_sql("BEGIN READ ONLY")
+    finally:
+        raw.autocommit = previous
 
 
 @contextmanager
