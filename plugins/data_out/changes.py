@@ -23,15 +23,16 @@ a destination's own changes are written only by its own push, which never runs b
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, delete, func, insert, literal, or_, select, update
 
 from data_out import state
+from data_out.chunking import chunks
 from data_out.config import AudienceConfig
 from data_out.destinations.base import Destination
+from data_out.hashing import sha256_hex
 
 #: above this share of the audience changed in one run, keys are not recorded: a full diff costs the same
 MAX_RECORDED_SHARE = 0.25
@@ -51,7 +52,7 @@ def shape(cfg: AudienceConfig, dest: Destination) -> str:
         "identity": sorted(dest.identity_columns.items()),
         "holdout": [hold.percent, hold.salt] if hold else None,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_hex(json.dumps(parts, sort_keys=True, default=str))
 
 
 def has_marks(conn: Connection, audience: str) -> bool:
@@ -115,10 +116,8 @@ def record_refused(conn: Connection, audience: str, destination: str, run_id: in
     change_id = open_change(conn, audience, run_id, "refused_remove", True, destination)
     d = state.dirty
     unique = sorted(set(keys))  # recorded once each, as ``add_keys`` does
-    for i in range(0, len(unique), 5_000):
-        conn.execute(
-            insert(d), [{"audience": audience, "change_id": change_id, "member_key": k} for k in unique[i : i + 5_000]]
-        )
+    for chunk in chunks(unique, 5_000):
+        conn.execute(insert(d), [{"audience": audience, "change_id": change_id, "member_key": k} for k in chunk])
     _count_keys(conn, audience, change_id)
 
 

@@ -16,7 +16,6 @@ In every other case staging scans, as it always did.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from data_out import state
 from data_out.config import AudienceConfig
 from data_out.destinations import destination_class
 from data_out.diff import any_present, group_filter
+from data_out.hashing import sha256_hex
 from data_out.holdout import holdout_threshold
 from data_out.identity import INVALID, MISSING, REASONS
 
@@ -64,7 +64,7 @@ def _full_select(cfg: AudienceConfig) -> Select:
 def shape(cfg: AudienceConfig) -> str:
     """A hash of the SQL that counts: carried figures are valid only for the same one."""
     sql = _full_select(cfg).compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-    return hashlib.sha256(str(sql).encode()).hexdigest()
+    return sha256_hex(str(sql))
 
 
 def count(conn: Connection, cfg: AudienceConfig) -> list[int]:

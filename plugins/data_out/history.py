@@ -19,45 +19,16 @@ from sqlalchemy import Engine, select
 from tabulate import tabulate
 
 from data_out import state
-from data_out.report import identifier_quality
+from data_out.report import identifier_quality, run_sync_rows
 
 
 def history_rows(engine: Engine, audience: str, last: int = 10) -> list[dict[str, Any]]:
-    r, s = state.run, state.sync
+    """The audience's last ``last`` runs, newest first, one row per destination sync (``report.run_sync_rows``)."""
+    r = state.run
     with engine.connect() as conn:
         run_ids = conn.execute(select(r.c.id).where(r.c.audience == audience).order_by(r.c.id.desc()).limit(last))
         ids = list(run_ids.scalars())
-        if not ids:
-            return []
-        stmt = (
-            select(
-                r.c.id,
-                r.c.started_at,
-                r.c.status,
-                r.c.members,
-                r.c.held_out,
-                r.c.missing_keys,
-                r.c.stage_seconds,
-                r.c.identifier_issues,
-                s.c.destination,
-                s.c.mode,
-                s.c.status.label("sync_status"),
-                s.c.planned_adds,
-                s.c.planned_removes,
-                s.c.added,
-                s.c.removed,
-                s.c.rejected,
-                s.c.destination_size,
-                s.c.plan_seconds,
-                s.c.push_seconds,
-                s.c.guard,
-                s.c.error,
-            )
-            .select_from(r.outerjoin(s, s.c.run_id == r.c.id))
-            .where(r.c.id.in_(ids))
-            .order_by(r.c.id.desc(), s.c.id)
-        )
-        return [dict(m) for m in conn.execute(stmt).mappings()]
+    return run_sync_rows(engine, ids, newest_first=True)
 
 
 def history_table(rows: list[dict[str, Any]]) -> str:
@@ -84,7 +55,7 @@ def history_table(rows: list[dict[str, Any]]) -> str:
     table = []
     for x in rows:
         secs = sum(v or 0 for v in (x["stage_seconds"], x["plan_seconds"], x["push_seconds"]))
-        note = x["error"] or x["guard"] or ""
+        note = x["sync_error"] or x["guard"] or ""
         table.append(
             [
                 x["id"],

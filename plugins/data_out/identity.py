@@ -12,7 +12,6 @@ Nothing here logs, and no exception raised here carries a raw value.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any
 
 import phonenumbers
 import pycountry
+
+from data_out.hashing import sha256_hex
 
 #: Bumped whenever a rule below changes. It is part of every row's fingerprint (``staging.py``), so the
 #: next run normalises every member again; the diff then moves only the members whose hashes changed
@@ -374,11 +375,6 @@ def normalize_meta_field(key: str, raw: Any, country: str | None = None) -> Norm
     else:  # FN, LN, CT
         value = letters
     return Normalized(value, None) if value else Normalized(None, INVALID, reason)
-
-
-def sha256_hex(value: str) -> str:
-    """SHA-256 of the UTF-8 bytes, lower-case hex: the format Meta, Google Ads and TikTok all accept."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 def is_valid_region(region: str) -> bool:

@@ -12,16 +12,24 @@ from data_out import state
 from data_out.identity import REASONS
 
 
-def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """One row per (audience run, destination), with the figures a data engineer checks first."""
+def run_sync_rows(engine: Engine, run_ids: Sequence[int], newest_first: bool = False) -> list[dict[str, Any]]:
+    """One row per (audience run, destination sync): every ``do_run`` column and the sync's figures, the
+    sync's status and error as ``sync_status`` and ``sync_error``. A run without syncs has one row.
+
+    Ordered by audience and destination, or ``newest_first`` (latest run first, its syncs in order).
+    """
     r, s = state.run, state.sync
     if not run_ids:
         return []
+    order = (r.c.id.desc(), s.c.id) if newest_first else (r.c.audience, s.c.destination)
     stmt = (
         select(
             r,
             s.c.destination,
+            s.c.mode,
             s.c.status.label("sync_status"),
+            s.c.planned_adds,
+            s.c.planned_removes,
             s.c.added,
             s.c.removed,
             s.c.rejected,
@@ -34,10 +42,15 @@ def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
         )
         .select_from(r.outerjoin(s, s.c.run_id == r.c.id))
         .where(r.c.id.in_(list(run_ids)))
-        .order_by(r.c.audience, s.c.destination)
+        .order_by(*order)
     )
     with engine.connect() as conn:
-        rows = [dict(m) for m in conn.execute(stmt).mappings()]
+        return [dict(m) for m in conn.execute(stmt).mappings()]
+
+
+def sync_rows(engine: Engine, run_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per (audience run, destination), with the figures a data engineer checks first."""
+    rows = run_sync_rows(engine, run_ids)
     for row in rows:
         issues = row.get("identifier_issues") or {}
         row["invalid"] = sum(n for k, n in issues.items() if k.endswith("_invalid") and ":" not in k)

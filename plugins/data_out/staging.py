@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from data_out import changes, faults, figures, state, state_errors
+from data_out.chunking import chunks
 from data_out.config import AudienceConfig
 from data_out.identity import NORMALIZATION_VERSION
 from data_out.normalise import Normaliser, in_order, workers_for
@@ -333,8 +334,8 @@ class Stager:
             if found.get(pair):
                 ids.append(found[pair].pop())
                 taken.add(i)
-        for chunk in range(0, len(ids), 10_000):
-            conn.execute(s.update().where(s.c.id.in_(ids[chunk : chunk + 10_000])).values(run_id=self.run_id))
+        for chunk in chunks(ids, 10_000):
+            conn.execute(s.update().where(s.c.id.in_(chunk)).values(run_id=self.run_id))
         return taken
 
     def _stage_batch(self, rows: list[Any], stats: StageStats) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +39,9 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, 
 from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import changes, faults, lease, state
+from data_out.chunking import chunks as _chunks
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, MemberRow, Op
+from data_out.hashing import sha256_hex
 from data_out.oversize import push_within_limits
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,13 @@ def record_rejects(
             "destination": label,
             "op": op.value,
             "at": now,
-            "member_key_sha256": hashlib.sha256(k.encode("utf-8")).hexdigest(),
+            "member_key_sha256": sha256_hex(k),
             "reason": reason[:500],
         }
         for k, reason in rejected.items()
     ]
-    for i in range(0, len(rows), 5_000):
-        conn.execute(insert(state.reject), rows[i : i + 5_000])
+    for chunk in _chunks(rows, 5_000):
+        conn.execute(insert(state.reject), chunk)
 
 
 def acked_count(conn: Connection, audience: str, destination: str) -> int:
@@ -390,7 +391,3 @@ def _tally(sync_id: int, op: Op, accepted: int, rejected: int, sent: int, outcom
     if outcome.matched is not None:
         values["matched"] = plus(s.c.matched, outcome.matched)
     return update(s).where(s.c.id == sync_id).values(**values)
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -18,7 +18,6 @@ Segment drops the repeats. Requests are sized exactly as encoded (``segment_batc
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op, planned_key
 from data_out.destinations.http import HttpClient, part_key
 from data_out.destinations.segment_batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
+from data_out.hashing import sha256_hex
 
 
 class SegmentSettings(DestinationSettings):
@@ -55,7 +55,7 @@ class SegmentDestination(Destination):
 
     def _messages(self, op: Op, r: MemberRow, key: str, now: str) -> list[dict[str, Any]]:
         def mid(kind: str) -> str:
-            return hashlib.sha256(f"{key}:{r.member_key}:{kind}".encode()).hexdigest()[:32]
+            return sha256_hex(f"{key}:{r.member_key}:{kind}")[:32]
 
         name = self.audience
         entered = op.adds

@@ -15,11 +15,10 @@ narrow, sends and failures only, as the operator guides advise.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,15 @@ from sqlalchemy import (
 )
 
 from data_out import state
+from data_out.chunking import chunks
 from data_out.connections import ConnectionInfo
 from data_out.destinations.http import HttpClient
 from data_out.destinations.segment_batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
 from data_out.destinations.webhook import fresh_signature, signing_secret
+from data_out.hashing import sha256_hex
 from data_out.metrics.events import METRICS, Metric, store_many
 from data_out.sources.warehouse import window_params
+from data_out.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,23 @@ def send_log_table(name: str) -> Table:
 def dedupe_key(delivery_id: str | None, event_id: str, metric: str, link_id: int | None) -> str:
     """One task per delivery and metric (and link, for clicks); events without a delivery stand alone."""
     basis = f"{delivery_id}|{metric}|{link_id or ''}" if delivery_id else f"event|{event_id}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:40]
+    return sha256_hex(basis)[:40]
+
+
+def _batch_digest(dedupe_keys: Iterable[str]) -> str:
+    """What keys a delivered batch: stable for the same tasks in the same order, so a re-sent batch keeps it."""
+    return sha256_hex("|".join(dedupe_keys))[:40]
+
+
+@dataclass
+class _Part:
+    """One request of a delivery route: the tasks it carries and what to POST."""
+
+    tasks: list[dict[str, Any]]
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    attempt_headers: Callable[[], dict[str, str]] | None = None
 
 
 @dataclass
@@ -157,10 +175,7 @@ class MetricsPipeline:
 
     @staticmethod
     def _export_row(r: dict[str, Any]) -> dict[str, Any]:
-        occurred = r["occurred_at"]
-        if isinstance(occurred, str):
-            occurred = dt.datetime.fromisoformat(occurred)
-        occurred = occurred if occurred.tzinfo else occurred.replace(tzinfo=dt.UTC)
+        occurred = parse_timestamp(r["occurred_at"])
         if r.get("metric") not in METRICS:
             raise ValueError(f"export row {r.get('event_id')!r}: unknown metric {r.get('metric')!r}")
         return {
@@ -236,11 +251,9 @@ class MetricsPipeline:
         keys = list({t["dedupe_key"] for t in tasks})
         done: set[str] = set()
         with self.engine.connect() as conn:
-            for i in range(0, len(keys), 5000):
+            for chunk in chunks(keys, 5000):
                 done |= set(
-                    conn.execute(
-                        select(r.c.dedupe_key).where(r.c.route == route, r.c.dedupe_key.in_(keys[i : i + 5000]))
-                    ).scalars()
+                    conn.execute(select(r.c.dedupe_key).where(r.c.route == route, r.c.dedupe_key.in_(chunk))).scalars()
                 )
         seen, out = set(), []
         for t in tasks:
@@ -258,68 +271,76 @@ class MetricsPipeline:
             )
 
     def route_segment(self, start: dt.datetime, end: dt.datetime) -> int:
-        wanted = set(self.routing.segment)
-        tasks = self._undelivered("segment", [t for t in self.tasks(start, end) if t["status"] in wanted])
+        tasks = self._pending("segment", self.routing.segment, start, end)
         if not tasks:
             return 0
         conn: ConnectionInfo = self.resolve(self.routing.segment_conn_id)
         client = HttpClient("segment", conn, default_base_url="https://api.segment.io", auth=(conn.password or "", ""))
-        sent_at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        try:
-            routed, encoded = [], []
-            for t in tasks:
-                if not t["customer_id"]:
-                    continue
-                message = encode_message(segment_event(t))
-                if len(message) > MAX_EVENT_BYTES:
-                    log.error(
-                        "send task %s: its Segment event is over %d bytes; not sent", t["dedupe_key"], MAX_EVENT_BYTES
-                    )
-                    continue
-                routed.append(t)
-                encoded.append(message)
-            done = 0
-            for n, body in batch_bodies(encoded, sent_at):
-                part = routed[done : done + n]
-                key = "seg-" + hashlib.sha256("|".join(t["dedupe_key"] for t in part).encode()).hexdigest()[:40]
-                # Segment dedupes a re-sent part by messageId (the dedupe key); Idempotency-Key only traces it
-                client.request("POST", "/v1/batch", data=body, headers={**JSON_HEADERS, "Idempotency-Key": key})
-                self._mark("segment", part)
-                done += n
-        finally:
-            client.close()
+        self._deliver("segment", client, self._segment_parts(tasks))
         return len(tasks)
 
+    @staticmethod
+    def _segment_parts(tasks: list[dict[str, Any]]) -> Iterator[_Part]:
+        """Segment batches of the tasks' events; a task without a customer id or with an oversized event is skipped."""
+        sent_at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        routed, encoded = [], []
+        for t in tasks:
+            if not t["customer_id"]:
+                continue
+            message = encode_message(segment_event(t))
+            if len(message) > MAX_EVENT_BYTES:
+                log.error(
+                    "send task %s: its Segment event is over %d bytes; not sent", t["dedupe_key"], MAX_EVENT_BYTES
+                )
+                continue
+            routed.append(t)
+            encoded.append(message)
+        done = 0
+        for n, body in batch_bodies(encoded, sent_at):
+            part = routed[done : done + n]
+            key = "seg-" + _batch_digest(t["dedupe_key"] for t in part)
+            # Segment dedupes a re-sent part by messageId (the dedupe key); Idempotency-Key only traces it
+            yield _Part(part, "/v1/batch", body, {**JSON_HEADERS, "Idempotency-Key": key})
+            done += n
+
     def route_webhook(self, start: dt.datetime, end: dt.datetime, batch_size: int = 500) -> int:
-        wanted = set(self.routing.webhook)
-        tasks = self._undelivered("webhook", [t for t in self.tasks(start, end) if t["status"] in wanted])
+        tasks = self._pending("webhook", self.routing.webhook, start, end)
         if not tasks:
             return 0
         conn: ConnectionInfo = self.resolve(self.routing.webhook_conn_id)
         secret = signing_secret(conn)
         client = HttpClient("webhook", conn, default_base_url="http://127.0.0.1")
+        self._deliver("webhook", client, self._webhook_parts(tasks, batch_size, secret))
+        return len(tasks)
+
+    def _webhook_parts(self, tasks: list[dict[str, Any]], batch_size: int, secret: str) -> Iterator[_Part]:
+        """Signed ``send_tasks`` bodies of ``batch_size`` tasks, each keyed by its tasks' dedupe keys."""
+        for chunk in chunks(tasks, batch_size):
+            key = "tasks-" + _batch_digest(sorted(t["dedupe_key"] for t in chunk))
+            body = json.dumps(
+                {"kind": "send_tasks", "batch_id": key, "tasks": [_jsonable(t) for t in chunk]},
+                separators=(",", ":"),
+            ).encode()
+            headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+            yield _Part(list(chunk), self.routing.webhook_path, body, headers, fresh_signature(secret, body))
+
+    def _pending(
+        self, route: str, statuses: Iterable[str], start: dt.datetime, end: dt.datetime
+    ) -> list[dict[str, Any]]:
+        """The window's tasks in one of ``statuses`` that ``route`` has not delivered yet."""
+        wanted = set(statuses)
+        return self._undelivered(route, [t for t in self.tasks(start, end) if t["status"] in wanted])
+
+    def _deliver(self, route: str, client: HttpClient, parts: Iterable[_Part]) -> None:
+        """POST each part and mark its tasks delivered on ``route`` once the far side accepted it; close the client."""
         try:
-            chunks = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
-            for chunk in chunks:
-                key = (
-                    "tasks-"
-                    + hashlib.sha256("|".join(sorted(t["dedupe_key"] for t in chunk)).encode()).hexdigest()[:40]
-                )
-                body = json.dumps(
-                    {"kind": "send_tasks", "batch_id": key, "tasks": [_jsonable(t) for t in chunk]},
-                    separators=(",", ":"),
-                ).encode()
+            for part in parts:
                 client.request(
-                    "POST",
-                    self.routing.webhook_path,
-                    data=body,
-                    headers={"Content-Type": "application/json", "Idempotency-Key": key},
-                    attempt_headers=fresh_signature(secret, body),
+                    "POST", part.path, data=part.body, headers=part.headers, attempt_headers=part.attempt_headers
                 )
-                self._mark("webhook", chunk)
+                self._mark(route, part.tasks)
         finally:
             client.close()
-        return len(tasks)
 
     # -- volumes -----------------------------------------------------------------------------------
     def count_volumes(self, start: dt.datetime, end: dt.datetime) -> dict[str, int]:

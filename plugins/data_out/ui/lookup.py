@@ -8,13 +8,13 @@ and the hash only (``do_ui_lookup``).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Engine
 
 from data_out import identity, state
+from data_out.hashing import sha256_hex
 from data_out.holdout import holdout_threshold
 from data_out.ui import queries
 from data_out.ui.catalog import Catalog
@@ -66,7 +66,7 @@ class LookupResult:
 
 def _key_hash(key: str) -> str:
     """How ``do_reject`` records a member key (``sync.py``)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return sha256_hex(key)
 
 
 def _matches(engine: Engine, catalog: Catalog, kind: Kind, value: str) -> tuple[str | None, str | None, list[dict]]:

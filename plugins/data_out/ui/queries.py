@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from data_out import state
+from data_out.chunking import chunks
 
 #: runs a sparkline shows
 SPARK_RUNS = 30
@@ -41,8 +42,7 @@ _CHUNK = 400
 
 def _chunks(conn: Connection, items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     size = len(items) or 1 if conn.dialect.name == "postgresql" else _CHUNK  # arrays have no such limit
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+    yield from chunks(items, size)
 
 
 def _literal_rows(
