@@ -19,10 +19,11 @@ with platform_dag("data_out_lifecycle", "@hourly", __doc__, tags=["lifecycle"]):
     def retire_audiences() -> list[str]:
         from data_out.config import load_audiences
         from data_out.hooks.state import DataOutStateHook, connection_info
+        from data_out.lease import run_holder
         from data_out.operations import retire_due
 
         context = get_current_context()
-        holder = f"{context['dag_run'].dag_id}/{context['dag_run'].run_id}"
+        holder = run_holder(context["dag_run"].dag_id, context["dag_run"].run_id)
         return retire_due(DataOutStateHook().get_conn(), load_audiences(), connection_info, holder)
 
     retire_audiences()

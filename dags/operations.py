@@ -78,10 +78,11 @@ with platform_dag(
     @task(max_active_tis_per_dagrun=2, outlets=[AUDIENCE_SYNCS])
     def run_audience(item: dict[str, Any]) -> dict[str, Any]:
         from data_out.hooks.state import DataOutStateHook, connection_info
+        from data_out.lease import run_holder
         from data_out.operators.audience import as_of_from_context
 
         context = get_current_context()
-        holder = f"{context['dag_run'].dag_id}/{context['dag_run'].run_id}"
+        holder = run_holder(context["dag_run"].dag_id, context["dag_run"].run_id)
         engine = DataOutStateHook().get_conn()
         result = run_item(engine, load_audiences(), connection_info, item, holder, as_of_from_context(context))
         if not result["dry_run"]:  # a failed run raised above: only a completed sync updates the audience's Asset
@@ -96,10 +97,11 @@ with platform_dag(
         from data_out.connections import engine_for
         from data_out.hooks.state import DataOutStateHook, connection_info
         from data_out.metrics.pipeline import MetricsPipeline, load_routing
+        from data_out.timestamps import parse_timestamp
 
         routing, path = load_routing()
         pipeline = MetricsPipeline(DataOutStateHook().get_conn(), routing, connection_info, path)
-        start, end = (dt.datetime.fromisoformat(v) for v in planned["window"])
+        start, end = (parse_timestamp(v) for v in planned["window"])
         return backfill_metrics(pipeline, engine_for(connection_info(routing.warehouse_conn_id)), start, end)
 
     planned = plan()

@@ -18,7 +18,7 @@ from functools import lru_cache
 from airflow.plugins_manager import AirflowPlugin
 from sqlalchemy import Engine
 
-from data_out.connections import ConnectionInfo
+from data_out.connections import ConnectionInfo, info_from_connection
 from data_out.metrics.receiver import SigningKey, create_app
 from data_out.ui.app import HEALTH_HREF
 from data_out.ui.app import URL_PREFIX as UI_PREFIX
@@ -31,10 +31,7 @@ STATE_CONN_ID = "data_out_state"
 def _info(conn_id: str) -> ConnectionInfo:
     from airflow.models.connection import Connection
 
-    c = Connection.get_connection_from_secrets(conn_id)
-    return ConnectionInfo(
-        conn_id, c.conn_type or "", c.host, c.port, c.login, c.password, c.schema, c.extra_dejson or {}
-    )
+    return info_from_connection(conn_id, Connection.get_connection_from_secrets(conn_id))
 
 
 def _signing_key() -> str | None:

@@ -32,6 +32,7 @@ from sqlalchemy import text
 from data_out.asset_names import ASSET_SCHEDULE_PREFIX, PIPELINE_ASSETS, pipeline_asset_key
 from data_out.destinations import REGISTRY
 from data_out.destinations.base import DestinationSettings, DriftSettings, GuardSettings
+from data_out.errors import CONFIG_NEXT_STEP, ConfigurationError
 from data_out.identity import is_valid_region
 
 AUDIENCES_DIR_ENV = "DATA_OUT_AUDIENCES_DIR"
@@ -291,7 +292,13 @@ class AudienceConfig(_Model):
         for d in self.destinations:
             if d.label == label:
                 return d
-        raise KeyError(f"audience {self.name!r} has no destination {label!r}")
+        raise AudienceNotLoaded(f"audience {self.name!r} has no destination {label!r}")
+
+
+class AudienceNotLoaded(ConfigurationError):
+    """An audience (or one of its destinations) that no audience file defines, or whose file does not load."""
+
+    next_step = CONFIG_NEXT_STEP
 
 
 @dataclass
@@ -332,8 +339,8 @@ class LoadResult:
             return self.audiences[name]
         for e in self.errors:
             if e.path.stem == name:
-                raise ValueError(f"audience {name!r} does not load: {e}")
-        raise KeyError(f"no audience named {name!r} in {audiences_dir()}")
+                raise AudienceNotLoaded(f"audience {name!r} does not load: {e}")
+        raise AudienceNotLoaded(f"no audience named {name!r} in {audiences_dir()}")
 
 
 def audiences_dir() -> Path:
@@ -454,9 +461,9 @@ def _query_problems(path: Path, src: Any) -> list[ConfigError]:
     return []
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(ConfigurationError):
     def __init__(self, errors: list[ConfigError]) -> None:
-        super().__init__("; ".join(str(e) for e in errors))
+        super().__init__("; ".join(str(e) for e in errors), next_step=CONFIG_NEXT_STEP)
         self.errors = errors
 
 

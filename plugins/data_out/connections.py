@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
+from data_out.errors import ConfigurationError
+from data_out.redact import register_secret
 from data_out.shards import register_sqlite
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -79,8 +82,44 @@ class ConnectionInfo:
         )
 
 
-class UnsupportedConnection(ValueError):
-    pass
+#: extras that hold credentials (``developer_token``, ``client_secret``, ``api_key``, ``refresh_token``)
+_SECRET_EXTRA = re.compile(r"token|secret|password|passwd|key", re.IGNORECASE)
+T = TypeVar("T")
+
+
+def info_from_connection(conn_id: str, conn: Any) -> ConnectionInfo:
+    """Plain data from an Airflow ``Connection`` (the task SDK's or the api-server's), stripped of the whitespace
+    a paste leaves around a value, with the password and credential extras registered with ``redact`` so
+    that any message echoing them is masked (``redact.scrub``)."""
+    extra = {k: _stripped(v) for k, v in (conn.extra_dejson or {}).items()}
+    info = ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=conn.conn_type or "",
+        host=_stripped(conn.host),
+        port=conn.port,
+        login=_stripped(conn.login),
+        password=_stripped(conn.password),
+        schema=_stripped(conn.schema),
+        extra=extra,
+    )
+    register_secret(info.password)
+    for key, value in extra.items():
+        if _SECRET_EXTRA.search(key):
+            register_secret(value)
+    return info
+
+
+def _stripped(value: T) -> T:
+    """A value without the whitespace a paste leaves around it.
+
+    A token pasted with its trailing newline is refused by ``requests`` in an error that quotes the
+    header, token and all; nothing a connection holds means anything by surrounding whitespace.
+    """
+    return value.strip() if isinstance(value, str) else value  # type: ignore[return-value]
+
+
+class UnsupportedConnection(ConfigurationError, ValueError):
+    """A connection Data Out cannot use as it is (its type, a missing provider); the message says what to set."""
 
 
 _lock = threading.Lock()

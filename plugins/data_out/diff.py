@@ -23,7 +23,6 @@ list (``RefreshPolicy``), so a list uploaded in one day is refreshed over many. 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import math
 import secrets
@@ -62,6 +61,8 @@ from sqlalchemy import (
 from data_out import changes, faults, shards, state
 from data_out.config import AudienceConfig
 from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destination, GuardSettings, MemberRow, Op
+from data_out.errors import GUARD_NEXT_STEP, TerminalError
+from data_out.hashing import sha256_hex
 from data_out.holdout import holdout_threshold
 from data_out.shards import member_key_hash, shard_count
 from data_out.sync import acked_count, forget_acked_count, mark_rejected, record_rejects
@@ -69,8 +70,10 @@ from data_out.sync import acked_count, forget_acked_count, mark_rejected, record
 log = logging.getLogger(__name__)
 
 
-class GuardTripped(Exception):
+class GuardTripped(TerminalError):
     """The planned diff looks like a broken source; nothing was planned. The message says how to override."""
+
+    next_step = GUARD_NEXT_STEP
 
 
 @dataclass
@@ -247,7 +250,7 @@ def idempotency_key(audience: str, destination: str, sync_id: int, batch_no: int
     of the old one without applying it. ``nonce`` (``plan_nonce``, drawn per plan) makes keys unique
     across databases; the readable part still says which audience, destination and batch it was.
     """
-    digest = hashlib.sha256(f"{audience}\x1f{destination}\x1f{sync_id}\x1f{batch_no}".encode()).hexdigest()
+    digest = sha256_hex(f"{audience}\x1f{destination}\x1f{sync_id}\x1f{batch_no}")
     return f"do-{digest[:32]}-{nonce}"
 
 
@@ -293,7 +296,7 @@ class Planner:
 
             def sample(cond: Any) -> list[str]:
                 keys = conn.execute(select(t.member_key).where(cond).order_by(t.member_key).limit(samples)).scalars()
-                return [hashlib.sha256(k.encode()).hexdigest()[:16] for k in keys]
+                return [sha256_hex(k)[:16] for k in keys]
 
             out = {
                 "desired": sides.desired,

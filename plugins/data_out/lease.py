@@ -18,14 +18,22 @@ from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from data_out import state
+from data_out.errors import LEASE_NEXT_STEP, TerminalError
 
 DEFAULT_TTL = dt.timedelta(hours=3)
 #: how often a draining push renews its lease (a Google Ads job may poll for an hour)
 RENEW_EVERY = dt.timedelta(minutes=1)
 
 
-class LeaseHeld(Exception):
-    pass
+class LeaseHeld(TerminalError):
+    """Another run holds the audience's lease: this run may not write its state."""
+
+    next_step = LEASE_NEXT_STEP
+
+
+def run_holder(dag_id: str, run_id: str) -> str:
+    """The lease holder a DAG run writes as: the same for each of its tasks and their retries, unique per run."""
+    return f"{dag_id}/{run_id}"
 
 
 def acquire(engine: Engine, audience: str, holder: str, ttl: dt.timedelta = DEFAULT_TTL) -> None:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from data_out import state
 from data_out.config import AudienceConfig, Identifiers
+from data_out.errors import SettingError
 from data_out.holdout import bucket_for
 from data_out.identity import identity_forms, normalize_meta_field, notes_text, sha256_hex
 
@@ -111,7 +112,7 @@ def workers_for(rows: int) -> int:
     configured = os.environ.get("DATA_OUT_NORMALISE_WORKERS")
     if configured is not None:
         if not configured.isdigit() or int(configured) < 1:
-            raise ValueError(f"DATA_OUT_NORMALISE_WORKERS={configured!r} is not a whole number of at least 1")
+            raise SettingError(f"DATA_OUT_NORMALISE_WORKERS={configured!r} is not a whole number of at least 1")
         wanted = int(configured)
     else:
         wanted = min(os.cpu_count() or 1, MAX_WORKERS)

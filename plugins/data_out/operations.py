@@ -17,17 +17,21 @@ from sqlalchemy import Engine, select
 
 from data_out import state
 from data_out.config import LoadResult
+from data_out.errors import REQUEST_NEXT_STEP, ConfigurationError
 from data_out.history import history_rows, history_table
 from data_out.metrics.pipeline import MetricsPipeline
 from data_out.runner import AudienceRunner, Resolver
+from data_out.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
 
 MODES = ("incremental", "full_resync", "replace")
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(ConfigurationError, ValueError):
     """The trigger's parameters do not describe valid work; the message lists every problem."""
+
+    next_step = REQUEST_NEXT_STEP
 
 
 @dataclass
@@ -81,7 +85,7 @@ def validate(params: dict[str, Any], audiences: LoadResult) -> tuple[list[dict[s
     if bool(start) != bool(end):
         problems.append("give both metrics_from and metrics_to for a metrics backfill, or neither")
     elif start and end:
-        s, e = _ts(start), _ts(end)
+        s, e = parse_timestamp(start), parse_timestamp(end)
         if e <= s:
             problems.append(f"metrics_to ({end}) must be after metrics_from ({start})")
         window = (s, e)
@@ -90,11 +94,6 @@ def validate(params: dict[str, Any], audiences: LoadResult) -> tuple[list[dict[s
     if problems:
         raise InvalidRequest("; ".join(problems))
     return items, window
-
-
-def _ts(value: str) -> dt.datetime:
-    v = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
 
 
 def run_item(
@@ -107,7 +106,7 @@ def run_item(
 ) -> dict[str, Any]:
     """One audience in the requested mode; returns the run id and prints its recent history."""
     runner = AudienceRunner(engine, audiences, item["audience"], resolve)
-    as_of = _ts(item["as_of"]) if item.get("as_of") else default_as_of
+    as_of = parse_timestamp(item["as_of"]) if item.get("as_of") else default_as_of
     if item["dry_run"]:
         run_id = runner.dry_run(holder, as_of, item["mode"], item["destinations"])
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -24,6 +24,15 @@ from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import destination_class
 from data_out.destinations.base import LIVE_SIZE_MIN_SHARE, Destination
 from data_out.diff import GuardTripped, Plan, Planner, Replacer
+from data_out.errors import (
+    REQUEST_NEXT_STEP,
+    SIZE_MISMATCH_NEXT_STEP,
+    ConfigurationError,
+    RetryableError,
+    TerminalError,
+    next_step_of,
+)
+from data_out.modes import SyncMode
 from data_out.sources.base import Source
 from data_out.sources.customerio import CustomerIOSource as CustomerIOSourceReader
 from data_out.sources.warehouse import SqlSource, window_params
@@ -49,16 +58,26 @@ _UNFINISHED = ("planning", "resuming", "planned")
 MAX_PARALLEL_DESTINATIONS = 2
 
 
-class RunFailed(Exception):
-    """The run finished with failed steps; the message lists them."""
+class RunFailed(TerminalError):
+    """The run finished with failed steps; the message lists them.
+
+    ``causes`` are the errors the failed steps raised, where this process saw them (``run``); the next
+    step is the first one's. Under Airflow each step's own task failed first and sent its own email.
+    """
+
+    def __init__(self, message: str, causes: Sequence[BaseException] = ()) -> None:
+        super().__init__(message, next_step=next_step_of(causes[0]) if causes else None)
+        self.causes = tuple(causes)
 
 
-class SizeMismatch(Exception):
+class SizeMismatch(RetryableError):
     """The destination reports far fewer members than are acknowledged right after a push (``size_shortfall``).
 
     Everything acknowledged stays acknowledged; the sync is recorded as ``size_mismatch``. A retry of
     the push task checks again (a size that lags behind uploads may have caught up).
     """
+
+    next_step = SIZE_MISMATCH_NEXT_STEP
 
 
 def _error_text(exc: BaseException) -> str:
@@ -212,7 +231,7 @@ class AudienceRunner:
 
         The caller holds the audience's lease, so no other attempt is working on them: their batches,
         if any, are pushed by this sync's plan (``plan``), and their rows would otherwise say
-        ``planning`` forever.
+        ``planning`` forever. ``mode`` is what ``do_sync.mode`` records: a ``SyncMode``, or ``dry_<mode>``.
         """
         settings = self.cfg.destination(label)
         s = state.sync
@@ -233,14 +252,14 @@ class AudienceRunner:
                         audience=self.cfg.name,
                         destination=label,
                         destination_type=settings.type,
-                        mode=mode,
+                        mode=str(mode),
                         status="planning",
                         started_at=state.utcnow(),
                     )
                 ).inserted_primary_key[0]
             )
 
-    def _plan(self, dest: Destination, label: str, sync_id: int, override_reason: str | None, mode: str) -> Plan:
+    def _plan(self, dest: Destination, label: str, sync_id: int, override_reason: str | None, mode: SyncMode) -> Plan:
         guard = self.cfg.destination(label).guard or self.cfg.guard
         return Planner(self.engine, self.cfg, dest, label).plan(
             sync_id, guard=guard, override_reason=override_reason, mode=mode
@@ -248,7 +267,12 @@ class AudienceRunner:
 
     @_state_step("plan")
     def plan(
-        self, run_id: int, label: str, holder: str, override_reason: str | None = None, mode: str = "incremental"
+        self,
+        run_id: int,
+        label: str,
+        holder: str,
+        override_reason: str | None = None,
+        mode: SyncMode = SyncMode.INCREMENTAL,
     ) -> Plan:
         """Plan one destination's diff (``incremental`` or ``full_resync``) and record it.
 
@@ -371,13 +395,16 @@ class AudienceRunner:
         after the destination confirmed the replace, minus the rows it rejected.
         """
         lease.check(self.engine, self.cfg.name, holder)
-        sync_id = self._open_sync(run_id, label, "replace")
+        sync_id = self._open_sync(run_id, label, SyncMode.REPLACE)
         result = PushResult()
         started = dt.datetime.now(dt.UTC)
         try:
             with self.destination_ctx(label) as dest:
                 if not dest.supports_replace:
-                    raise ValueError(f"{dest.type_name} has no replace API; use mode full_resync for {label}")
+                    raise ConfigurationError(
+                        f"{dest.type_name} has no replace API; use mode full_resync for {label}",
+                        next_step=REQUEST_NEXT_STEP,
+                    )
                 outcome, desired = Replacer(self.engine, self.cfg, dest, label).replace(sync_id)
                 result.added = desired - len(outcome.rejected)
                 result.rejected = len(outcome.rejected)
@@ -404,7 +431,11 @@ class AudienceRunner:
 
     @_state_step("dry run")
     def dry_run(
-        self, holder: str, as_of: dt.datetime, mode: str = "incremental", destinations: list[str] | None = None
+        self,
+        holder: str,
+        as_of: dt.datetime,
+        mode: SyncMode = SyncMode.INCREMENTAL,
+        destinations: list[str] | None = None,
     ) -> int:
         """Compute what a sync would do and change nothing: the source is staged under a shadow key,
         diffed read-only against the real acknowledged state, then the shadow is dropped. The report
@@ -454,7 +485,7 @@ class AudienceRunner:
             self._update_run(run_id, members=0)
             for d in self.cfg.destinations:
                 try:
-                    plan = self.plan(run_id, d.label, holder, "audience retired", mode="retire")
+                    plan = self.plan(run_id, d.label, holder, "audience retired", mode=SyncMode.RETIRE)
                     self.push(plan.sync_id, d.label, holder, "audience retired")
                 except Exception:  # recorded in do_sync; finish() reports it and the next attempt resumes
                     log.exception("%s/%s: retirement failed", self.cfg.name, d.label)
@@ -473,10 +504,13 @@ class AudienceRunner:
         return run_id
 
     @_state_step("finish")
-    def finish(self, run_id: int, holder: str, expected: list[str] | None = None) -> dict[str, Any]:
+    def finish(
+        self, run_id: int, holder: str, expected: list[str] | None = None, causes: Sequence[BaseException] = ()
+    ) -> dict[str, Any]:
         """Close the run record, release the lease, and raise ``RunFailed`` if any step failed.
 
-        ``expected`` names the destinations this run was meant to sync (default: all of them).
+        ``expected`` names the destinations this run was meant to sync (default: all of them); ``causes``
+        are the errors its steps raised in this process, for the ``RunFailed``'s next step.
         """
         s = state.sync
         with self.engine.connect() as conn:
@@ -499,7 +533,7 @@ class AudienceRunner:
         )
         lease.release(self.engine, self.cfg.name, holder)
         if problems:
-            raise RunFailed(f"audience {self.cfg.name} run {run_id} failed: " + "; ".join(problems))
+            raise RunFailed(f"audience {self.cfg.name} run {run_id} failed: " + "; ".join(problems), causes)
         return {"run_id": run_id, "status": status}
 
     def run(
@@ -507,7 +541,7 @@ class AudienceRunner:
         holder: str,
         as_of: dt.datetime,
         override_reason: str | None = None,
-        mode: str = "incremental",
+        mode: SyncMode = SyncMode.INCREMENTAL,
         destinations: list[str] | None = None,
         parallel: int = 1,
     ) -> int:
@@ -517,32 +551,42 @@ class AudienceRunner:
         per-destination tasks run at once under the scheduler (each step uses its own connections).
         """
         run_id = self.start(holder, as_of)
+        causes: list[BaseException] = []
         try:
             self.stage(run_id, holder)
             labels = [d.label for d in self.cfg.destinations if destinations is None or d.label in destinations]
             workers = min(parallel, len(labels), MAX_PARALLEL_DESTINATIONS)
             if workers > 1:
                 with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="destination") as pool:
-                    list(pool.map(lambda label: self._sync_one(run_id, label, holder, override_reason, mode), labels))
+                    found = pool.map(lambda label: self._sync_one(run_id, label, holder, override_reason, mode), labels)
+                    causes += [exc for exc in found if exc is not None]
             else:
                 for label in labels:
-                    self._sync_one(run_id, label, holder, override_reason, mode)
-        except Exception:
+                    exc = self._sync_one(run_id, label, holder, override_reason, mode)
+                    if exc is not None:
+                        causes.append(exc)
+        except Exception as exc:
             log.exception("%s: staging failed", self.cfg.name)
+            causes.append(exc)
         finally:
-            self.finish(run_id, holder, destinations)
+            self.finish(run_id, holder, destinations, causes)
         return run_id
 
-    def _sync_one(self, run_id: int, label: str, holder: str, override_reason: str | None, mode: str) -> None:
-        """Plan and push (or replace) one destination; a failure is recorded in do_sync and reported by finish."""
+    def _sync_one(
+        self, run_id: int, label: str, holder: str, override_reason: str | None, mode: SyncMode
+    ) -> Exception | None:
+        """Plan and push (or replace) one destination; a failure is recorded in do_sync, reported by finish,
+        and returned."""
         try:
-            if mode == "replace":
+            if mode == SyncMode.REPLACE:
                 self.replace(run_id, label, holder)
-                return
+                return None
             plan = self.plan(run_id, label, holder, override_reason, mode)
             self.push(plan.sync_id, label, holder, override_reason)
-        except Exception:
+        except Exception as exc:
             log.exception("%s/%s failed", self.cfg.name, label)
+            return exc
+        return None
 
 
 def min_reported_share(configured: float | None, dest: Destination) -> float:

@@ -54,12 +54,13 @@ from sqlalchemy import Connection, Engine, Select, and_, column, delete, func, s
 
 from data_out import figures, state
 from data_out.config import AudienceConfig
+from data_out.errors import SettingError
 from data_out.normalise import MEMBER_COLUMNS
 from data_out.sources.base import (
     KEY_WHITESPACE,
     MAX_MEMBER_KEY_LENGTH,
+    QueryShapeError,
     Source,
-    SourceError,
     contact_key_sql,
     contact_keys_error,
 )
@@ -119,7 +120,7 @@ def work_mem() -> str:
     """
     value = os.environ.get("DATA_OUT_STAGING_WORK_MEM", DEFAULT_WORK_MEM)
     if not _PG_SIZE.match(value):
-        raise ValueError(f"DATA_OUT_STAGING_WORK_MEM={value!r} is not a Postgres size such as 512MB or 1GB")
+        raise SettingError(f"DATA_OUT_STAGING_WORK_MEM={value!r} is not a Postgres size such as 512MB or 1GB")
     return value
 
 
@@ -173,7 +174,7 @@ class InDatabase:
         needed = [self.key_column, *(c for c in self.value_columns if c)]
         missing = [c for c in needed if c not in types]
         if missing:
-            raise SourceError(
+            raise QueryShapeError(
                 f"{self.source.label}: the query returns columns {list(types)} but not {missing}; "
                 "select them (or alias them) or change the column names in the audience file"
             )
@@ -526,7 +527,7 @@ def resumable_min_rows() -> int:
     if value is None:
         return RESUMABLE_MIN_ROWS
     if not value.isdigit():
-        raise ValueError(f"DATA_OUT_STAGING_RESUME_MIN_ROWS={value!r} is not a whole number of rows")
+        raise SettingError(f"DATA_OUT_STAGING_RESUME_MIN_ROWS={value!r} is not a whole number of rows")
     return int(value)
 
 

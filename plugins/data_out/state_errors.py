@@ -22,6 +22,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from data_out.errors import STATE_DATABASE_NEXT_STEP, RetryableError
 from data_out.redact import driver_line, is_driver_error, scrub
 
 _MARK = "_data_out_state_database"
@@ -32,8 +33,10 @@ ERROR_TEXT_LIMIT = 4000
 _REFUSED_SQLSTATES = {"25006", "42501"}
 
 
-class StateDatabaseError(Exception):
+class StateDatabaseError(RetryableError):
     """The state database was unreachable or refused a write. Retryable: nothing uncommitted was recorded."""
+
+    next_step = STATE_DATABASE_NEXT_STEP
 
 
 class DatabaseError(Exception):

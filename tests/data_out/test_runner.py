@@ -384,8 +384,6 @@ def test_the_push_task_fails_on_a_shortfall_and_the_alert_says_to_resync(
 ):
     """The push task itself fails (the finish task only mirrors failures its own tasks alerted on), with
     the sync recorded first; the failure email's next step is a full resync."""
-    from data_out.operators.audience import next_step
-
     runner = guarded_runner(tmp_path, resolver, state_engine)
     people.set([person(i) for i in range(10)])
     runner.run("t/1", AS_OF)
@@ -396,7 +394,7 @@ def test_the_push_task_fails_on_a_shortfall_and_the_alert_says_to_resync(
     with pytest.raises(SizeMismatch) as short:
         runner.push(plan.sync_id, "memory", "t/2")
     assert last_sync(state_engine)["status"] == "size_mismatch"
-    assert '"mode": "full_resync"' in next_step(str(short.value))
+    assert '"mode": "full_resync"' in short.value.next_step and short.value.retryable
 
 
 def test_a_retried_push_that_finds_the_size_caught_up_succeeds(tmp_path, resolver, state_engine, people, store):

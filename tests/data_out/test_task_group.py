@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from airflow.sdk import DAG
 
-from data_out.config import load_audiences
+from data_out.config import AudienceNotLoaded, load_audiences
 from data_out.dag_factory import build_audience_dag
 from data_out.task_group import AudienceSyncTaskGroup
 
@@ -62,5 +62,5 @@ def test_the_task_group_is_the_audience_dag_inside_another_dag():
 def test_an_audience_that_does_not_exist_fails_the_parse_with_its_name(tmp_path):
     audiences = load_audiences(tmp_path)
     host = DAG("host", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    with host, pytest.raises(KeyError, match="no audience named 'nobody_v1'"):
+    with host, pytest.raises(AudienceNotLoaded, match="no audience named 'nobody_v1'"):
         AudienceSyncTaskGroup("nobody_v1", audiences=audiences)

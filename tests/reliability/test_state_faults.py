@@ -32,10 +32,11 @@ from data_out import lease, state
 from data_out.config import LoadedAudience, load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import MemberRow, Op
+from data_out.errors import next_step_of
 from data_out.holdout import is_held_out
 from data_out.hooks.state import DataOutStateHook
 from data_out.identity import sha256_hex
-from data_out.operators.audience import AudienceStepOperator, next_step
+from data_out.operators.audience import AudienceStepOperator
 from data_out.runner import AudienceRunner
 from data_out.sources.base import Row, Source
 from data_out.state import ensure_schema
@@ -472,4 +473,4 @@ def test_the_operator_lets_airflow_retry_and_the_email_says_what_to_do():
     """Not an AirflowFailException: the task's retries run; the failure email explains the next step."""
     with pytest.raises(StateDatabaseError) as failed:
         _Failing(task_id="push", audience="x").execute({})
-    assert "clear the failed task" in next_step(str(failed.value))
+    assert "clear the failed task" in next_step_of(failed.value)

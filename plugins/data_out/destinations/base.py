@@ -17,6 +17,7 @@ from typing import ClassVar, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_out.connections import ConnectionInfo
+from data_out.errors import VENDOR_REFUSED_NEXT_STEP, VENDOR_UNAVAILABLE_NEXT_STEP, DataOutError
 from data_out.shards import MAX_PUSH_SHARDS
 
 IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -162,12 +163,15 @@ class BatchResult:
     matched: int | None = None  # vendor-reported valid/matched entries, for match-rate figures
 
 
-class DestinationError(Exception):
-    """A batch failed. ``retryable`` tells the caller whether trying again later can help."""
+class DestinationError(DataOutError):
+    """A batch failed. ``retryable`` tells the caller whether trying again later can help.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+    The next step follows: a refusal needs a person to fix a setting, an outage resumes by itself.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, next_step: str | None = None) -> None:
+        default = VENDOR_UNAVAILABLE_NEXT_STEP if retryable else VENDOR_REFUSED_NEXT_STEP
+        super().__init__(message, retryable=retryable, next_step=next_step or default)
 
 
 class PayloadTooLarge(DestinationError):

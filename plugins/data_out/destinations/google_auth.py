@@ -35,6 +35,7 @@ from google.oauth2 import service_account
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError
 from data_out.destinations.http import ApiSession, RefreshableAuth, base_url
+from data_out.errors import ConfigurationError
 from data_out.redact import scrub
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
 
-class GoogleCredentialError(ValueError):
+class GoogleCredentialError(ConfigurationError, ValueError):
     """The connection holds no usable Google credential; the message says what to set."""
 
 

@@ -34,6 +34,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError, PayloadTooLarge
+from data_out.errors import VENDOR_NO_RESPONSE_NEXT_STEP
 from data_out.redact import register_secret, scrub
 
 if TYPE_CHECKING:
@@ -347,6 +348,7 @@ def _unanswered(vendor: str, method: str, path: str, why: str) -> DestinationErr
         f"{vendor}: {method} {path}: {why}; whether it was applied is unknown and it must not be sent twice, "
         "so it was not re-sent: the next attempt starts it again from the beginning",
         retryable=True,
+        next_step=VENDOR_NO_RESPONSE_NEXT_STEP,
     )
 
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from sqlalchemy import Engine
 
-from data_out.connections import ConnectionInfo, state_engine_for
-from data_out.redact import register_secret
+from data_out.connections import ConnectionInfo, info_from_connection, state_engine_for
+from data_out.errors import MISSING_CONNECTION_NEXT_STEP, ConfigurationError
 from data_out.state import ensure_schema
 from data_out.state_errors import translated, watch
 
-T = TypeVar("T")
 
-#: extras that hold credentials (``developer_token``, ``client_secret``, ``api_key``, ``refresh_token``)
-_SECRET_EXTRA = re.compile(r"token|secret|password|passwd|key", re.IGNORECASE)
+class MissingConnection(ConfigurationError, AirflowNotFoundException, ValueError):
+    """A connection Airflow does not have: a retry cannot help, adding it does."""
 
-
-class MissingConnection(AirflowNotFoundException, ValueError):
-    """A connection Airflow does not have: a retry cannot help (``ValueError`` fails the task), adding it does."""
+    next_step = MISSING_CONNECTION_NEXT_STEP
 
 
 def connection_info(conn_id: str) -> ConnectionInfo:
@@ -38,31 +34,7 @@ def connection_info(conn_id: str) -> ConnectionInfo:
             f"`airflow connections add {conn_id} ...`, or the environment variable AIRFLOW_CONN_{conn_id.upper()}) "
             "or correct the conn_id in the audience file, then clear the task"
         ) from None
-    extra = {k: _stripped(v) for k, v in (conn.extra_dejson or {}).items()}
-    info = ConnectionInfo(
-        conn_id=conn_id,
-        conn_type=conn.conn_type or "",
-        host=_stripped(conn.host),
-        port=conn.port,
-        login=_stripped(conn.login),
-        password=_stripped(conn.password),
-        schema=_stripped(conn.schema),
-        extra=extra,
-    )
-    register_secret(info.password)
-    for key, value in extra.items():
-        if _SECRET_EXTRA.search(key):
-            register_secret(value)
-    return info
-
-
-def _stripped(value: T) -> T:
-    """A value without the whitespace a paste leaves around it.
-
-    A token pasted with its trailing newline is refused by ``requests`` in an error that quotes the
-    header, token and all; nothing a connection holds means anything by surrounding whitespace.
-    """
-    return value.strip() if isinstance(value, str) else value  # type: ignore[return-value]
+    return info_from_connection(conn_id, conn)
 
 
 class DataOutStateHook(BaseHook):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
@@ -18,28 +20,46 @@ from data_out import alerts
 from data_out.asset_names import audience_uri, run_counts
 from data_out.assets import audience_asset
 from data_out.config import load_audiences
-from data_out.destinations.base import DestinationError
-from data_out.diff import GuardTripped
+from data_out.errors import DataOutError, next_step_of
 from data_out.hooks.state import DataOutStateHook, connection_info
-from data_out.lease import DEFAULT_TTL, LeaseHeld
+from data_out.lease import DEFAULT_TTL, LeaseHeld, run_holder
 from data_out.redact import scrub
 from data_out.runner import AudienceRunner, RunFailed
-from data_out.sources.base import SourceError
-from data_out.state_errors import StateDatabaseError
+from data_out.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
 SMTP_CONN_ENV = "DATA_OUT_SMTP_CONN_ID"
 
-#: errors that a retry cannot fix: fail the task at once with the message
-FATAL = (GuardTripped, LeaseHeld, RunFailed, KeyError, ValueError)
+
+class TaskFailed(AirflowFailException):
+    """Fails the task without retries for a terminal ``DataOutError``, which it carries as ``error``.
+
+    Its message is the error's; the failure email reads the next step from ``error``.
+    """
+
+    def __init__(self, error: DataOutError) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.next_step = error.next_step
+
+
+@contextmanager
+def routed() -> Iterator[None]:
+    """Route a step's errors by type: a retryable ``DataOutError`` is raised again (Airflow's retries run), a
+    terminal one fails the task at once (``TaskFailed``); any other error is a bug, left to the retry policy."""
+    try:
+        yield
+    except DataOutError as exc:
+        if exc.retryable:
+            raise
+        raise TaskFailed(exc) from None
 
 
 def as_of_from_context(context: Any) -> dt.datetime:
     """The point in time the source query is evaluated at: the ``as_of`` param, else the data interval end."""
     explicit = (context.get("params") or {}).get("as_of")
     if explicit:
-        value = dt.datetime.fromisoformat(str(explicit).replace("Z", "+00:00"))
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return parse_timestamp(explicit)
     for key in ("data_interval_end", "logical_date"):
         if context.get(key):
             return context[key]
@@ -68,23 +88,15 @@ class AudienceStepOperator(BaseOperator):
     @staticmethod
     def holder(context: Any) -> str:
         dag_run = context["dag_run"]
-        return f"{dag_run.dag_id}/{dag_run.run_id}"
+        return run_holder(dag_run.dag_id, dag_run.run_id)
 
     @staticmethod
     def override_reason(context: Any) -> str | None:
         return (context.get("params") or {}).get("guard_override_reason") or None
 
     def execute(self, context: Any) -> Any:
-        try:
+        with routed():
             return self.step(context)
-        except StateDatabaseError:
-            raise  # retryable: Airflow retries the task; state holds only what was committed
-        except FATAL as exc:
-            raise AirflowFailException(str(exc)) from None
-        except (DestinationError, SourceError) as exc:
-            if exc.retryable:
-                raise
-            raise AirflowFailException(str(exc)) from None
 
     def step(self, context: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -239,70 +251,18 @@ class FinishRunOperator(AudienceStepOperator):
         return result
 
 
-_NEXT_STEPS = [
-    (
-        "nothing past the last committed batch",  # a StateDatabaseError
-        "The state database was unreachable or refused writes and the task's retries ran out. Once it is "
-        "back (connection, disk space, read-only mode), clear the failed task: nothing uncommitted was "
-        "marked as synced, and unfinished batches resume with their original idempotency keys.",
-    ),
-    (
-        "mass-removal guard",
-        "If the shrink is deliberate, trigger the DAG with conf "
-        '{"guard_override_reason": "<why>"}; otherwise fix the source first.',
-    ),
-    (
-        "right after the push but",
-        "The destination holds far fewer members than were acknowledged. Run a full resync of it: trigger "
-        'data_out_operations with conf {"audiences": ["<audience>"], "destinations": ["<destination>"], '
-        '"mode": "full_resync"}. If its reported size only lags behind uploads, lower drift.min_reported_share.',
-    ),
-    ("the query failed", "Fix the audience's SQL named in the reason, then clear the stage task."),
-    (
-        "the query returns",
-        "Fix the audience's SQL or its column mapping (member_key, identifiers) as the reason says, "
-        "then clear the stage task.",
-    ),
-    ("is not defined in Airflow", "Add the connection named in the reason (or fix the conn_id), then clear the task."),
-    ("does not load", "Fix the audience file named in the reason (see the import error), then clear the task."),
-    ("lease", "Another run holds this audience: wait for it to finish, or clear that run first."),
-    (
-        "refused",
-        "The vendor refused the request: fix the connection or the audience setting the reason names, "
-        "then clear the failed task. Nothing was marked as synced.",
-    ),
-    (
-        "still failing after",
-        "The vendor was unavailable; unfinished batches are resumed by the next run "
-        "with their original idempotency keys. Clear the task to retry now.",
-    ),
-    ("no response within", "The vendor was unavailable; unfinished batches are resumed by the next run."),
-    (
-        "Customer.io segment",
-        "Customer.io answered something the source cannot read (see the reason); nothing already synced "
-        "changed. Check the connection (host, API key) and the segment id, then clear the stage task.",
-    ),
-]
-
-
-def next_step(reason: str) -> str:
-    for needle, step in _NEXT_STEPS:
-        if needle in reason:
-            return step
-    return "See the task log for the traceback; the run record (do_run/do_sync) has the counts so far."
-
-
 def notify_sync_failure(context: Any) -> None:
     """``on_failure_callback`` of the audience DAGs: email the reason and the next step, never raise."""
     try:
         ti = context["ti"]
         audience = str(ti.dag_id).removeprefix("audience__")
-        reason = scrub(str(context.get("exception") or "unknown error"), limit=1500)
-        if ti.task_id == "finish" and " failed: " in reason and reason.startswith(f"audience {audience} run "):
+        exc = context.get("exception")
+        if ti.task_id == "finish" and isinstance(getattr(exc, "error", exc), RunFailed):
             return  # finish only mirrors a failure whose own task already sent the email
+        reason = scrub(str(exc or "unknown error"), limit=1500)
         loaded = load_audiences().audiences.get(audience)
         recipients = list(loaded.config.alerts.recipients) if loaded else []
-        email = alerts.failure_email(audience, ti.task_id, reason, next_step(reason), recipients)
+        email = alerts.failure_email(audience, ti.task_id, reason, next_step_of(exc), recipients)
         alerts.send(connection_info(os.environ.get(SMTP_CONN_ENV, "smtp_default")), email)
         log.info("sent the failure email for %s/%s", audience, ti.task_id)
     except Exception:  # an alert that cannot be sent must not hide the original failure

@@ -6,19 +6,36 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+from data_out.errors import CUSTOMERIO_NEXT_STEP, QUERY_FAILED_NEXT_STEP, QUERY_SHAPE_NEXT_STEP, DataOutError
+
 Row = Mapping[str, Any]
 
 
-class SourceError(Exception):
+class SourceError(DataOutError):
     """The source could not be read. The message names the audience and source, never a row's values.
 
     ``retryable`` is False when running the task again cannot help (a refused credential, a query that
     tries to write): the task then fails at once instead of spending its retries.
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+    retryable = True
+    next_step = QUERY_FAILED_NEXT_STEP
+
+
+class QueryShapeError(SourceError):
+    """The query ran but its rows do not fit the audience's column mapping (missing columns, email keys).
+
+    Not retryable: the same query returns the same columns until a person changes it.
+    """
+
+    retryable = False
+    next_step = QUERY_SHAPE_NEXT_STEP
+
+
+class CustomerIOError(SourceError):
+    """Customer.io refused the request or answered something the source cannot read."""
+
+    next_step = CUSTOMERIO_NEXT_STEP
 
 
 class Source(Protocol):
@@ -77,7 +94,7 @@ def looks_like_contact(key: str) -> bool:
 
 def contact_keys_error(label: str, member_key_column: str, found: int, scanned: str) -> SourceError:
     """Staging refuses such keys: the count only, never a value."""
-    return SourceError(
+    return QueryShapeError(
         f"{label}: {found} member keys in column {member_key_column!r} ({scanned}) look like email addresses or "
         "phone numbers; member keys are stored and sent unhashed, so nothing was staged. Point member_key "
         "at a customer id (an opaque id) in the audience file, then clear the stage task",

@@ -25,10 +25,11 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from data_out.chunking import chunks
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError
 from data_out.destinations.http import HttpClient
-from data_out.sources.base import Row, SourceError
+from data_out.sources.base import CustomerIOError, Row
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class CustomerIOSource:
         except DestinationError as exc:
             status = self.adapter.last_status
             if status in _AUTH_REFUSED:
-                raise SourceError(
+                raise CustomerIOError(
                     f"{self.label}: Customer.io refused the App API key of connection {self.conn_id!r} "
                     f"(HTTP {status}) {where}; nothing was staged from this run. Set that connection's password "
                     "to a valid App API key with access to this workspace's segments (Customer.io: Settings, "
@@ -115,13 +116,13 @@ class CustomerIOSource:
                     "the stage task",
                     retryable=False,
                 ) from None
-            raise SourceError(
+            raise CustomerIOError(
                 f"{self.label}: {exc} ({where}); nothing was staged from this run", retryable=exc.retryable
             ) from None
         try:
             return resp.json()
         except ValueError:  # an empty body, or a proxy's HTML page answered with a 2xx
-            raise SourceError(
+            raise CustomerIOError(
                 f"{self.label}: GET {path} answered {resp.status_code} with {len(resp.content)} bytes that are not "
                 f"JSON ({where}); nothing was staged from this run. Check the connection's host (base URL) and "
                 "clear the task"
@@ -143,15 +144,15 @@ class CustomerIOSource:
             ids = body.get("identifiers") if isinstance(body, dict) else None
             nxt = body.get("next", "") if isinstance(body, dict) else None
             if not isinstance(ids, list) or not isinstance(nxt, str) or not all(isinstance(i, dict) for i in ids):
-                raise SourceError(
+                raise CustomerIOError(
                     f"{self.label}: page {page} of Customer.io segment {self.segment_id} has an unexpected shape "
                     f'(expected identifiers: [..] and next: "..."; {where}); nothing was staged from this run'
                 )
             rows = [{"customer_id": i.get("id"), "email": i.get("email"), "cio_id": i.get("cio_id")} for i in ids]
             self.missing_ids += sum(1 for r in rows if r["customer_id"] in (None, ""))
             streamed += len(rows)
-            for k in range(0, len(rows), batch_size):
-                yield rows[k : k + batch_size]
+            for chunk in chunks(rows, batch_size):
+                yield list(chunk)
             if not nxt:
                 break
             start = nxt

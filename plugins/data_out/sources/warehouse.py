@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from data_out.dialects import QueryProblem, single_select_problem, translate, wants_aware_timestamps
 from data_out.redact import driver_line
-from data_out.sources.base import Row, SourceError
+from data_out.sources.base import QueryShapeError, Row, SourceError
 
 #: how long one statement of an audience query may run unless the audience says otherwise
 DEFAULT_STATEMENT_TIMEOUT = dt.timedelta(minutes=15)
@@ -88,7 +88,7 @@ class SqlSource:
                     text(self.sql), self.params
                 )
                 if not result.returns_rows:  # DELETE, UPDATE, DDL...: never committed, the connection rolls back
-                    raise SourceError(
+                    raise QueryShapeError(
                         f"{self.label}: the query returns no rows (it is not a SELECT); "
                         "an audience query must be a SELECT of its members",
                         retryable=False,
@@ -96,7 +96,7 @@ class SqlSource:
                 columns = list(result.keys())
                 missing = [c for c in self.required_columns if c not in columns]
                 if missing:
-                    raise SourceError(
+                    raise QueryShapeError(
                         f"{self.label}: the query returns columns {columns} but not {missing}; "
                         "select them (or alias them) or change the column names in the audience file"
                     )

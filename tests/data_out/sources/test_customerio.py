@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 from sqlalchemy import select
 
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.errors import next_step_of
 from data_out.history import history_rows, history_table
 from data_out.operators.audience import AudienceStepOperator
 from data_out.runner import AudienceRunner, RunFailed
@@ -167,7 +169,8 @@ def test_a_wrong_key_fails_at_once_naming_the_connection(w: World, caplog: pytes
     op.step = step  # type: ignore[method-assign]
     with pytest.raises(Exception) as failed:
         op.execute({})
-    assert type(failed.value).__name__ == "AirflowFailException"
+    assert isinstance(failed.value, AirflowFailException)
+    assert "Customer.io" in next_step_of(failed.value)
 
 
 def test_a_failure_after_an_outage_names_the_page_it_stopped_at(w: World):
