@@ -20,7 +20,8 @@ from data_out.asset_names import run_counts
 from data_out.assets import AUDIENCE_SYNCS, audience_asset
 from data_out.config import load_audiences
 from data_out.dag_factory import platform_dag
-from data_out.operations import MODES, InvalidRequest, backfill_metrics, run_item, validate
+from data_out.modes import TRIGGER_MODES
+from data_out.operations import InvalidRequest, backfill_metrics, run_item, validate
 
 AUDIENCE_NAMES = sorted(load_audiences().audiences)
 
@@ -43,7 +44,7 @@ with platform_dag(
             items={"type": "string"},
             description="Destination labels to limit to (empty: all of each audience's).",
         ),
-        "mode": Param("incremental", type="string", enum=list(MODES)),
+        "mode": Param(TRIGGER_MODES[0].value, type="string", enum=[m.value for m in TRIGGER_MODES]),
         "dry_run": Param(False, type="boolean", description="Report what would happen; change nothing."),
         "guard_override_reason": Param(
             None,

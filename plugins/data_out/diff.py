@@ -64,6 +64,7 @@ from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destinatio
 from data_out.errors import GUARD_NEXT_STEP, TerminalError
 from data_out.hashing import sha256_hex
 from data_out.holdout import holdout_threshold
+from data_out.modes import SyncMode
 from data_out.shards import member_key_hash, shard_count
 from data_out.sync import acked_count, forget_acked_count, mark_rejected, record_rejects
 
@@ -206,10 +207,10 @@ def _delta_table(conn: Connection) -> Table:
     )
 
 
-def _diff_conditions(t: Any, mode: str) -> tuple[Any, Any, Any]:
+def _diff_conditions(t: Any, mode: SyncMode) -> tuple[Any, Any, Any]:
     """Over a delta table's columns: rows to remove, rows to add, members whose identity changed."""
     to_remove = and_(t.in_k, t.rejected.is_(False), or_(t.in_d.is_(False), t.differs))
-    to_add = t.in_d if mode == "full_resync" else and_(t.in_d, or_(t.in_k.is_(False), t.differs))
+    to_add = t.in_d if mode == SyncMode.FULL_RESYNC else and_(t.in_d, or_(t.in_k.is_(False), t.differs))
     changed = and_(t.in_d, t.in_k, t.rejected.is_(False), t.differs)
     return to_remove, to_add, changed
 
@@ -279,7 +280,7 @@ class Planner:
         self.snapshot = snapshot
         self.rows_per_shard = rows_per_shard
 
-    def preview(self, mode: str, samples: int = 5) -> dict[str, Any]:
+    def preview(self, mode: SyncMode, samples: int = 5) -> dict[str, Any]:
         """What ``plan`` would write, from the same delta, then rolled back: counts and a few hashed keys."""
         with self.engine.connect() as conn:  # never committed: a dry run changes nothing
             delta = _delta_table(conn)
@@ -288,7 +289,7 @@ class Planner:
             to_remove, to_add, changed = _diff_conditions(t, mode)
             sides = Plan(0)
             self._count_sides(conn, sides, mode)
-            if mode == "incremental":  # what the day's refreshes would be (``sides.refreshes``)
+            if mode == SyncMode.INCREMENTAL:  # what the day's refreshes would be (``sides.refreshes``)
                 self._refreshes(conn, sides, delta, dry=True)
 
             def count(cond: Any) -> int:
@@ -314,7 +315,12 @@ class Planner:
         return out
 
     def plan(
-        self, sync_id: int, *, guard: GuardSettings, override_reason: str | None = None, mode: str = "incremental"
+        self,
+        sync_id: int,
+        *,
+        guard: GuardSettings,
+        override_reason: str | None = None,
+        mode: SyncMode = SyncMode.INCREMENTAL,
     ) -> Plan:
         """Write the diff as pending batches, unless batches of an unfinished earlier sync are waiting.
 
@@ -499,7 +505,7 @@ class Planner:
             )
         return rows if plan.refreshes else None
 
-    def _fill_delta(self, conn: Connection, delta: Table, mode: str, keys: Table | None = None) -> None:
+    def _fill_delta(self, conn: Connection, delta: Table, mode: SyncMode, keys: Table | None = None) -> None:
         """One full join of desired (``d``) and acknowledged (``k``, rejected ones too) members.
 
         With ``keys`` (the members changed since the destination's mark), both sides are looked up
@@ -512,7 +518,7 @@ class Planner:
         # inside the plan's transaction, after staging (which holds the lease) wrote the exclusions
         excluding = state.has_exclusions(conn, self.snapshot or self.cfg.name)
         desired = desired_select(
-            self.cfg, self.dest, snapshot=self.snapshot, empty=mode == "retire", exclusions=excluding
+            self.cfg, self.dest, snapshot=self.snapshot, empty=mode == SyncMode.RETIRE, exclusions=excluding
         )
         acked = select(a).where(a.c.audience == self.cfg.name, a.c.destination == self.label)
         source: Any
@@ -546,7 +552,7 @@ class Planner:
                 .select_from(joined)
                 .where(or_(in_d, in_k))  # a changed key neither desired nor acknowledged: nothing to do
             )
-            if mode != "full_resync":  # a full resync re-sends everyone desired: keep every row
+            if mode != SyncMode.FULL_RESYNC:  # a full resync re-sends everyone desired: keep every row
                 rows = rows.where(or_(~in_d, ~in_k, differs))
             return rows
 
@@ -560,7 +566,7 @@ class Planner:
         conn.execute(insert(delta).from_select([c.name for c in delta.columns], rows))
         state.analyze_temp(conn, delta)
 
-    def _count_sides(self, conn: Connection, plan: Plan, mode: str) -> None:
+    def _count_sides(self, conn: Connection, plan: Plan, mode: SyncMode) -> None:
         """Desired, unmatchable and acknowledged totals.
 
         Staging counted desired and unmatchable for every destination in its one scan of the snapshot
@@ -568,14 +574,14 @@ class Planner:
         (``sync.acked_count``), so a plan reads them instead of scanning 10M rows twice. A dry run's
         shadow snapshot, a retirement and a destination staging did not know are counted here.
         """
-        staged = self._staged_counts(conn, plan.sync_id) if self.snapshot is None and mode != "retire" else None
+        staged = self._staged_counts(conn, plan.sync_id) if self.snapshot is None and mode != SyncMode.RETIRE else None
         if staged is not None:
             plan.desired, plan.unmatchable = staged
             plan.acked = acked_count(conn, self.cfg.name, self.label)
             return
         a = state.ack
         every = desired_select(
-            self.cfg, self.dest, matchable=None, snapshot=self.snapshot, empty=mode == "retire"
+            self.cfg, self.dest, matchable=None, snapshot=self.snapshot, empty=mode == SyncMode.RETIRE
         ).subquery("every")
         matchable = any_present(every.c, self.dest.identity_columns)
         row = conn.execute(

@@ -20,12 +20,11 @@ from data_out.config import LoadResult
 from data_out.errors import REQUEST_NEXT_STEP, ConfigurationError
 from data_out.history import history_rows, history_table
 from data_out.metrics.pipeline import MetricsPipeline
+from data_out.modes import InvalidMode, SyncMode, parse_mode
 from data_out.runner import AudienceRunner, Resolver
 from data_out.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
-
-MODES = ("incremental", "full_resync", "replace")
 
 
 class InvalidRequest(ConfigurationError, ValueError):
@@ -50,9 +49,11 @@ def validate(params: dict[str, Any], audiences: LoadResult) -> tuple[list[dict[s
     problems = []
     names = list(params.get("audiences") or [])
     wanted_dests = list(params.get("destinations") or [])
-    mode = params.get("mode") or "incremental"
-    if mode not in MODES:
-        problems.append(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    mode = SyncMode.INCREMENTAL
+    try:
+        mode = parse_mode(params.get("mode"))
+    except InvalidMode as exc:
+        problems.append(str(exc))
     known = sorted(audiences.audiences)
     for n in names:
         if n not in audiences.audiences:
@@ -73,7 +74,7 @@ def validate(params: dict[str, Any], audiences: LoadResult) -> tuple[list[dict[s
                 WorkItem(
                     n,
                     chosen or None,
-                    mode,
+                    mode.value,
                     bool(params.get("dry_run")),
                     params.get("guard_override_reason") or None,
                     params.get("as_of") or None,
@@ -108,9 +109,9 @@ def run_item(
     runner = AudienceRunner(engine, audiences, item["audience"], resolve)
     as_of = parse_timestamp(item["as_of"]) if item.get("as_of") else default_as_of
     if item["dry_run"]:
-        run_id = runner.dry_run(holder, as_of, item["mode"], item["destinations"])
+        run_id = runner.dry_run(holder, as_of, SyncMode(item["mode"]), item["destinations"])
     else:
-        run_id = runner.run(holder, as_of, item["guard_override_reason"], item["mode"], item["destinations"])
+        run_id = runner.run(holder, as_of, item["guard_override_reason"], SyncMode(item["mode"]), item["destinations"])
     log.info("history of %s:\n%s", item["audience"], history_table(history_rows(engine, item["audience"], 5)))
     return {"audience": item["audience"], "run_id": run_id, "dry_run": item["dry_run"], "mode": item["mode"]}
 

@@ -21,6 +21,7 @@ from data_out.checks import CheckResult
 from data_out.config import LoadedAudience, LoadResult
 from data_out.destinations.base import DriftSettings
 from data_out.diff import count_desired
+from data_out.modes import SyncMode
 from data_out.runner import AudienceRunner, Resolver
 from data_out.state_errors import error_text, translated
 
@@ -227,7 +228,7 @@ class Reconciler:
                     s.c.audience == audience,
                     s.c.destination == label,
                     s.c.status == "success",
-                    s.c.mode.in_(["full_resync", "replace"]),
+                    s.c.mode.in_([SyncMode.FULL_RESYNC.value, SyncMode.REPLACE.value]),
                 )
             )
         if last is None:
@@ -239,7 +240,7 @@ class Reconciler:
         """Rebuild from the warehouse: stage afresh, then re-send everything the destination should hold."""
         holder = f"reconcile/{result.recon_id}"
         try:
-            runner.run(holder, self.now, mode="full_resync", destinations=[label])
+            runner.run(holder, self.now, mode=SyncMode.FULL_RESYNC, destinations=[label])
         except Exception as exc:
             log.warning("repair of %s/%s failed: %s", runner.cfg.name, label, error_text(exc))
             return False

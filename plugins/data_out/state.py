@@ -62,6 +62,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from sqlalchemy.sql.dml import Insert
 
+from data_out.modes import SyncMode
+
 SCHEMA_VERSION = 6
 
 metadata = MetaData()
@@ -219,7 +221,7 @@ sync = Table(
     Column("audience", _AUD, nullable=False),
     Column("destination", _DEST, nullable=False),
     Column("destination_type", String(32), nullable=False),
-    Column("mode", String(16), nullable=False, default="incremental"),
+    Column("mode", String(16), nullable=False, default=SyncMode.INCREMENTAL.value),
     Column("status", String(16), nullable=False),  # planned | success | failed | guarded
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
