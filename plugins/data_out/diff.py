@@ -57,6 +57,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import changes, faults, shards, state
 from data_out.config import AudienceConfig
@@ -215,6 +216,24 @@ def _diff_conditions(t: Any, mode: SyncMode) -> tuple[Any, Any, Any]:
     return to_remove, to_add, changed
 
 
+def _op_groups(t: Any, mode: str, refreshes: Select | None) -> list[tuple[Op, Select]]:
+    """The delta's rows to write, per operation, in push order: removes, adds, then refreshes.
+
+    A full resync re-sends members acknowledged exactly as desired as refreshes, which an event
+    stream tells apart from adds; an incremental plan's refreshes are re-sent from ``do_ack``.
+    """
+    to_remove, to_add, _ = _diff_conditions(t, mode)
+    removes = select(t.member_key, *[t[f"k_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_remove)
+    adds = select(t.member_key, *[t[f"d_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_add)
+    groups = [(Op.REMOVE, removes), (Op.ADD, adds)]
+    if mode == "full_resync":
+        unchanged = and_(t.in_k, t.rejected.is_(False), t.differs.is_(False))
+        groups = [(Op.REMOVE, removes), (Op.ADD, adds.where(~unchanged)), (Op.REFRESH, adds.where(unchanged))]
+    if refreshes is not None:
+        groups.append((Op.REFRESH, refreshes))
+    return groups
+
+
 def count_desired(conn: Connection, cfg: AudienceConfig, dest: Destination) -> int:
     return state.scalar_int(conn, select(func.count()).select_from(desired_select(cfg, dest).subquery()))
 
@@ -361,57 +380,23 @@ class Planner:
         acks to forget and the numbered removes and adds are then read from that small table. At 10M
         members this is one pass over the snapshot and the ack table instead of one per figure.
         """
-        a, p = state.ack, state.pending
         aud, label = self.cfg.name, self.label
         shape = changes.shape(self.cfg, self.dest)
         upto = changes.latest(conn, aud, label)
         own = self.snapshot is None  # a shadow snapshot (dry run) neither uses nor moves the mark
-        dirty = changes.dirty_keys(conn, aud, label, shape, upto) if own and mode == "incremental" else None
-        keys = _keys_table(conn, dirty) if dirty is not None else None
-        if keys is not None:
-            plan.diffed_keys = state.scalar_int(conn, select(func.count()).select_from(keys))
-            if conn.dialect.name == "postgresql":
-                # key lookups from here on: Postgres would compile the lookup join with JIT (0.2 to
-                # 0.3 s for 200,000 keys at 10M members), which only pays over whole-table scans
-                conn.execute(text("SET LOCAL jit = off"))
+        keys = self._changed_keys(conn, plan, shape, upto) if own and mode == "incremental" else None
         delta = _delta_table(conn)
         self._fill_delta(conn, delta, mode, keys)
-        t = delta.c
-        to_remove, to_add, changed = _diff_conditions(t, mode)
-        # Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
-        # destination never held them. A changed identity is then planned as a fresh add below.
-        forget = select(t.member_key).where(t.rejected, or_(t.in_d.is_(False), t.differs))
-        conn.execute(delete(a).where(a.c.audience == aud, a.c.destination == label, a.c.member_key.in_(forget)))
-
-        def count(*where: Any) -> int:
-            return state.scalar_int(conn, select(func.count()).select_from(delta).where(*where))
-
-        self._count_sides(conn, plan, mode)
-        plan.removes = count(to_remove)
-        plan.adds = count(to_add)
-        plan.changed = count(changed)
+        self._forget_rejected(conn, delta)
+        self._count_delta(conn, plan, delta, mode)
         # a full resync re-sends everyone anyway; a retirement and a dry run's shadow refresh nobody
         refreshes = self._refreshes(conn, plan, delta) if own and mode == "incremental" else None
-        n = plan.shards = shard_count(
+        plan.shards = shard_count(
             plan.removes + plan.adds + plan.refreshes,
             self.dest.push_shard_limit,
             self.rows_per_shard or shards.ROWS_PER_SHARD,
         )
-        removes = select(t.member_key, *[t[f"k_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_remove)
-        adds = select(t.member_key, *[t[f"d_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_add)
-        cols = ["audience", "destination", "op", "member_key", "batch_no", *IDENTITY_COLUMNS]
-        groups = [(Op.REMOVE, removes), (Op.ADD, adds)]
-        if mode == "full_resync":  # re-sent as acknowledged: a refresh, which an event stream tells apart
-            unchanged = and_(t.in_k, t.rejected.is_(False), t.differs.is_(False))
-            groups = [(Op.REMOVE, removes), (Op.ADD, adds.where(~unchanged)), (Op.REFRESH, adds.where(unchanged))]
-        if refreshes is not None:
-            groups.append((Op.REFRESH, refreshes))
-        mine = and_(p.c.audience == aud, p.c.destination == label)
-        first_round = 0
-        for op, rows in groups:  # each group starts at the round after the longest shard's previous one
-            conn.execute(insert(p).from_select(cols, self._numbered(rows.subquery(), op, n, first_round)))
-            last = conn.scalar(select(func.max(p.c.batch_no)).where(mine))
-            first_round = 0 if last is None else last // n + 1
+        self._write_pending(conn, _op_groups(delta.c, mode, refreshes), plan.shards)
         delta.drop(conn)
         if keys is not None:
             keys.drop(conn)
@@ -421,9 +406,77 @@ class Planner:
             plan.guard = self._guard(plan, guard, override_reason, peak)  # raises before commit: plan rolled back
         else:
             plan.guard = "not applicable: retiring the audience"
+        plan.batches = self._write_batches(conn, plan.sync_id, plan.shards)
+        # acknowledged plus pending now equals desired as of change ``upto``: the next plan starts there
+        if own and mode == "retire":  # the destination is being emptied: whatever comes next plans in full
+            changes.forget(conn, aud, label)
+        elif own:
+            changes.set_mark(conn, aud, label, upto, shape, plan.sync_id)
+        faults.point("plan.written")  # inside the plan transaction, before it commits
 
+    def _changed_keys(self, conn: Connection, plan: Plan, shape: str, upto: int) -> Table | None:
+        """The members changed since the destination's mark, in a temporary table; ``None``: diff them all.
+
+        Sets ``plan.diffed_keys``. On Postgres it also turns JIT off for the rest of the transaction: key
+        lookups from here on, which Postgres would compile with JIT (0.2 to 0.3 s for 200,000 keys at 10M
+        members), a cost that only pays over whole-table scans.
+        """
+        dirty = changes.dirty_keys(conn, self.cfg.name, self.label, shape, upto)
+        if dirty is None:
+            return None
+        keys = _keys_table(conn, dirty)
+        plan.diffed_keys = state.scalar_int(conn, select(func.count()).select_from(keys))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL jit = off"))
+        return keys
+
+    def _forget_rejected(self, conn: Connection, delta: Table) -> None:
+        """Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
+        destination never held them. A changed identity is then planned as a fresh add."""
+        a, t = state.ack, delta.c
+        forget = select(t.member_key).where(t.rejected, or_(t.in_d.is_(False), t.differs))
+        mine = and_(a.c.audience == self.cfg.name, a.c.destination == self.label)
+        conn.execute(delete(a).where(mine, a.c.member_key.in_(forget)))
+
+    def _count_delta(self, conn: Connection, plan: Plan, delta: Table, mode: str) -> None:
+        """The plan's figures: both sides' sizes, then removes, adds and changed identities from the delta."""
+        to_remove, to_add, changed = _diff_conditions(delta.c, mode)
+
+        def count(where: ColumnElement[bool]) -> int:
+            return state.scalar_int(conn, select(func.count()).select_from(delta).where(where))
+
+        self._count_sides(conn, plan, mode)
+        plan.removes = count(to_remove)
+        plan.adds = count(to_add)
+        plan.changed = count(changed)
+
+    def _pending_mine(self) -> ColumnElement[bool]:
+        p = state.pending
+        return and_(p.c.audience == self.cfg.name, p.c.destination == self.label)
+
+    def _write_pending(self, conn: Connection, groups: list[tuple[Op, Select]], n: int) -> None:
+        """Number each group's rows into batches of ``n`` shards and write them to ``do_pending``.
+
+        Each group starts at the round after the longest shard's previous one, so ordering by batch
+        number is remove-then-add (then refresh) in every shard and overall.
+        """
+        p = state.pending
+        cols = ["audience", "destination", "op", "member_key", "batch_no", *IDENTITY_COLUMNS]
+        first_round = 0
+        for op, rows in groups:
+            conn.execute(insert(p).from_select(cols, self._numbered(rows.subquery(), op, n, first_round)))
+            last = conn.scalar(select(func.max(p.c.batch_no)).where(self._pending_mine()))
+            first_round = 0 if last is None else last // n + 1
+
+    def _write_batches(self, conn: Connection, sync_id: int, n: int) -> int:
+        """One ``do_batch`` row per numbered batch, each with its idempotency key; returns how many."""
+        p = state.pending
+        aud, label = self.cfg.name, self.label
         batches = conn.execute(
-            select(p.c.batch_no, p.c.op, func.count()).where(mine).group_by(p.c.batch_no, p.c.op).order_by(p.c.batch_no)
+            select(p.c.batch_no, p.c.op, func.count())
+            .where(self._pending_mine())
+            .group_by(p.c.batch_no, p.c.op)
+            .order_by(p.c.batch_no)
         ).all()
         if batches:
             nonce = plan_nonce()
@@ -436,8 +489,8 @@ class Planner:
                         "batch_no": no,
                         "op": op,
                         "rows": rows,
-                        "idempotency_key": idempotency_key(aud, label, plan.sync_id, no, nonce),
-                        "planned_by": plan.sync_id,
+                        "idempotency_key": idempotency_key(aud, label, sync_id, no, nonce),
+                        "planned_by": sync_id,
                         "attempts": 0,
                         "shard": no % n,
                         "shards": n,
@@ -445,13 +498,7 @@ class Planner:
                     for no, op, rows in batches
                 ],
             )
-        plan.batches = len(batches)
-        # acknowledged plus pending now equals desired as of change ``upto``: the next plan starts there
-        if own and mode == "retire":  # the destination is being emptied: whatever comes next plans in full
-            changes.forget(conn, aud, label)
-        elif own:
-            changes.set_mark(conn, aud, label, upto, shape, plan.sync_id)
-        faults.point("plan.written")  # inside the plan transaction, before it commits
+        return len(batches)
 
     def _refreshes(self, conn: Connection, plan: Plan, delta: Table, dry: bool = False) -> Select | None:
         """Acknowledged members to re-send before they expire, oldest first, within today's share.

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import changes, faults, lease, state
@@ -121,7 +121,7 @@ class Pusher:
         self.label = label
         self.dest = dest
 
-    def _mine(self, table):  # type: ignore[no-untyped-def]
+    def _mine(self, table: Table) -> ColumnElement[bool]:
         return and_(table.c.audience == self.audience, table.c.destination == self.label)
 
     def drain(
@@ -140,49 +140,76 @@ class Pusher:
         seconds have passed since the last call.
         """
         started = time.monotonic()
-        # statistics go stale when do_ack grows by a good share (a first sync), not by a quiet day's
-        # change to a large audience: each ANALYZE samples the table, half a second at 10M rows
+        first_analyze = self._first_analyze()
+        planned = self._planned(shard)
+        beat = _Heartbeat(heartbeat, beat_every)
+        with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
+            moved = self._push_planned(sync_id, result, planned, pipeline, beat, first_analyze)
+        self._vacuum_after(moved)
+        result.seconds = round(result.seconds + time.monotonic() - started, 3)
+
+    def _first_analyze(self) -> int:
+        """Moved rows after which ``do_ack``'s statistics are refreshed first.
+
+        Statistics go stale when do_ack grows by a good share (a first sync), not by a quiet day's
+        change to a large audience: each ANALYZE samples the table, half a second at 10M rows.
+        """
         with self.engine.begin() as conn:
             acked = acked_count(conn, self.audience, self.label)
-        moved, next_analyze = 0, max(ANALYZE_AFTER_ROWS, acked // 10)
+        return max(ANALYZE_AFTER_ROWS, acked // 10)
+
+    def _planned(self, shard: int | None) -> list[Row[tuple[int, str, str, int]]]:
+        """The batches to push, in order: every batch was planned before the first push, so the list is
+        fixed for the whole drain."""
         b = state.batch
         where: list[ColumnElement[bool]] = [self._mine(b)]
         if shard is not None:
             where.append(b.c.shard == shard)
-        # every batch was planned before the first push: the list is fixed for the whole drain
         with self.engine.connect() as conn:
-            planned = conn.execute(
-                select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows).where(*where).order_by(b.c.batch_no)
-            ).all()
-        with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
-            previous: Op | None = None
-            beat = time.monotonic()
-            for batch_no, op_value, key, n in planned:
-                op = Op(op_value)
-                if heartbeat is not None and time.monotonic() - beat >= beat_every:
-                    heartbeat()
-                    beat = time.monotonic()
-                if previous is Op.REMOVE and op is not Op.REMOVE:
-                    # every removal's answer is in before the first add is read: a refused removal
-                    # withdraws the same member's add (``_commit``)
-                    pipeline.wait()
-                previous = op
-                pushed = self._push_one(batch_no, op, key)
-                if pushed is None:  # committed meanwhile by another worker of this shard (a zombie task)
-                    continue
-                rows, outcome = pushed
-                pipeline.then(functools.partial(self._commit, sync_id, batch_no, op, key, rows, outcome, result))
-                moved += n
-                if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
-                    pipeline.wait()
-                    state.analyze(self.engine, state.ack)
-                    next_analyze = moved * 2
-        # a first sync's millions of moved rows: vacuum both tables now; a usual day's few are left to
-        # autovacuum (at 10M members, vacuuming after 200,000 pushed rows took 0.4 to 1.3 s of a push)
+            return list(
+                conn.execute(
+                    select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows).where(*where).order_by(b.c.batch_no)
+                ).all()
+            )
+
+    def _push_planned(
+        self,
+        sync_id: int,
+        result: PushResult,
+        planned: list[Row[tuple[int, str, str, int]]],
+        pipeline: _Pipeline,
+        heartbeat: _Heartbeat,
+        next_analyze: int,
+    ) -> int:
+        """Push the planned batches one by one, each commit handed to ``pipeline``; returns the rows moved."""
+        moved = 0
+        previous: Op | None = None
+        for batch_no, op_value, key, n in planned:
+            op = Op(op_value)
+            heartbeat.maybe()
+            if previous is Op.REMOVE and op is not Op.REMOVE:
+                # every removal's answer is in before the first add is read: a refused removal
+                # withdraws the same member's add (``_commit``)
+                pipeline.wait()
+            previous = op
+            pushed = self._push_one(batch_no, op, key)
+            if pushed is None:  # committed meanwhile by another worker of this shard (a zombie task)
+                continue
+            rows, outcome = pushed
+            pipeline.then(functools.partial(self._commit, sync_id, batch_no, op, key, rows, outcome, result))
+            moved += n
+            if moved >= next_analyze:  # do_ack grows fast during a first sync: keep its estimates honest
+                pipeline.wait()
+                state.analyze(self.engine, state.ack)
+                next_analyze = moved * 2
+        return moved
+
+    def _vacuum_after(self, moved: int) -> None:
+        """A first sync's millions of moved rows: vacuum both tables now; a usual day's few are left to
+        autovacuum (at 10M members, vacuuming after 200,000 pushed rows took 0.4 to 1.3 s of a push)."""
         if moved >= state.VACUUM_AFTER_ROWS:
             state.vacuum(self.engine, state.pending)
             state.vacuum(self.engine, state.ack, analyze=True)
-        result.seconds = round(result.seconds + time.monotonic() - started, 3)
 
     def _batch(self, batch_no: int, key: str) -> ColumnElement[bool]:
         """This batch of this plan: batch numbers start again at 0 with every plan, keys do not."""
@@ -234,16 +261,11 @@ class Pusher:
         too, under the same key) waits for the first one's transaction, then finds it gone and changes
         nothing, instead of deleting the acknowledged rows the first one just wrote.
         """
-        a, p, b = state.ack, state.pending, state.batch
+        p = state.pending
         rejected = [r.member_key for r in rows if r.member_key in outcome.rejected]
         now = state.utcnow()
-        # An add replaces the member's acknowledged row (accepted, or remembered as rejected so it is
-        # not re-sent every run); a remove ends it unless the destination refused the removal, which
-        # is then retried next run: a removal is never dropped. Keys as a list, not a subquery:
-        # primary-key lookups whatever the table statistics say.
-        touched = [r.member_key for r in rows if op.adds or r.member_key not in outcome.rejected]
         with self.engine.begin() as conn:
-            if not conn.execute(delete(b).where(self._batch(batch_no, key))).rowcount:
+            if not conn.execute(delete(state.batch).where(self._batch(batch_no, key))).rowcount:
                 log.warning(
                     "%s/%s: batch %d was committed by another worker meanwhile; this commit changes nothing",
                     self.audience,
@@ -251,64 +273,81 @@ class Pusher:
                     batch_no,
                 )
                 return
-            acked_delta = len(rows) - len(rejected) if op.adds else 0
-            for chunk in _chunks(touched, 10_000):
-                ended = delete(a).where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
-                was_rejected = conn.execute(ended.returning(a.c.rejected)).scalars()
-                acked_delta -= sum(1 for r in was_rejected if not r)
+            acked_delta = self._end_acknowledged(conn, op, rows, outcome)
             if op.adds:
-                conn.execute(
-                    insert(a).from_select(
-                        [
-                            "audience",
-                            "destination",
-                            "member_key",
-                            *IDENTITY_COLUMNS,
-                            "rejected",
-                            "acked_at",
-                            "acked_sync",
-                            "acked_batch",
-                        ],
-                        select(
-                            p.c.audience,
-                            p.c.destination,
-                            p.c.member_key,
-                            *[p.c[c] for c in IDENTITY_COLUMNS],
-                            literal(False),
-                            literal(now, a.c.acked_at.type),
-                            literal(sync_id, a.c.acked_sync.type),
-                            literal(batch_no, a.c.acked_batch.type),
-                        ).where(self._mine(p), p.c.batch_no == batch_no),
-                    )
-                )
-                mark_rejected(conn, self.audience, self.label, rejected)
+                acked_delta += len(rows) - len(rejected)
+                self._acknowledge_adds(conn, sync_id, batch_no, now, rejected)
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             if op is Op.REMOVE and rejected:
-                # still acknowledged: the next plan must try the removal again. A member whose identity
-                # changed keeps its old one until then: its add of the new identity is withdrawn, since
-                # committing it would overwrite the acknowledged old identity the vendor still holds.
-                changes.record_refused(conn, self.audience, self.label, None, rejected)
-                added = and_(self._mine(p), p.c.op != Op.REMOVE.value)
-                for chunk in _chunks(rejected, 10_000):  # a batch holds each member once
-                    conn.execute(delete(p).where(added, state.key_in(conn.dialect, p.c.member_key, chunk)))
+                self._keep_refused_removals(conn, rejected)
             conn.execute(delete(p).where(self._mine(p), p.c.batch_no == batch_no))
             c = state.ack_count
             conn.execute(update(c).where(self._mine(c)).values(acked=c.c.acked + acked_delta))
             conn.execute(_tally(sync_id, op, len(rows) - len(rejected), len(outcome.rejected), len(rows), outcome))
         faults.point("push.committed")
-        refused = len(outcome.rejected)
-        result.batches += 1
-        result.rejected += refused
-        result.received += outcome.received if outcome.received is not None else len(rows)
-        if outcome.matched is not None:
-            result.matched = (result.matched or 0) + outcome.matched
-        if op is Op.ADD:
-            result.added += len(rows) - refused
-        elif op is Op.REFRESH:
-            result.refreshed += len(rows) - refused
-        else:
-            result.removed += len(rows) - refused
+        _count(result, op, rows, outcome)
         log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op.value, len(rows))
+
+    def _end_acknowledged(self, conn: Connection, op: Op, rows: list[MemberRow], outcome: BatchResult) -> int:
+        """Delete the acknowledged rows this batch replaces or ends; returns minus the accepted ones deleted.
+
+        An add replaces the member's acknowledged row (accepted, or remembered as rejected so it is not
+        re-sent every run); a remove ends it unless the destination refused the removal, which is then
+        retried next run: a removal is never dropped. Keys as a list, not a subquery: primary-key lookups
+        whatever the table statistics say.
+        """
+        a = state.ack
+        touched = [r.member_key for r in rows if op.adds or r.member_key not in outcome.rejected]
+        delta = 0
+        for chunk in _chunks(touched, 10_000):
+            ended = delete(a).where(self._mine(a), state.key_in(conn.dialect, a.c.member_key, chunk))
+            was_rejected = conn.execute(ended.returning(a.c.rejected)).scalars()
+            delta -= sum(1 for r in was_rejected if not r)
+        return delta
+
+    def _acknowledge_adds(
+        self, conn: Connection, sync_id: int, batch_no: int, now: dt.datetime, rejected: list[str]
+    ) -> None:
+        """Copy the batch's rows from ``do_pending`` into ``do_ack`` in SQL, the refused ones kept as rejected;
+        each row names the sync and batch that wrote it (the member lookup shows them)."""
+        a, p = state.ack, state.pending
+        conn.execute(
+            insert(a).from_select(
+                [
+                    "audience",
+                    "destination",
+                    "member_key",
+                    *IDENTITY_COLUMNS,
+                    "rejected",
+                    "acked_at",
+                    "acked_sync",
+                    "acked_batch",
+                ],
+                select(
+                    p.c.audience,
+                    p.c.destination,
+                    p.c.member_key,
+                    *[p.c[c] for c in IDENTITY_COLUMNS],
+                    literal(False),
+                    literal(now, a.c.acked_at.type),
+                    literal(sync_id, a.c.acked_sync.type),
+                    literal(batch_no, a.c.acked_batch.type),
+                ).where(self._mine(p), p.c.batch_no == batch_no),
+            )
+        )
+        mark_rejected(conn, self.audience, self.label, rejected)
+
+    def _keep_refused_removals(self, conn: Connection, rejected: list[str]) -> None:
+        """A refused removal stays acknowledged: the next plan must try it again.
+
+        A member whose identity changed keeps its old one until then: its add of the new identity is
+        withdrawn, since committing it would overwrite the acknowledged old identity the vendor still holds.
+        """
+        p = state.pending
+        changes.record_refused(conn, self.audience, self.label, None, rejected)
+        added = and_(self._mine(p), p.c.op != Op.REMOVE.value)
+        for chunk in _chunks(rejected, 10_000):  # a batch holds each member once
+            conn.execute(delete(p).where(added, state.key_in(conn.dialect, p.c.member_key, chunk)))
 
     def pending_removals(self) -> int:
         """Rows of this destination's remove batches not committed yet: other shards' still to come, or
@@ -320,6 +359,20 @@ class Pusher:
     def acked_size(self) -> int:
         with self.engine.begin() as conn:
             return acked_count(conn, self.audience, self.label)
+
+
+class _Heartbeat:
+    """Calls ``beat`` (renewing the run's lease) once ``every`` seconds have passed since the last call."""
+
+    def __init__(self, beat: Callable[[], None] | None, every: float) -> None:
+        self._beat = beat
+        self._every = every
+        self._last = time.monotonic()
+
+    def maybe(self) -> None:
+        if self._beat is not None and time.monotonic() - self._last >= self._every:
+            self._beat()
+            self._last = time.monotonic()
 
 
 class _Pipeline:
@@ -391,3 +444,20 @@ def _tally(sync_id: int, op: Op, accepted: int, rejected: int, sent: int, outcom
     if outcome.matched is not None:
         values["matched"] = plus(s.c.matched, outcome.matched)
     return update(s).where(s.c.id == sync_id).values(**values)
+
+
+def _count(result: PushResult, op: Op, rows: list[MemberRow], outcome: BatchResult) -> None:
+    """Add one committed batch to this task's own result (the sync's shared tallies are ``_tally``)."""
+    refused = len(outcome.rejected)
+    result.batches += 1
+    result.rejected += refused
+    result.received += outcome.received if outcome.received is not None else len(rows)
+    if outcome.matched is not None:
+        result.matched = (result.matched or 0) + outcome.matched
+    if op is Op.ADD:
+        result.added += len(rows) - refused
+    elif op is Op.REFRESH:
+        result.refreshed += len(rows) - refused
+    else:
+        result.removed += len(rows) - refused
+
