@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, Table, delete, insert, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import state
 from data_out.connections import ConnectionInfo
@@ -97,7 +98,7 @@ def transition(engine: Engine, result: ReconResult) -> list[AlertItem]:
     return items
 
 
-def _key(a, key: tuple[str, str, str]) -> list:  # type: ignore[no-untyped-def]
+def _key(a: Table, key: tuple[str, str, str]) -> list[ColumnElement[bool]]:
     return [a.c.audience == key[0], a.c.destination == key[1], a.c.check == key[2]]
 
 
@@ -205,5 +206,6 @@ def send(conn: ConnectionInfo, email: Email) -> None:
     msg["To"] = ", ".join(email.recipients)
     msg.set_content(email.text)
     msg.add_alternative(email.html, subtype="html")
-    with DataOutSmtpHook(connection=conn) as hook:
+    hook = DataOutSmtpHook(connection=conn)
+    with hook:  # SmtpHook.__enter__ is typed as returning the base hook
         hook.send_message(msg)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import CompoundSelect, Connection, Select, and_, delete, func, insert, literal, or_, select, update
 
 from data_out import state
 from data_out.chunking import chunks
@@ -71,7 +71,7 @@ def open_change(
     conn: Connection, audience: str, run_id: int | None, kind: str, recorded: bool, destination: str | None = None
 ) -> int:
     c = state.change
-    return int(
+    return state.inserted_id(
         conn.execute(
             insert(c).values(
                 audience=audience,
@@ -82,11 +82,11 @@ def open_change(
                 recorded=recorded,
                 at=state.utcnow(),
             )
-        ).inserted_primary_key[0]
+        )
     )
 
 
-def add_keys(conn: Connection, audience: str, change_id: int, keys: Select) -> None:
+def add_keys(conn: Connection, audience: str, change_id: int, keys: Select | CompoundSelect) -> None:
     """Record the keys ``keys`` selects (one column) under ``change_id``, each once however often it comes.
 
     ``EXCEPT`` drops the keys already recorded under the change (one pass over them, not a lookup per

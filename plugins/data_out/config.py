@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from sqlalchemy import text
 
 from data_out.asset_names import ASSET_SCHEDULE_PREFIX, PIPELINE_ASSETS, pipeline_asset_key
@@ -197,7 +198,7 @@ class AudienceConfig(_Model):
     member_key: str = "customer_id"
     holdout: Holdout | None = None
     exclusions: list[str] = Field(default_factory=list)
-    destinations: list[_destination_union()] = Field(min_length=1)  # type: ignore[valid-type]
+    destinations: list[_destination_union()] = Field(min_length=1)  # type: ignore[valid-type]  # built from REGISTRY
     guard: GuardSettings = GuardSettings()
     drift: DriftSettings = DriftSettings()
     alerts: Alerts = Alerts()
@@ -347,7 +348,7 @@ def audiences_dir() -> Path:
     return Path(os.environ.get(AUDIENCES_DIR_ENV) or DEFAULT_AUDIENCES_DIR)
 
 
-def _fix_for(err: dict[str, Any]) -> str:
+def _fix_for(err: ErrorDetails) -> str:
     kind = err["type"]
     loc = ".".join(str(p) for p in err["loc"])
     if kind == "missing":

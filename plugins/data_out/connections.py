@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -270,7 +271,7 @@ def _create(url: URL, dialect: str | None) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
             # WAL lets readers and one writer work at once (parallel audiences on one file);
             # autocommit off in the driver so SQLAlchemy's BEGIN is the only transaction control.
             cur = dbapi_conn.cursor()

@@ -17,6 +17,10 @@ keeps the ``:name`` form.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: sqlglot loads only when a query is checked
+    from sqlglot import exp
 
 #: SQLAlchemy dialect name -> sqlglot dialect name
 SQLGLOT_NAMES: dict[str, str] = {
@@ -44,7 +48,7 @@ class Translated:
     changed: bool
 
 
-def _parse(sql: str, dialect: str) -> list:  # type: ignore[type-arg]
+def _parse(sql: str, dialect: str) -> list[exp.Expr]:
     import sqlglot
     from sqlglot.errors import ParseError, TokenError
 

@@ -58,6 +58,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause
 
 from data_out import changes, faults, shards, state
 from data_out.config import AudienceConfig
@@ -167,6 +168,7 @@ def desired_select(
     thr = holdout_threshold(cfg.holdout.percent) if cfg.holdout else 0
     cols = []
     for col in IDENTITY_COLUMNS:
+        expr: ColumnElement[Any]
         if col == "in_holdout":
             expr = (
                 case((m.c.bucket < thr, True), else_=False) if include == "all" else cast(null(), state.ack.c[col].type)
@@ -569,6 +571,8 @@ class Planner:
         )
         acked = select(a).where(a.c.audience == self.cfg.name, a.c.destination == self.label)
         source: Any
+        d: FromClause
+        k: FromClause
         if keys is not None and conn.dialect.name == "postgresql":
             kk = keys.alias("kk")
             # LIMIT 1 (each side has at most one row per key anyway) keeps the planner from pulling

@@ -211,9 +211,10 @@ def normalize_phone(raw: Any, default_region: str) -> Normalized:
         return Normalized(None, INVALID, "phone_unparsable")
     reason = None
     if not phonenumbers.is_valid_number(parsed):
-        parsed, reason = _mexican_mobile(parsed), "phone_mx_legacy"
-        if parsed is None:
+        legacy = _mexican_mobile(parsed)
+        if legacy is None:
             return Normalized(None, INVALID, "phone_not_valid")
+        parsed, reason = legacy, "phone_mx_legacy"
     return Normalized(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None, reason)
 
 

@@ -60,7 +60,8 @@ class Normaliser:
     def identity(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
         """The identity columns of one member from its raw (email, phone, external id, *extra) values."""
         ids = self.identifiers
-        f = identity_forms(*raw[:3], default_region=ids.default_region)
+        email, phone, external_id = raw[:3]
+        f = identity_forms(email, phone, external_id, default_region=ids.default_region)
         notes = [r for r, mapped in ((f.email_reason, ids.email), (f.phone_reason, ids.phone)) if r and mapped]
         if f.external_id_reason and ids.external_id:
             notes.append(f.external_id_reason)

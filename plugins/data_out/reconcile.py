@@ -47,6 +47,18 @@ class Measure:
     size_error: str | None = None
 
 
+@dataclass(frozen=True)
+class RecentSyncs:
+    """One destination's syncs of the last 24 hours; ``matched`` is ``None`` when no vendor reported a match."""
+
+    total: int
+    received: int
+    matched: int | None
+    rejected: int
+    attempted: int
+    failed: int
+
+
 @dataclass
 class ReconResult:
     recon_id: int
@@ -67,10 +79,8 @@ class Reconciler:
 
     def run(self, dag_run_id: str | None = None, repair: bool = True) -> ReconResult:
         with self.engine.begin() as conn:
-            recon_id = int(
-                conn.execute(
-                    insert(state.recon_run).values(dag_run_id=dag_run_id, started_at=state.utcnow())
-                ).inserted_primary_key[0]
+            recon_id = state.inserted_id(
+                conn.execute(insert(state.recon_run).values(dag_run_id=dag_run_id, started_at=state.utcnow()))
             )
         result = ReconResult(recon_id)
         for name, loaded in sorted(self.audiences.audiences.items()):
@@ -121,7 +131,7 @@ class Reconciler:
             )
         return [int(r) for r in rows if r is not None]
 
-    def _recent_syncs(self, audience: str, label: str) -> dict[str, int | None]:
+    def _recent_syncs(self, audience: str, label: str) -> RecentSyncs:
         s = state.sync
         since = self.now - dt.timedelta(hours=24)
         with self.engine.connect() as conn:
@@ -141,14 +151,14 @@ class Reconciler:
                 ).where(s.c.audience == audience, s.c.destination == label, s.c.started_at >= since)
             ).one()
         total, received, matched, rejected, attempted, failed = row
-        return {
-            "total": int(total or 0),
-            "received": int(received or 0),
-            "matched": None if matched is None else int(matched),
-            "rejected": int(rejected or 0),
-            "attempted": int(attempted or 0),
-            "failed": int(failed or 0),
-        }
+        return RecentSyncs(
+            total=int(total or 0),
+            received=int(received or 0),
+            matched=None if matched is None else int(matched),
+            rejected=int(rejected or 0),
+            attempted=int(attempted or 0),
+            failed=int(failed or 0),
+        )
 
     def _checks(self, loaded: LoadedAudience, label: str, m: Measure) -> list[CheckResult]:
         cfg = loaded.config
@@ -163,9 +173,9 @@ class Reconciler:
             checks.source_gap(m.desired, m.acked, d.max_source_gap_pct),
             checks.day_over_day(m.acked, history[0] if history else None, d.max_day_over_day_pct),
             checks.baseline(m.acked, history, d.max_baseline_pct),
-            checks.match_rate(syncs["received"], syncs["matched"], d.min_match_rate),
-            checks.reject_rate(syncs["rejected"], syncs["attempted"], d.max_reject_rate),
-            checks.failed_sync_rate(syncs["failed"], syncs["total"], d.max_failed_sync_rate),
+            checks.match_rate(syncs.received, syncs.matched, d.min_match_rate),
+            checks.reject_rate(syncs.rejected, syncs.attempted, d.max_reject_rate),
+            checks.failed_sync_rate(syncs.failed, syncs.total, d.max_failed_sync_rate),
         ]
 
     def _holdout(self, loaded: LoadedAudience) -> CheckResult | None:

@@ -161,7 +161,7 @@ class AudienceRunner:
 
     def _as_of(self, run_id: int) -> dt.datetime:
         with self.engine.connect() as conn:
-            value = conn.scalar(select(state.run.c.as_of).where(state.run.c.id == run_id))
+            value = conn.execute(select(state.run.c.as_of).where(state.run.c.id == run_id)).scalar_one()
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
     def _update_run(self, run_id: int, **values: Any) -> None:
@@ -199,7 +199,7 @@ class AudienceRunner:
                 .where(r.c.id.in_(dead.scalar_subquery()))
                 .values(status="failed", error="superseded by a retry of the same DAG run", finished_at=state.utcnow())
             )
-            return int(
+            return state.inserted_id(
                 conn.execute(
                     insert(state.run).values(
                         audience=self.cfg.name,
@@ -208,7 +208,7 @@ class AudienceRunner:
                         status="running",
                         started_at=state.utcnow(),
                     )
-                ).inserted_primary_key[0]
+                )
             )
 
     @_state_step("stage")
@@ -245,7 +245,7 @@ class AudienceRunner:
                     finished_at=state.utcnow(),
                 )
             )
-            return int(
+            return state.inserted_id(
                 conn.execute(
                     insert(state.sync).values(
                         run_id=run_id,
@@ -256,7 +256,7 @@ class AudienceRunner:
                         status="planning",
                         started_at=state.utcnow(),
                     )
-                ).inserted_primary_key[0]
+                )
             )
 
     def _plan(self, dest: Destination, label: str, sync_id: int, override_reason: str | None, mode: SyncMode) -> Plan:

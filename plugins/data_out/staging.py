@@ -356,7 +356,7 @@ class Stager:
             raise contact_keys_error(f"audience {cfg.name}", cfg.member_key, contact, f"in a batch of {len(rows)} rows")
         m = state.member
         with self.engine.begin() as conn:
-            known = dict(
+            known: dict[str, str] = dict(
                 conn.execute(
                     select(m.c.member_key, m.c.raw_fp).where(
                         m.c.audience == cfg.name,

@@ -64,7 +64,7 @@ from data_out.sources.base import (
     contact_key_sql,
     contact_keys_error,
 )
-from data_out.sources.warehouse import SqlSource, read_only_section
+from data_out.sources.warehouse import SqlSource, driver_connection, read_only_section
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class InDatabase:
             return f"the database encoding is {encoding}, not UTF8"
         with read_only_section(conn, self.source):
             cursor = conn.execute(text(f"SELECT * FROM ({self.sql}) AS src LIMIT 0"), self.params()).cursor
-        types = {col.name: col.type_code for col in cursor.description or ()}
+        types = {col[0]: col[1] for col in cursor.description or ()}  # DB-API: (name, type_code, ...)
         needed = [self.key_column, *(c for c in self.value_columns if c)]
         missing = [c for c in needed if c not in types]
         if missing:
@@ -310,7 +310,8 @@ class InDatabaseStaging:
                 """
             )
         ).one()
-        return Delta(*(int(v) for v in row), missing_keys=int(missing), before=before)
+        to_compute, gone, duplicate_keys, duplicate_rows = (int(v) for v in row)
+        return Delta(to_compute, gone, duplicate_keys, duplicate_rows, missing_keys=int(missing), before=before)
 
     def _find_delta_in_halves(self, conn: Connection) -> None:
         """The full join in two halves by key hash, at once: this connection and a helper sharing its snapshot.
@@ -349,7 +350,7 @@ class InDatabaseStaging:
                 thread.join()
             if failed:
                 raise failed[0]
-            reader, writer = helper.connection.driver_connection, conn.connection.driver_connection
+            reader, writer = driver_connection(helper), driver_connection(conn)
             with (
                 reader.cursor() as rc,
                 writer.cursor() as wc,
@@ -493,7 +494,7 @@ class InDatabaseStaging:
         faster than INSERT for large first syncs."""
         if not rows:
             return
-        cursor = conn.connection.driver_connection.cursor()  # the same session, inside our transaction
+        cursor = driver_connection(conn).cursor()  # the same session, inside our transaction
         with cursor, cursor.copy(f"COPY do_member ({', '.join(MEMBER_COLUMNS)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
@@ -556,7 +557,7 @@ class ResumeLog:
         if self.conn is None:
             self.conn = self.engine.connect()
             self.conn.begin()
-        cursor = self.conn.connection.driver_connection.cursor()
+        cursor = driver_connection(self.conn).cursor()
         columns = ", ".join((*MEMBER_COLUMNS, "run_id", "computed"))
         with cursor, cursor.copy(f"COPY do_stage ({columns}) FROM STDIN") as copy:
             for row in rows:

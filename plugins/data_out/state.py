@@ -41,6 +41,7 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
+    DefaultClause,
     Engine,
     Float,
     Index,
@@ -59,6 +60,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from sqlalchemy.sql.dml import Insert
 
@@ -83,20 +85,24 @@ schema_version = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
 
-_member_columns = lambda: [  # noqa: E731 - the same identity columns in snapshot and stage
-    Column("raw_fp", String(32), nullable=False),
-    Column("bucket", Integer),
-    Column("email_sha256", _HASH),
-    Column("phone_e164_sha256", _HASH),
-    Column("phone_digits_sha256", _HASH),
-    Column("external_id", _KEY),
-    Column("extra", Text),
-    Column("email_issue", String(16)),
-    Column("phone_issue", String(16)),
-    Column("external_id_issue", String(16)),
-    Column("email_google_sha256", _HASH),  # Google's Data Manager form of the email (identity.google_email)
-    Column("id_notes", Text),  # identifier quality reason codes (identity.REASONS), " a b ": never a value
-]
+
+def _member_columns() -> list[Column[Any]]:
+    """The same identity columns in snapshot and stage (new objects each time: a column joins one table)."""
+    return [
+        Column("raw_fp", String(32), nullable=False),
+        Column("bucket", Integer),
+        Column("email_sha256", _HASH),
+        Column("phone_e164_sha256", _HASH),
+        Column("phone_digits_sha256", _HASH),
+        Column("external_id", _KEY),
+        Column("extra", Text),
+        Column("email_issue", String(16)),
+        Column("phone_issue", String(16)),
+        Column("external_id_issue", String(16)),
+        Column("email_google_sha256", _HASH),  # Google's Data Manager form of the email (identity.google_email)
+        Column("id_notes", Text),  # identifier quality reason codes (identity.REASONS), " a b ": never a value
+    ]
+
 
 member = Table(
     "do_member",
@@ -129,13 +135,17 @@ exclusion = Table(
 #: the refresh planner reads a destination's oldest acknowledgements through this index (schema version 6)
 ACK_AGE_INDEX = "ix_do_ack_age"
 
-_identity = lambda: [  # noqa: E731 - identity columns shared by ack and pending (see MemberRow)
-    Column("email_sha256", _HASH),
-    Column("phone_sha256", _HASH),
-    Column("external_id", _KEY),
-    Column("extra", Text),
-    Column("in_holdout", Boolean),
-]
+
+def _identity() -> list[Column[Any]]:
+    """Identity columns shared by ack and pending (see MemberRow)."""
+    return [
+        Column("email_sha256", _HASH),
+        Column("phone_sha256", _HASH),
+        Column("external_id", _KEY),
+        Column("extra", Text),
+        Column("in_holdout", Boolean),
+    ]
+
 
 ack = Table(
     "do_ack",
@@ -560,7 +570,7 @@ def _add_missing_columns(engine: Engine) -> None:
                     continue
                 ddl = f"{column.type.compile(engine.dialect)}"
                 if not column.nullable:
-                    if column.server_default is None:
+                    if not isinstance(column.server_default, DefaultClause):
                         raise RuntimeError(f"cannot add NOT NULL column {table.name}.{column.name} without a default")
                     arg = column.server_default.arg
                     default = arg.compile(dialect=engine.dialect) if hasattr(arg, "compile") else arg
@@ -642,6 +652,14 @@ def vacuum(engine: Engine, table: Table, analyze: bool = False) -> None:
         options = "SKIP_LOCKED, ANALYZE" if analyze else "SKIP_LOCKED"
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql(f"VACUUM ({options}) {table.name}")
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key an ``INSERT`` of one row created (every table here has an integer id)."""
+    key = result.inserted_primary_key
+    if key is None:  # SQLAlchemy's type allows it for an executemany, which never comes here
+        raise RuntimeError("the insert returned no primary key")
+    return int(key[0])
 
 
 def scalar_int(conn: Any, stmt: Any, **params: Any) -> int:

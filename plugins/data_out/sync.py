@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import changes, faults, lease, state
@@ -158,25 +158,22 @@ class Pusher:
             acked = acked_count(conn, self.audience, self.label)
         return max(ANALYZE_AFTER_ROWS, acked // 10)
 
-    def _planned(self, shard: int | None) -> list[Row[tuple[int, str, str, int]]]:
+    def _planned(self, shard: int | None) -> list[tuple[int, str, str, int]]:
         """The batches to push, in order: every batch was planned before the first push, so the list is
         fixed for the whole drain."""
         b = state.batch
         where: list[ColumnElement[bool]] = [self._mine(b)]
         if shard is not None:
             where.append(b.c.shard == shard)
+        query = select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows).where(*where).order_by(b.c.batch_no)
         with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(b.c.batch_no, b.c.op, b.c.idempotency_key, b.c.rows).where(*where).order_by(b.c.batch_no)
-                ).all()
-            )
+            return [(no, op, key, n) for no, op, key, n in conn.execute(query)]
 
     def _push_planned(
         self,
         sync_id: int,
         result: PushResult,
-        planned: list[Row[tuple[int, str, str, int]]],
+        planned: list[tuple[int, str, str, int]],
         pipeline: _Pipeline,
         heartbeat: _Heartbeat,
         next_analyze: int,

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import requests
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import (
     BatchResult,
@@ -142,7 +143,7 @@ def describe_google_error(resp: requests.Response) -> str:
     if not isinstance(err, dict):
         return str(err if err is not None else body)[:300]
     reasons = [
-        d.get("reason") for d in err.get("details", []) if isinstance(d, dict) and d.get("reason")
+        str(d["reason"]) for d in err.get("details", []) if isinstance(d, dict) and d.get("reason")
     ]  # ErrorInfo reasons name the cause (TERMS_AND_CONDITIONS_NOT_SIGNED, ...)
     fields = [
         v.get("field")
@@ -173,8 +174,8 @@ class GoogleDestination(Destination):
 
     settings: GoogleSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         extra = dict(self.connection.extra)
         from data_out.hooks.destinations import GoogleHook  # access tokens minted from the connection
 

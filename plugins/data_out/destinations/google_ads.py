@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
 from data_out.destinations.google import (
@@ -107,11 +108,11 @@ class GoogleAdsDestination(Destination):
         return {"email_sha256": email, "phone_sha256": "phone_e164_sha256"}
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
         return self.columns_for(self.settings)
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         extra = dict(self.connection.extra)
         from data_out.hooks.destinations import GoogleAdsHook  # tokens, developer-token, login-customer-id
 
@@ -261,7 +262,9 @@ class GoogleAdsDestination(Destination):
 
     def _apply(
         self, idempotency_key: str, fill: Iterator[tuple[list[dict[str, Any]], Sequence[MemberRow | None]]]
-    ) -> dict[str, str]:
+    ) -> tuple[dict[str, str], str | None]:
+        """Run the batch's job once (a job found under this key is not run again): the rejected members,
+        and the job's match rate range."""
         job, status = self._find_or_create(idempotency_key)
         rejected: dict[str, str] = {}
         if status == "NEW":

@@ -107,7 +107,7 @@ def build_credentials(conn: ConnectionInfo, scopes: Sequence[str], default_base_
                 "login, its secret as password and extra refresh_token, or paste a service account key (JSON) "
                 "as password"
             )
-        return user_credentials.Credentials(None, token_uri=uri, **fields), what  # type: ignore[arg-type]
+        return user_credentials.Credentials(None, token_uri=uri, **fields), what
     except (ValueError, KeyError) as exc:
         if isinstance(exc, GoogleCredentialError):
             raise

@@ -25,6 +25,7 @@ from typing import Literal
 import requests
 from pydantic import Field, field_validator
 
+from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
 from data_out.destinations.http import FORM_CONTENT_TYPE, HttpClient, Verdict, default_classify, form_encode
@@ -39,11 +40,13 @@ DEPRECATED_VERSION = 2635
 
 MatchKey = Literal["EMAIL", "PHONE", "EXTERN_ID", "FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN"]
 
+_DEFAULT_MATCH_KEYS: list[MatchKey] = ["EMAIL", "PHONE"]
+
 
 class MetaSettings(DestinationSettings):
     type: Literal["meta"]
     audience_id: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$")
-    match_keys: list[MatchKey] = Field(default_factory=lambda: ["EMAIL", "PHONE"], min_length=1)
+    match_keys: list[MatchKey] = Field(default_factory=lambda: _DEFAULT_MATCH_KEYS.copy(), min_length=1)
     api_version: str = Field(DEFAULT_API_VERSION, pattern=r"^v\d+\.\d+$")
 
     @field_validator("api_version")
@@ -124,8 +127,8 @@ class MetaDestination(Destination):
 
     settings: MetaSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         from data_out.hooks.destinations import MetaHook  # bearer token and appsecret_proof from the connection
 
         self.client: HttpClient = MetaHook(connection=self.connection).client()
@@ -147,7 +150,7 @@ class MetaDestination(Destination):
         return cols
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
         return self.columns_for(self.settings)
 
     def _row(self, r: MemberRow) -> list[str]:

@@ -21,6 +21,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op, planned_key
 from data_out.destinations.http import HttpClient, part_key
@@ -47,8 +48,8 @@ class SegmentDestination(Destination):
 
     settings: SegmentSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         from data_out.hooks.destinations import SegmentHook  # the write key as Basic auth
 
         self.client: HttpClient = SegmentHook(connection=self.connection).client()

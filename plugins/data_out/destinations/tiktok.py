@@ -22,20 +22,22 @@ from typing import Any, Literal
 import requests
 from pydantic import Field
 
+from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op
 from data_out.destinations.http import HttpClient, Verdict, default_classify
 
 RETRY_CODES = {40100, 40016}
 
+IdKind = Literal["EMAIL_SHA256", "PHONE_SHA256"]
+_DEFAULT_ID_SCHEMA: list[IdKind] = ["EMAIL_SHA256", "PHONE_SHA256"]
+
 
 class TikTokSettings(DestinationSettings):
     type: Literal["tiktok"]
     advertiser_id: str = Field(pattern=r"^\d+$")
     segment_id: str = Field(pattern=r"^\w+$")
-    id_schema: list[Literal["EMAIL_SHA256", "PHONE_SHA256"]] = Field(
-        default_factory=lambda: ["EMAIL_SHA256", "PHONE_SHA256"], min_length=1
-    )
+    id_schema: list[IdKind] = Field(default_factory=lambda: _DEFAULT_ID_SCHEMA.copy(), min_length=1)
     phone_format: Literal["e164", "digits"] = Field(
         "e164",
         description="hash the phone as E.164 with its + (e164) or as digits with the country code and no + "
@@ -79,8 +81,8 @@ class TikTokDestination(Destination):
 
     settings: TikTokSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         from data_out.hooks.destinations import TikTokHook  # the Access-Token header from the connection
 
         self.client: HttpClient = TikTokHook(connection=self.connection).client()
@@ -96,7 +98,7 @@ class TikTokDestination(Destination):
         return cols
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
         return self.columns_for(self.settings)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from sqlalchemy import Connection, DateTime, Engine, String, Table, bindparam, func, literal, select, text
 from sqlalchemy.dialects import postgresql
 
-from data_out.connections import engine_for
+from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import register
 from data_out.destinations.base import (
     IDENTIFIER_RE,
@@ -64,8 +64,8 @@ class WarehouseDestination(Destination):
 
     settings: WarehouseSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         self.engine: Engine = engine_for(self.connection)
         self.members, self.holdout, self.applied = destination_tables(self.audience, self.settings)
         self.members.metadata.create_all(self.engine, checkfirst=True)

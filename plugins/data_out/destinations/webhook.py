@@ -87,8 +87,8 @@ class WebhookDestination(Destination):
 
     settings: WebhookSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
         self.secret = signing_secret(self.connection)
         from data_out.hooks.destinations import WebhookHook  # signed per attempt, no credential on the session
 
@@ -100,7 +100,7 @@ class WebhookDestination(Destination):
         return dict(FIELD_COLUMNS[f] for f in settings.fields)
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
         return self.columns_for(self.settings)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:

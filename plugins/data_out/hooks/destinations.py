@@ -71,7 +71,7 @@ class DataOutHttpHook(HttpHook):
             self._info = connection_info(self.conn_id)
         return self._info
 
-    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
+    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]  # a classmethod in BaseHook
         """What ``HttpHook`` builds its session and base URL from: host, port and scheme, and the
         session extras only. The credential is applied by ``authorise``, never as ``HttpHook``'s Basic
         auth from ``login`` (Google's ``login`` is an OAuth client id)."""

@@ -29,7 +29,7 @@ class DataOutSmtpHook(SmtpHook):
         super().__init__(smtp_conn_id=connection.conn_id if connection else smtp_conn_id, **kw)
         self._info = connection
 
-    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
+    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]  # a classmethod in BaseHook
         info = self._info
         if info is None:
             return super().get_connection(conn_id)
@@ -45,10 +45,7 @@ class DataOutSmtpHook(SmtpHook):
 
     def send_message(self, msg: EmailMessage) -> None:
         """Send ``msg`` to its To/Cc/Bcc, retried up to the connection's ``retry_limit`` as ``SmtpHook`` does."""
-        self.get_conn()
-        client = self._smtp_client
-        if not isinstance(client, smtplib.SMTP):
-            raise RuntimeError("the SMTP client did not open")  # get_conn raises before this
+        client = self._open_client()
         for attempt in range(self.smtp_retry_limit + 1):
             try:
                 client.send_message(msg)
@@ -57,5 +54,12 @@ class DataOutSmtpHook(SmtpHook):
                 if attempt == self.smtp_retry_limit:
                     raise
                 self._smtp_client = None  # reconnect: get_conn opens a new client
-                self.get_conn()
-                client = self._smtp_client  # type: ignore[assignment]
+                client = self._open_client()
+
+    def _open_client(self) -> smtplib.SMTP:
+        """The hook's client, opened by ``get_conn`` (which raises when it cannot connect or log in)."""
+        self.get_conn()
+        client = self._smtp_client
+        if not isinstance(client, smtplib.SMTP):  # SMTP_SSL is one too
+            raise RuntimeError("the SMTP client did not open")
+        return client

@@ -73,7 +73,7 @@ class AudienceStepOperator(BaseOperator):
     :param state_conn_id: connection of the Data Out state database
     """
 
-    template_fields = ("audience",)
+    template_fields: tuple[str, ...] = ("audience",)
     ui_color = "#e8f0fe"
 
     def __init__(self, *, audience: str, state_conn_id: str = "data_out_state", **kwargs: Any) -> None:

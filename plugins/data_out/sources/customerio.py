@@ -67,6 +67,7 @@ class _PacedAdapter(HTTPAdapter):
         self.pacer = pacer
         self.last_status: int | None = None
 
+    # override: HTTPAdapter.send names its keyword arguments, which pass through here unchanged
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         self.pacer.wait()
         self.last_status = None
@@ -148,7 +149,9 @@ class CustomerIOSource:
                     f"{self.label}: page {page} of Customer.io segment {self.segment_id} has an unexpected shape "
                     f'(expected identifiers: [..] and next: "..."; {where}); nothing was staged from this run'
                 )
-            rows = [{"customer_id": i.get("id"), "email": i.get("email"), "cio_id": i.get("cio_id")} for i in ids]
+            rows: list[Row] = [
+                {"customer_id": i.get("id"), "email": i.get("email"), "cio_id": i.get("cio_id")} for i in ids
+            ]
             self.missing_ids += sum(1 for r in rows if r["customer_id"] in (None, ""))
             streamed += len(rows)
             for chunk in chunks(rows, batch_size):

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -101,13 +101,14 @@ class SqlSource:
                         "select them (or alias them) or change the column names in the audience file"
                     )
                 for part in result.mappings().partitions(batch_size):
-                    yield list(part)
+                    # RowMapping is keyed by column objects as well as names; sources read it by name only
+                    yield cast("list[Row]", list(part))
                     refresh()  # the limit is per fetch, as Postgres' is per statement of the cursor
         except SQLAlchemyError as exc:
             raise query_failed(self.label, exc, self.statement_timeout) from None
 
 
-def _naive(value: object) -> bool:
+def _naive(value: object) -> TypeGuard[dt.datetime]:
     return isinstance(value, dt.datetime) and value.tzinfo is None
 
 
@@ -207,9 +208,18 @@ def _reset(conn: Connection, statement: str) -> None:
         conn.invalidate()
 
 
+def driver_connection(conn: Connection) -> Any:
+    """The driver's own connection under ``conn`` (sqlite3, psycopg, DuckDB...), for what SQLAlchemy does not
+    wrap: progress handlers, interrupts, COPY. ``Any``: its type is the driver's, one per dialect."""
+    raw = conn.connection.driver_connection
+    if raw is None:  # SQLAlchemy's type allows it for a detached connection, which a live Connection never holds
+        raise RuntimeError("the database connection was closed under this statement")
+    return raw
+
+
 @contextmanager
 def _sqlite_read_only(conn: Connection, seconds: float) -> Iterator[Any]:
-    raw = conn.connection.driver_connection
+    raw = driver_connection(conn)
     deadline = [time.monotonic() + seconds]
 
     def refresh() -> None:
@@ -251,7 +261,7 @@ def _mysql_read_only(conn: Connection, source: SqlSource, seconds: float) -> Ite
 @contextmanager
 def _interrupt_after(conn: Connection, seconds: float) -> Iterator[Any]:
     """DuckDB has no statement timeout: a timer interrupts the connection once the limit has passed."""
-    raw = conn.connection.driver_connection
+    raw = driver_connection(conn)
     timer: list[threading.Timer] = []
     fired = threading.Event()
 

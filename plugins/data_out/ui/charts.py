@@ -54,9 +54,9 @@ def line_chart(
         return PAD_T + ih - (v - lo) / (hi - lo) * ih
 
     parts = [head, f'<g class="axis"><line x1="{PAD_L}" y1="{PAD_T + ih}" x2="{W - PAD_R}" y2="{PAD_T + ih}"/>']
-    for v in (lo, (lo + hi) / 2, hi):
-        parts.append(f'<text x="{PAD_L - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{_fmt(v)}{escape(unit)}</text>')
-        parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y(v):.1f}" x2="{W - PAD_R}" y2="{y(v):.1f}"/>')
+    for tick in (lo, (lo + hi) / 2, hi):
+        parts.append(f'<text x="{PAD_L - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{_fmt(tick)}{escape(unit)}</text>')
+        parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y(tick):.1f}" x2="{W - PAD_R}" y2="{y(tick):.1f}"/>')
     parts.append(f'<text x="{PAD_L}" y="{H - 6}">{escape(labels[0])}</text>')
     if n > 1:
         parts.append(f'<text x="{W - PAD_R}" y="{H - 6}" text-anchor="end">{escape(labels[-1])}</text>')

@@ -75,7 +75,7 @@ def _matches(engine: Engine, catalog: Catalog, kind: Kind, value: str) -> tuple[
     with engine.connect() as conn:
         if kind == "member_key":
             key = identity.normalize_external_id(value)
-            if not key.ok:
+            if key.value is None:  # not ``key.ok``: the type checker narrows on the value itself
                 return None, f"the member key is {key.issue}", []
             return _key_hash(key.value), None, queries.members_by(conn, names, "member_key", key.value)
         if kind == "email":
