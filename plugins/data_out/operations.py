@@ -44,7 +44,9 @@ class WorkItem:
     notes: list[str] = field(default_factory=list)
 
 
-def validate(params: dict[str, Any], audiences: LoadResult) -> tuple[list[dict[str, Any]], tuple | None]:
+def validate(
+    params: dict[str, Any], audiences: LoadResult
+) -> tuple[list[dict[str, Any]], tuple[dt.datetime, dt.datetime] | None]:
     """Check the form; returns the work items and the metrics backfill range (or ``None``)."""
     problems = []
     names = list(params.get("audiences") or [])
@@ -81,20 +83,27 @@ def validate(params: dict[str, Any], audiences: LoadResult) -> tuple[list[dict[s
                 )
             )
         )
-    window = None
-    start, end = params.get("metrics_from"), params.get("metrics_to")
-    if bool(start) != bool(end):
-        problems.append("give both metrics_from and metrics_to for a metrics backfill, or neither")
-    elif start and end:
-        s, e = parse_timestamp(start), parse_timestamp(end)
-        if e <= s:
-            problems.append(f"metrics_to ({end}) must be after metrics_from ({start})")
-        window = (s, e)
+    window = _metrics_window(params, problems)
     if not items and window is None and not problems:
         problems.append("nothing to do: choose audiences, or a metrics_from/metrics_to range")
     if problems:
         raise InvalidRequest("; ".join(problems))
     return items, window
+
+
+def _metrics_window(params: dict[str, Any], problems: list[str]) -> tuple[dt.datetime, dt.datetime] | None:
+    """The metrics backfill range the form asks for (``None``: none); what is wrong with it joins ``problems``,
+    so the trigger's answer lists every problem at once."""
+    start, end = params.get("metrics_from"), params.get("metrics_to")
+    if bool(start) != bool(end):
+        problems.append("give both metrics_from and metrics_to for a metrics backfill, or neither")
+        return None
+    if not (start and end):
+        return None
+    s, e = parse_timestamp(start), parse_timestamp(end)
+    if e <= s:
+        problems.append(f"metrics_to ({end}) must be after metrics_from ({start})")
+    return s, e
 
 
 def run_item(

@@ -166,9 +166,26 @@ class StandIn:
             return resp
 
     def _dispatch_locked(self, req: Request) -> Response:
-        f = self.faults
         self.seen += 1
         self.payloads.append(req.body)
+        refused = self._refused(req)
+        if refused is not None:
+            return refused
+        try:
+            self.check_auth(req)
+            key = req.headers.get("idempotency-key")
+            if key and self.replays_idempotency_key and key in self.responses:
+                return self.responses[key]  # the vendor's promise: answer again, apply nothing
+            return self._route(req, key)
+        except HttpError as exc:
+            return exc.response
+        except (ValueError, KeyError, TypeError) as exc:
+            return Response(400, {"error": f"malformed request: {type(exc).__name__}"})
+
+    def _refused(self, req: Request) -> Response | None:
+        """What the vendor answers before it reads the request: the planted outage, forced or random
+        errors, the rate limit, a body over its size limit. ``None``: the request goes through."""
+        f = self.faults
         if f.down_after is not None:
             if f.down_after <= 0:
                 f.down = True
@@ -183,27 +200,23 @@ class StandIn:
             return self.rate_limited()
         if len(req.body) > self.max_body_bytes:
             return Response(413, {"error": f"body of {len(req.body)} bytes exceeds {self.max_body_bytes}"})
-        try:
-            self.check_auth(req)
-            key = req.headers.get("idempotency-key")
-            if key and self.replays_idempotency_key and key in self.responses:
-                return self.responses[key]  # the vendor's promise: answer again, apply nothing
-            for method, pattern, handler in self.routes:
-                m = pattern.match(req.path)
-                if m and method == req.method:
-                    resp = handler(req, m)
-                    if key and resp.status < 300:
-                        self.applied[key] += 1
-                        if self.replays_idempotency_key:
-                            self.responses[key] = resp
-                    if resp.status < 300 and self.seen in f.lose_response:
-                        return self.server_error(503)  # applied, but the answer never arrives
-                    return resp
-            return Response(404, {"error": f"no route {req.method} {req.path}"})
-        except HttpError as exc:
-            return exc.response
-        except (ValueError, KeyError, TypeError) as exc:
-            return Response(400, {"error": f"malformed request: {type(exc).__name__}"})
+        return None
+
+    def _route(self, req: Request, key: str | None) -> Response:
+        """The handler's answer, remembered under the idempotency key when it applied something; a
+        planted lost response applies the request and answers 503."""
+        for method, pattern, handler in self.routes:
+            m = pattern.match(req.path)
+            if m and method == req.method:
+                resp = handler(req, m)
+                if key and resp.status < 300:
+                    self.applied[key] += 1
+                    if self.replays_idempotency_key:
+                        self.responses[key] = resp
+                if resp.status < 300 and self.seen in self.faults.lose_response:
+                    return self.server_error(503)  # applied, but the answer never arrives
+                return resp
+        return Response(404, {"error": f"no route {req.method} {req.path}"})
 
     def _admin(self, req: Request) -> Response:
         action = req.path.removeprefix("/_admin/")

@@ -144,17 +144,7 @@ class GoogleAdsStandIn(StandIn):
                 job["ops"].append(("remove_all", None))
                 continue
             kind = "create" if "create" in op else "remove"
-            ids = op[kind]["userIdentifiers"]
-            if not ids or len(ids) > MAX_PER_USER:
-                raise google_error(400, "INVALID_ARGUMENT", f"a UserData needs 1 to {MAX_PER_USER} identifiers")
-            user = set()
-            for ident in ids:
-                [(field, value)] = ident.items()
-                if field not in ID_FIELDS:
-                    raise google_error(400, "INVALID_ARGUMENT", f"unknown identifier {field}")
-                if field != "thirdPartyUserId":
-                    require_hex64(value, field)
-                user.add((field, value))
+            user = _user_data(op[kind]["userIdentifiers"])
             if any(v in self.reject_hashes for _, v in user):
                 failures.append(
                     {
@@ -262,3 +252,18 @@ class GoogleAdsStandIn(StandIn):
             self.reject_hashes.update(body["hashes"])
             return Response(200, {"ok": True})
         return super().admin(req, action)
+
+
+def _user_data(ids: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """One operation's UserData checked as Google checks it: (field, value) per identifier."""
+    if not ids or len(ids) > MAX_PER_USER:
+        raise google_error(400, "INVALID_ARGUMENT", f"a UserData needs 1 to {MAX_PER_USER} identifiers")
+    user = set()
+    for ident in ids:
+        [(field, value)] = ident.items()
+        if field not in ID_FIELDS:
+            raise google_error(400, "INVALID_ARGUMENT", f"unknown identifier {field}")
+        if field != "thirdPartyUserId":
+            require_hex64(value, field)
+        user.add((field, value))
+    return user

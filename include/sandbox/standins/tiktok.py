@@ -63,22 +63,8 @@ class TikTokStandIn(StandIn):
         if not isinstance(rows, list) or not rows or len(rows) > MAX_ROWS:
             raise tiktok_error(40002, f"batch_data must hold 1 to {MAX_ROWS} rows")
         for row in rows:
-            if not isinstance(row, list) or len(row) != len(schema):
-                raise tiktok_error(40002, "each batch_data row must have one entry per id_schema item")
-            for entry, kind in zip(row, schema, strict=True):
-                if entry == {}:
-                    continue  # the member has no identifier of this kind
-                if not isinstance(entry.get("id"), str) or not HEX64.match(entry["id"]):
-                    raise tiktok_error(40002, f"{kind} id must be a lowercase SHA-256 hex digest")
-                if not entry.get("audience_ids"):
-                    raise tiktok_error(40002, "each id needs audience_ids")
-            ids = tuple(f"{k}={e['id']}" for k, e in zip(schema, row, strict=True) if e)
-            if not ids:
-                raise tiktok_error(40002, "a batch_data row needs at least one id")
-            segs = {tuple(e["audience_ids"]) for e in row if e}
-            if len(segs) > 1:
-                raise tiktok_error(40002, "all ids of a row must map to the same audiences")
-            for seg in next(iter(segs)):
+            ids, segments = _row_ids(row, schema)
+            for seg in segments:
                 members = self.segments.setdefault(seg, set())
                 members.add(ids) if action == "add" else members.discard(ids)
         return Response(200, {"code": 0, "message": "OK", "request_id": "standin", "data": {}})
@@ -110,3 +96,23 @@ class TikTokStandIn(StandIn):
 
     def reset_state(self) -> None:
         self.segments.clear()
+
+
+def _row_ids(row: Any, schema: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """One ``batch_data`` row checked as TikTok checks it: the member's ids and the audiences they map to."""
+    if not isinstance(row, list) or len(row) != len(schema):
+        raise tiktok_error(40002, "each batch_data row must have one entry per id_schema item")
+    for entry, kind in zip(row, schema, strict=True):
+        if entry == {}:
+            continue  # the member has no identifier of this kind
+        if not isinstance(entry.get("id"), str) or not HEX64.match(entry["id"]):
+            raise tiktok_error(40002, f"{kind} id must be a lowercase SHA-256 hex digest")
+        if not entry.get("audience_ids"):
+            raise tiktok_error(40002, "each id needs audience_ids")
+    ids = tuple(f"{k}={e['id']}" for k, e in zip(schema, row, strict=True) if e)
+    if not ids:
+        raise tiktok_error(40002, "a batch_data row needs at least one id")
+    segs = {tuple(e["audience_ids"]) for e in row if e}
+    if len(segs) > 1:
+        raise tiktok_error(40002, "all ids of a row must map to the same audiences")
+    return ids, next(iter(segs))

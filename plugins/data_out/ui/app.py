@@ -85,6 +85,17 @@ def create_app(
 
     signed_in = [auth.signed_in()]
     router = APIRouter()
+    _overview_routes(router, engine, catalog, signed_in)
+    _health_routes(router, engine, catalog)
+    _lookup_routes(router, engine, catalog, signed_in)
+    app.include_router(router)
+    return app
+
+
+def _overview_routes(
+    router: APIRouter, engine: Callable[[], Engine], catalog: Callable[[], Catalog], signed_in: list[Any]
+) -> None:
+    """The overview of every audience: the page and its JSON twin, with the same filters."""
 
     def _overview(tag: str | None, owner: str | None, destination: str | None, attention: bool) -> dict[str, Any]:
         cat = catalog()
@@ -127,6 +138,10 @@ def create_app(
         ]
         return JSONResponse(_json({"audiences": rows}))
 
+
+def _health_routes(router: APIRouter, engine: Callable[[], Engine], catalog: Callable[[], Catalog]) -> None:
+    """The "Health" tab of an audience DAG and its JSON twin, for those who may read the DAG's runs."""
+
     def _health(dag_id: str, runs: int) -> pages.Health:
         cat = catalog()
         info = cat.by_dag_id(dag_id)
@@ -158,6 +173,12 @@ def create_app(
             )
         )
 
+
+def _lookup_routes(
+    router: APIRouter, engine: Callable[[], Engine], catalog: Callable[[], Catalog], signed_in: list[Any]
+) -> None:
+    """The member lookup: a form, then the answer as a page or JSON, never cached (it names a person)."""
+
     @router.get("/lookup", response_class=HTMLResponse, dependencies=signed_in)
     def lookup_form() -> HTMLResponse:
         return HTMLResponse(render("lookup.html", kinds=KINDS, result=None, kind="email"), headers=_NO_STORE)
@@ -177,6 +198,3 @@ def create_app(
     ) -> JSONResponse:
         result = lookup(engine(), catalog(), kind, value, auth.user_name(user))
         return JSONResponse(_json(result), headers=_NO_STORE)
-
-    app.include_router(router)
-    return app
