@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from data_out.identity import NORMALIZATION_VERSION
 from data_out.normalise import Normaliser, in_order, workers_for
 from data_out.sources.base import Source, contact_keys_error, looks_like_contact, member_key
 from data_out.sources.warehouse import query_failed
-from data_out.staging_sql import InDatabase, InDatabaseStaging, ResumeLog, resumable_min_rows
+from data_out.staging_sql import Delta, InDatabase, InDatabaseStaging, ResumeLog, resumable_min_rows
 
 log = logging.getLogger(__name__)
 
@@ -221,17 +221,7 @@ class Stager:
                         changes.add_keys(conn, self.cfg.name, change_id, staging.changed_keys())
                     removed = staging.drop_stale(conn, delta, self.cfg if carry else None)
 
-                parts = ([tuple(r) for r in part] for part in staging.stream_changed(conn))  # plain, picklable
-                workers = workers_for(delta.to_compute)
-                for rows in in_order(self.normaliser.member_rows, parts, workers, record_and_drop_stale):
-                    staging.copy_members(conn, rows)
-                    if resumable:  # committed every RESUME_CHUNK_ROWS rows: survives a kill
-                        kept.write(rows)
-                    stats.recomputed += len(rows)
-                    faults.point("stage.batch")
-                taken = staging.take_over(conn)  # (after drop_stale, which the first batch started)
-                stats.recomputed += taken
-                stats.resumed += taken
+                self._copy_changed(conn, staging, delta, kept if resumable else None, stats, record_and_drop_stale)
             except SQLAlchemyError as exc:
                 if state_errors.state_fault(exc):  # the state database itself went away: not the query's fault
                     raise
@@ -252,6 +242,33 @@ class Stager:
             self._warn_duplicates(delta.duplicate_keys)
         self._refresh_statistics(delta.to_compute + delta.gone, stats.members)
         return True
+
+    def _copy_changed(
+        self,
+        conn: Connection,
+        staging: InDatabaseStaging,
+        delta: Delta,
+        kept: ResumeLog | None,
+        stats: StageStats,
+        meanwhile: Callable[[], None],
+    ) -> None:
+        """Normalise the changed source rows in worker processes and COPY them into the snapshot, in order.
+
+        ``meanwhile`` runs while the first batches are being normalised. ``kept`` (large stagings only)
+        commits the rows every RESUME_CHUNK_ROWS rows, so a killed attempt's work survives; rows an earlier
+        attempt kept are taken over at the end, after ``meanwhile`` dropped the stale ones.
+        """
+        parts = ([tuple(r) for r in part] for part in staging.stream_changed(conn))  # plain, picklable
+        workers = workers_for(delta.to_compute)
+        for rows in in_order(self.normaliser.member_rows, parts, workers, meanwhile):
+            staging.copy_members(conn, rows)
+            if kept is not None:
+                kept.write(rows)
+            stats.recomputed += len(rows)
+            faults.point("stage.batch")
+        taken = staging.take_over(conn)
+        stats.recomputed += taken
+        stats.resumed += taken
 
     def _refresh_statistics(self, changed: int, members: int) -> None:
         """After a large change the planner's row estimates are stale; the diff plan depends on them.
