@@ -18,6 +18,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: Airflow loads only once the demo's environment is set
+    from airflow.dag_processing.dagbag import DagBag
+    from sqlalchemy import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include")]
@@ -120,7 +125,7 @@ def _where_to_look() -> None:
     )
 
 
-def _reconcile_with_planted_drift(bag, as_of: dt.datetime, running: dict, state_engine) -> None:  # type: ignore[no-untyped-def]
+def _reconcile_with_planted_drift(bag: DagBag, as_of: dt.datetime, running: dict, state_engine: Engine) -> None:
     """Lose members at the Meta stand-in behind Data Out's back, then run the reconciliation DAG."""
     cart = load_audiences().audiences[PLANTED_AUDIENCE].config.destination("meta")
     members = running["meta"].standin.audiences[cart.audience_id]

@@ -23,17 +23,17 @@ class _Collect:
         self.directory = directory
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        msg = email.message_from_bytes(envelope.content, _class=EmailMessage, policy=email.policy.default)
         msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
-        self.messages.append(msg)  # type: ignore[arg-type]
+        self.messages.append(msg)
         if self.directory is not None:
-            self._write(msg, envelope.content)
+            self._write(self.directory, msg, envelope.content)
         return "250 OK"
 
-    def _write(self, msg: email.message.Message, raw: bytes) -> None:
+    def _write(self, directory: Path, msg: email.message.Message, raw: bytes) -> None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         subject = re.sub(r"[^A-Za-z0-9]+", "-", str(msg["Subject"] or "no-subject")).strip("-")[:80]
-        path = self.directory / f"{stamp}-{len(self.messages):04d}-{subject}.eml"  # type: ignore[operator]
+        path = directory / f"{stamp}-{len(self.messages):04d}-{subject}.eml"
         path.write_bytes(raw)
 
 

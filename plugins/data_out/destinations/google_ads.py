@@ -108,7 +108,7 @@ class GoogleAdsDestination(Destination):
         return {"email_sha256": email, "phone_sha256": "phone_e164_sha256"}
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # class-wide in the base
         return self.columns_for(self.settings)
 
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:

@@ -150,7 +150,7 @@ class MetaDestination(Destination):
         return cols
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # class-wide in the base
         return self.columns_for(self.settings)
 
     def _row(self, r: MemberRow) -> list[str]:

@@ -98,7 +98,7 @@ class TikTokDestination(Destination):
         return cols
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # class-wide in the base
         return self.columns_for(self.settings)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:

@@ -100,7 +100,7 @@ class WebhookDestination(Destination):
         return dict(FIELD_COLUMNS[f] for f in settings.fields)
 
     @property
-    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # the base's class-wide mapping, per settings here
+    def identity_columns(self) -> dict[str, str]:  # type: ignore[override]  # class-wide in the base
         return self.columns_for(self.settings)
 
     def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
