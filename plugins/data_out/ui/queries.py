@@ -322,7 +322,7 @@ def acks_of(conn: Connection, audiences: Sequence[str], keys: Sequence[str]) -> 
     return [dict(x) for x in conn.execute(stmt).mappings()]
 
 
-def syncs_by_id(conn: Connection, sync_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+def syncs_by_id(conn: Connection, sync_ids: Iterable[int | None]) -> dict[int, dict[str, Any]]:
     """Syncs with their run's Airflow DAG run id (primary-key reads): who wrote a member's rows."""
     ids = sorted({i for i in sync_ids if i is not None})
     if not ids:
