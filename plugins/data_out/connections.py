@@ -171,9 +171,9 @@ def _resolve(conn: ConnectionInfo) -> Engine:
     hook = sql_hook(conn)
     over_connections = HOOK_CONNECTION_DIALECTS.get(kind)
     if over_connections:
-        url = make_url(f"{over_connections}://")
+        dialect_url = make_url(f"{over_connections}://")
         # one call of get_conn per pooled connection: a new IAM token each time, never a URL with a password
-        return create_engine(url, creator=hook.get_conn, **engine_kwargs(url.get_backend_name()))
+        return create_engine(dialect_url, creator=hook.get_conn, **engine_kwargs(dialect_url.get_backend_name()))
     if _builds_own_engine(hook):
         # the hook adds what a URL cannot carry (key pairs, service-account credentials, OAuth)
         return hook.get_sqlalchemy_engine(engine_kwargs(hook.dialect_name))

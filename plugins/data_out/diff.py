@@ -218,7 +218,7 @@ def _diff_conditions(t: Any, mode: SyncMode) -> tuple[Any, Any, Any]:
     return to_remove, to_add, changed
 
 
-def _op_groups(t: Any, mode: str, refreshes: Select | None) -> list[tuple[Op, Select]]:
+def _op_groups(t: Any, mode: SyncMode, refreshes: Select | None) -> list[tuple[Op, Select]]:
     """The delta's rows to write, per operation, in push order: removes, adds, then refreshes.
 
     A full resync re-sends members acknowledged exactly as desired as refreshes, which an event
@@ -228,7 +228,7 @@ def _op_groups(t: Any, mode: str, refreshes: Select | None) -> list[tuple[Op, Se
     removes = select(t.member_key, *[t[f"k_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_remove)
     adds = select(t.member_key, *[t[f"d_{c}"].label(c) for c in IDENTITY_COLUMNS]).where(to_add)
     groups = [(Op.REMOVE, removes), (Op.ADD, adds)]
-    if mode == "full_resync":
+    if mode == SyncMode.FULL_RESYNC:
         unchanged = and_(t.in_k, t.rejected.is_(False), t.differs.is_(False))
         groups = [(Op.REMOVE, removes), (Op.ADD, adds.where(~unchanged)), (Op.REFRESH, adds.where(unchanged))]
     if refreshes is not None:
@@ -373,7 +373,7 @@ class Planner:
         return plan
 
     def _write_plan(
-        self, conn: Connection, plan: Plan, guard: GuardSettings, override_reason: str | None, mode: str
+        self, conn: Connection, plan: Plan, guard: GuardSettings, override_reason: str | None, mode: SyncMode
     ) -> None:
         """``incremental`` sends the difference; ``full_resync`` re-sends every desired member as an add.
 
@@ -386,13 +386,13 @@ class Planner:
         shape = changes.shape(self.cfg, self.dest)
         upto = changes.latest(conn, aud, label)
         own = self.snapshot is None  # a shadow snapshot (dry run) neither uses nor moves the mark
-        keys = self._changed_keys(conn, plan, shape, upto) if own and mode == "incremental" else None
+        keys = self._changed_keys(conn, plan, shape, upto) if own and mode == SyncMode.INCREMENTAL else None
         delta = _delta_table(conn)
         self._fill_delta(conn, delta, mode, keys)
         self._forget_rejected(conn, delta)
         self._count_delta(conn, plan, delta, mode)
         # a full resync re-sends everyone anyway; a retirement and a dry run's shadow refresh nobody
-        refreshes = self._refreshes(conn, plan, delta) if own and mode == "incremental" else None
+        refreshes = self._refreshes(conn, plan, delta) if own and mode == SyncMode.INCREMENTAL else None
         plan.shards = shard_count(
             plan.removes + plan.adds + plan.refreshes,
             self.dest.push_shard_limit,
@@ -403,14 +403,14 @@ class Planner:
         if keys is not None:
             keys.drop(conn)
         # a retirement is an explicit exit: the guard's question ("is the source broken?") does not apply
-        if mode != "retire":
+        if mode != SyncMode.RETIRE:
             peak = self._peak_acked(conn, plan, guard.removal_window_days)
             plan.guard = self._guard(plan, guard, override_reason, peak)  # raises before commit: plan rolled back
         else:
             plan.guard = "not applicable: retiring the audience"
         plan.batches = self._write_batches(conn, plan.sync_id, plan.shards)
         # acknowledged plus pending now equals desired as of change ``upto``: the next plan starts there
-        if own and mode == "retire":  # the destination is being emptied: whatever comes next plans in full
+        if own and mode == SyncMode.RETIRE:  # the destination is being emptied: whatever comes next plans in full
             changes.forget(conn, aud, label)
         elif own:
             changes.set_mark(conn, aud, label, upto, shape, plan.sync_id)
@@ -440,7 +440,7 @@ class Planner:
         mine = and_(a.c.audience == self.cfg.name, a.c.destination == self.label)
         conn.execute(delete(a).where(mine, a.c.member_key.in_(forget)))
 
-    def _count_delta(self, conn: Connection, plan: Plan, delta: Table, mode: str) -> None:
+    def _count_delta(self, conn: Connection, plan: Plan, delta: Table, mode: SyncMode) -> None:
         """The plan's figures: both sides' sizes, then removes, adds and changed identities from the delta."""
         to_remove, to_add, changed = _diff_conditions(delta.c, mode)
 

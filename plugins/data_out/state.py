@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -594,7 +594,7 @@ def insert_ignore(engine_or_dialect: Any, table: Table) -> Insert:
     raise NotImplementedError(f"state database dialect {name!r} is not supported")
 
 
-def key_in(dialect: Any, column: Any, keys: list[str]) -> Any:
+def key_in(dialect: Any, column: Any, keys: Sequence[str]) -> Any:
     """``column IN keys`` for a list of keys from Python: one array parameter on Postgres.
 
     ``IN (...)`` renders one placeholder per key, and SQLAlchemy and psycopg spend more time building
@@ -603,7 +603,7 @@ def key_in(dialect: Any, column: Any, keys: list[str]) -> Any:
     """
     if getattr(dialect, "name", dialect) == "postgresql":
         return column == any_(bindparam(None, list(keys), type_=postgresql.ARRAY(String)))
-    return column.in_(keys)
+    return column.in_(list(keys))
 
 
 def analyze(engine: Engine, table: Table) -> None:

@@ -183,7 +183,7 @@ def _begin_read_only(conn: Connection) -> None:
     inside a read-write transaction already open (Postgres answers it with a warning and ignores it). Sent
     with autocommit on, it is the transaction's own BEGIN; with autocommit off again the driver sees the
     transaction open and adds none, and the rollback at the end (the driver's ``rollback``) closes it."""
-    raw = conn.connection.driver_connection
+    raw = driver_connection(conn)
     previous = raw.autocommit
     raw.autocommit = True
     try:
