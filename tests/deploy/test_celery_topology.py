@@ -425,11 +425,17 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                     ).first()
                 keys = Counter(key for key, _ in adds)
                 members_of = {key: emails for key, emails in adds}
+                # a re-sent batch is the same batch: the same members under the same key
+                assert all(sorted(emails) == sorted(members_of[key]) for key, emails in adds)
                 assert sync is not None and sync.shards == SHARDS and sync.status == "success", sync
                 assert sync.batches == sum(planned.values()) == len(keys), (sync, planned, keys)
                 assert sync.added == MEMBERS, sync
                 assert {k for k, n in keys.items() if n > 1} == replayed, (keys, replayed)
                 assert all(n <= 2 for n in keys.values()), keys
+                # the batch being pushed and the one waiting for its commit (sync.py's pipeline), per shard
+                replayed_per_shard = Counter(shard_of_email[members_of[k][0]] for k in replayed)
+                assert set(replayed_per_shard) <= {t["map_index"] for t in killed_tis}, replayed_per_shard
+                assert all(n <= 2 for n in replayed_per_shard.values()), replayed_per_shard
                 assert applied == keys, (applied, keys)  # the base stand-in's per-key count agrees
                 in_batches = Counter(email for emails in members_of.values() for email in emails)
                 assert set(in_batches) == set(shard_of_email) and set(in_batches.values()) == {1}, in_batches
@@ -447,7 +453,8 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                 assert SHARDS <= len(others) <= SHARDS + drained_at_kill, (others, drained_at_kill)
                 figures["meta requests"] = (
                     f"{len(log)} = {len(posts)} batch posts ({sum(planned.values())} planned batches + "
-                    f"{len(replayed)} re-sent: sent by the killed task, not committed) + {len(others)} size reads"
+                    f"{len(replayed)} re-sent: sent by the killed task, not committed, per shard "
+                    f"{dict(replayed_per_shard)}) + {len(others)} size reads"
                 )
                 figures["members at meta"] = len(final)
                 log_mark = len(log)
