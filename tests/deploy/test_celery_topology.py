@@ -368,6 +368,8 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                         for t in killed_tis
                     ],
                 }
+                with standin.lock:
+                    standin.faults.delay = 0.0  # the window is passed: the rest of the push need not be slow
                 # a request the dead worker had sent is still answered (and applied) by the stand-in:
                 # wait for those answers, then read which of the dead tasks' batches were never committed
                 wait_for("the stand-in's answers in flight", lambda: standin.inflight == 0, 30, 0.05)
@@ -381,7 +383,6 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                         ).scalars()
                     )
                 with standin.lock:
-                    standin.faults.delay = 0.0  # the window is passed: the retry need not be slow
                     sent_before = {key for key, _ in standin.adds}
                 replayed = uncommitted & sent_before  # applied at Meta, unknown to state: the retry sends them again
 
