@@ -11,9 +11,11 @@ The commit protocol, in order, for every batch:
    deleted and the sync's tallies (``do_sync.added`` ...) are incremented, so parallel push shards add
    up and nothing counts twice.
 
-A crash between 2 and 3 leaves the batch pending; the next attempt pushes it again with the same key and
-the destination applies it at most once. State therefore only advances for what was acknowledged, and a
-rerun converges without duplicate adds or lost removes.
+A crash between 2 and 3 leaves the batch pending; the next attempt pushes it again with the same key. A
+webhook receiver deduplicates by the key as its contract asks (docs/webhooks.md); the ad platforms
+ignore the key and apply the batch again, which changes nothing: an audience is a set, so adding a
+member it holds or removing one it lacks is a no-op (Segment dedupes by ``messageId``). State therefore
+only advances for what was acknowledged, and a rerun converges without duplicate adds or lost removes.
 
 On Postgres, step 3 of one batch runs on a second connection while the next batch goes through step
 2 (``_Pipeline``): commits stay in batch order, and at most one accepted batch waits for its

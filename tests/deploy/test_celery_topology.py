@@ -8,18 +8,38 @@ checkout, the Redis password goes (the machine's Redis has none), and the test's
 template's placeholders (fresh databases, generated secrets, the stand-in connections, the simple auth
 manager because the FAB provider is not installed here).
 
-It runs an audience whose plan yields 4 push shards and checks the mapped pushes ran on both workers,
-then ``airflow backfill create`` over three days (three runs, in logical-date order, all successful),
-and reaches the metrics receiver through the api-server.
+It runs an audience whose plan yields 4 push shards and checks the mapped pushes ran on both workers.
+In the middle of that push (a push task running on a worker whose shard the Meta stand-in has seen
+some but not all batches of; the stand-in answers slowly to keep that window open) it SIGKILLs every
+process of that worker, as a machine dies: Celery's main process, its forked pool and the task
+processes under it. Airflow finds the dead task through its heartbeat timeout, and the retry the
+product's ``default_args`` allow runs on the surviving worker and finishes the shard. The stand-in's
+own records then account for every request: each planned batch (by its idempotency key) was applied
+once, except the batches the killed task had sent but not committed, which the retry sends again
+under the same key (Meta ignores the key; adding members already present changes nothing); every
+member is in exactly one batch, and the audience ends with every member.
+
+Then ``airflow backfill create`` over three days (three runs, in logical-date order, all successful),
+and the metrics receiver reached through the api-server.
+
+Timing settings lowered, the only departures from the compose file besides the machine's names:
+``[scheduler] task_instance_heartbeat_timeout`` 30 s (default 300) and its detection interval 2 s
+(default 10), so the dead worker's task is found in seconds; and the audience tasks' ``retry_delay``
+1 s instead of the product's 2 min, through an Airflow cluster policy (``task_policy`` in an
+``airflow_local_settings`` module on the components' path), which changes nothing else: the
+retries themselves are the product's and the test checks they are configured.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import secrets
+import signal
 import sys
 import textwrap
 import time
@@ -28,7 +48,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import pytest
 import requests
@@ -39,14 +59,16 @@ from sqlalchemy import Engine, select, text
 from data_out import state
 from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.destinations.meta_versions import DEFAULT_API_VERSION
 from data_out.metrics.receiver import signature
+from data_out.shards import shard_of
 from sandbox.standins import connection_env
-from sandbox.standins.base import Running
+from sandbox.standins.base import Request, Response, Running
 from sandbox.standins.meta import MetaStandIn
 from tests.conftest import People
 from tests.data_out.metrics.conftest import event
 from tests.deploy.test_compose import COMPOSE_FILE, ENV_EXAMPLE, read_env_file, resolve
-from tests.support.airflow_processes import AirflowProcesses, free_port, http_json
+from tests.support.airflow_processes import AirflowProcesses, free_port, http_json, wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.postgres]
 
@@ -57,6 +79,8 @@ DAG_ID = f"audience__{AUDIENCE}"
 META_AUDIENCE_ID = "120000000000077"
 MEMBERS = 400
 ROWS_PER_SHARD = 100  # 400 adds -> 4 push shards
+SHARDS = 4
+BATCH_SIZE = 25
 SERVICES = {
     "api-server": "airflow-apiserver",
     "scheduler": "airflow-scheduler",
@@ -69,6 +93,33 @@ RECEIVER_KEY = "celery-receiver-key"
 STARTUP_TIMEOUT = 120
 RUN_TIMEOUT = 180
 SHUTDOWN_BOUND = 60
+STANDIN_DELAY = 1.5  # seconds before each Meta answer: a shard's push spans several seconds to kill it in
+HEARTBEAT_TIMEOUT = 30  # [scheduler] task_instance_heartbeat_timeout: 6 of the tasks' 5 s heartbeats, on busy cores
+RECOVERY_TIMEOUT = 120  # kill -> the retry succeeded: heartbeat timeout, callback, retry, push
+#: the cluster policy that shortens the audience tasks' retry delay (see the module docstring)
+POLICY = """\
+import datetime as dt
+
+
+def task_policy(task):
+    if task.dag_id.startswith("audience__"):
+        task.retry_delay = dt.timedelta(seconds=1)
+"""
+
+
+class RecordingMeta(MetaStandIn):
+    """The Meta stand-in, also keeping every applied add: its Idempotency-Key and hashed emails, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adds: list[tuple[str, list[str]]] = []
+
+    def add(self, req: Request, m: re.Match[str]) -> Response:
+        resp = super().add(req, m)
+        form = parse_qs(req.body.decode("utf-8"))
+        emails = [row[0] for row in json.loads(form["payload"][0])["data"]]
+        self.adds.append((req.headers.get("idempotency-key", ""), emails))
+        return resp
 
 
 def service_environments(values: dict[str, str], api: str, redis_db: int) -> dict[str, dict[str, str]]:
@@ -153,14 +204,23 @@ def finished(api: str, run_type: str, count: int) -> list[dict] | None:
 def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_path: Path, databases) -> None:
     meta_db, state_db = databases
     state_conn = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": state_db}
-    People(engine_for(ConnectionInfo("wh", "postgres", host="127.0.0.1", login="postgres", schema=state_db))).set(
-        [{"customer_id": f"cel{i:04d}", "email": f"person.{i}@example.com"} for i in range(MEMBERS)]
-    )
+    state_engine = engine_for(ConnectionInfo("s", "postgres", host="127.0.0.1", login="postgres", schema=state_db))
+    people = [{"customer_id": f"cel{i:04d}", "email": f"person.{i}@example.com"} for i in range(MEMBERS)]
+    People(state_engine).set(people)
+    # the hashed email Meta receives -> the member's push shard (the planner's key hash of customer_id)
+    shard_of_email = {
+        hashlib.sha256(p["email"].encode()).hexdigest(): shard_of(p["customer_id"], SHARDS) for p in people
+    }
+    planned = {s: math.ceil(n / BATCH_SIZE) for s, n in Counter(shard_of_email.values()).items()}
+    assert sorted(planned) == list(range(SHARDS))
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    (policy_dir / "airflow_local_settings.py").write_text(POLICY, encoding="utf-8")
     write_audience(tmp_path / "audiences")
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     template, _ = read_env_file(ENV_EXAMPLE)
-    standin = MetaStandIn()
+    standin = RecordingMeta()
     with Running(standin) as meta:
         values = {
             **template,
@@ -196,6 +256,8 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
                 "DATA_OUT_ROWS_PER_SHARD": str(ROWS_PER_SHARD),
                 "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}:{ROOT}",
             }
@@ -208,6 +270,7 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
             env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = env.get(
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "true"
             )
+            env["PYTHONPATH"] = f"{env.get('PYTHONPATH', base['PYTHONPATH'])}:{policy_dir}"
             if name.startswith("worker-"):
                 env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] = "tests.support.worker_name.hostname"
                 env["DATA_OUT_TEST_WORKER"] = name
@@ -253,20 +316,149 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                     1.0,
                 )
                 timings["start-up"] = time.monotonic() - t0
+                push_task = http_json(f"{api}/api/v2/dags/{DAG_ID}/tasks/meta.push")
+                assert push_task["retries"] >= 1, push_task  # the product's default_args, not the test's
+                assert push_task["retry_delay"]["seconds"] == 1, push_task  # the test's policy (module docstring)
+                figures["push task retries"] = push_task["retries"]
+                with standin.lock:
+                    standin.faults.delay = STANDIN_DELAY
                 # the compose default: a new audience waits to be unpaused (a first sync is a decision)
                 requests.patch(f"{api}/api/v2/dags/{DAG_ID}", json={"is_paused": False}, timeout=10).raise_for_status()
 
                 t0 = time.monotonic()
-                [run] = procs.wait_for("the scheduled run", lambda: finished(api, "scheduled", 1), RUN_TIMEOUT, 1.0)
-                timings["scheduled run"] = time.monotonic() - t0
-                assert run["state"] == "success", run
-                pushes = [t for t in task_instances(api, run["dag_run_id"]) if t["task_id"] == "meta.push"]
+                [scheduled] = procs.wait_for("the scheduled run", lambda: runs(api, "scheduled"), RUN_TIMEOUT, 1.0)
+                run_id = scheduled["dag_run_id"]
+
+                def mid_push() -> tuple[dict, list[dict]] | None:
+                    """A push shard running on a worker while the stand-in has some but not all of its batches."""
+                    pushes = [t for t in task_instances(api, run_id) if t["task_id"] == "meta.push"]
+                    if len(pushes) < SHARDS or any(t["state"] != "running" or not t["hostname"] for t in pushes):
+                        return None
+                    with standin.lock:
+                        sent = Counter(shard_of_email[emails[0]] for _, emails in standin.adds)
+                    for t in pushes:
+                        if 1 <= sent[t["map_index"]] < planned[t["map_index"]]:
+                            return t, pushes
+                    return None
+
+                target, pushes = procs.wait_for("a push shard half-way through", mid_push, RUN_TIMEOUT, 0.2)
+                timings["unpause -> mid-push"] = time.monotonic() - t0
                 per_worker = Counter(t["hostname"] for t in pushes)
                 figures["push shards per worker"] = dict(per_worker)
-                assert len(pushes) == 4 and {t["state"] for t in pushes} == {"success"}, pushes
                 assert set(per_worker) == {"worker-a", "worker-b"}, per_worker
+                assert {t["try_number"] for t in pushes} == {1}, pushes
+                host = target["hostname"]
+                [survivor] = {"worker-a", "worker-b"} - {host}
+                killed_tis = sorted((t for t in pushes if t["hostname"] == host), key=lambda t: t["map_index"])
+                killed = procs.components.pop(host)  # its death is the test's doing, not a failure
+                t_kill = time.monotonic()
+                doomed = killed.pids()
+                for pid in doomed:
+                    os.kill(pid, signal.SIGKILL)
+                wait_for(f"{host}'s processes to die", lambda: not killed.pids(), 10, 0.1)
+                killed.popen.wait(timeout=5)
                 with standin.lock:
-                    assert len(standin.audiences[META_AUDIENCE_ID]) == MEMBERS
+                    at_kill = Counter(shard_of_email[emails[0]] for _, emails in standin.adds)
+                figures["killed"] = {
+                    "worker": host,
+                    "processes": len(doomed),
+                    "tasks": [
+                        f"{t['task_id']}[{t['map_index']}] try {t['try_number']} on {t['hostname']}, "
+                        f"{at_kill[t['map_index']]}/{planned[t['map_index']]} batches at the stand-in"
+                        for t in killed_tis
+                    ],
+                }
+                with standin.lock:
+                    standin.faults.delay = 0.0  # the window is passed: the rest of the push need not be slow
+                # a request the dead worker had sent is still answered (and applied) by the stand-in:
+                # wait for those answers, then read which of the dead tasks' batches were never committed
+                wait_for("the stand-in's answers in flight", lambda: standin.inflight == 0, 30, 0.05)
+                with state_engine.connect() as conn:
+                    uncommitted = set(
+                        conn.execute(
+                            select(state.batch.c.idempotency_key).where(
+                                state.batch.c.audience == AUDIENCE,
+                                state.batch.c.shard.in_([t["map_index"] for t in killed_tis]),
+                            )
+                        ).scalars()
+                    )
+                with standin.lock:
+                    sent_before = {key for key, _ in standin.adds}
+                replayed = uncommitted & sent_before  # applied at Meta, unknown to state: the retry sends them again
+
+                def recovered() -> list[dict] | None:
+                    done = finished(api, "scheduled", 1)
+                    if not done:
+                        return None
+                    return [t for t in task_instances(api, run_id) if t["task_id"] == "meta.push"]
+
+                pushes = procs.wait_for("the killed shards' retries", recovered, RECOVERY_TIMEOUT, 0.5)
+                timings["kill -> run finished"] = time.monotonic() - t_kill
+                timings["scheduled run"] = time.monotonic() - t0
+                [run] = runs(api, "scheduled")
+                assert run["state"] == "success", run
+                assert len(pushes) == SHARDS and {t["state"] for t in pushes} == {"success"}, pushes
+                retries = []
+                for before in killed_tis:
+                    [after] = [t for t in pushes if t["map_index"] == before["map_index"]]
+                    if before is not target and after["try_number"] == 1:  # it finished just before the kill
+                        assert after["hostname"] == host and at_kill[after["map_index"]] == planned[after["map_index"]]
+                        continue
+                    assert after["try_number"] == 2 and after["hostname"] == survivor, (before, after)
+                    assert after["max_tries"] == push_task["retries"], after
+                    retries.append(f"{after['task_id']}[{after['map_index']}] try {after['try_number']} on {survivor}")
+                figures["retried"] = retries
+                for t in pushes:
+                    if t["map_index"] not in {k["map_index"] for k in killed_tis}:
+                        assert t["try_number"] == 1, t
+
+                # the stand-in's records: every request of the run accounted for
+                with standin.lock:
+                    adds = list(standin.adds)
+                    applied = Counter(standin.applied)
+                    log = list(standin.log)
+                    final = set(standin.audiences[META_AUDIENCE_ID])
+                with state_engine.connect() as conn:
+                    sync = conn.execute(
+                        select(state.sync.c.batches, state.sync.c.added, state.sync.c.shards, state.sync.c.status)
+                        .where(state.sync.c.audience == AUDIENCE)
+                        .order_by(state.sync.c.id)
+                    ).first()
+                keys = Counter(key for key, _ in adds)
+                members_of = {key: emails for key, emails in adds}
+                # a re-sent batch is the same batch: the same members under the same key
+                assert all(sorted(emails) == sorted(members_of[key]) for key, emails in adds)
+                assert sync is not None and sync.shards == SHARDS and sync.status == "success", sync
+                assert sync.batches == sum(planned.values()) == len(keys), (sync, planned, keys)
+                assert sync.added == MEMBERS, sync
+                assert {k for k, n in keys.items() if n > 1} == replayed, (keys, replayed)
+                assert all(n <= 2 for n in keys.values()), keys
+                # the batch being pushed and the one waiting for its commit (sync.py's pipeline), per shard
+                replayed_per_shard = Counter(shard_of_email[members_of[k][0]] for k in replayed)
+                assert set(replayed_per_shard) <= {t["map_index"] for t in killed_tis}, replayed_per_shard
+                assert all(n <= 2 for n in replayed_per_shard.values()), replayed_per_shard
+                assert applied == keys, (applied, keys)  # the base stand-in's per-key count agrees
+                in_batches = Counter(email for emails in members_of.values() for email in emails)
+                assert set(in_batches) == set(shard_of_email) and set(in_batches.values()) == {1}, in_batches
+                assert all(len(e) == len(set(e)) for e in members_of.values())
+                assert final == {(f"EMAIL={h}",) for h in shard_of_email}, len(final)
+                posts = [entry for entry in log if entry[0] == "POST" and entry[1].endswith("/users")]
+                others = [entry for entry in log if entry not in posts]
+                assert {status for *_, status in log} == {200}, Counter(log)
+                assert len(posts) == sum(planned.values()) + len(replayed), (len(posts), planned, replayed)
+                # besides the batches, one size read (GET /{audience}) after each push attempt that drained
+                # its shard: every successful try, and a killed try that got that far
+                gets = Counter(path for method, path, _ in others if method == "GET")
+                assert set(gets) == {f"/{DEFAULT_API_VERSION}/{META_AUDIENCE_ID}"}, others
+                drained_at_kill = sum(at_kill[t["map_index"]] == planned[t["map_index"]] for t in killed_tis)
+                assert SHARDS <= len(others) <= SHARDS + drained_at_kill, (others, drained_at_kill)
+                figures["meta requests"] = (
+                    f"{len(log)} = {len(posts)} batch posts ({sum(planned.values())} planned batches + "
+                    f"{len(replayed)} re-sent: sent by the killed task, not committed, per shard "
+                    f"{dict(replayed_per_shard)}) + {len(others)} size reads"
+                )
+                figures["members at meta"] = len(final)
+                log_mark = len(log)
 
                 t0 = time.monotonic()
                 procs.run(
@@ -283,9 +475,7 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                 timings["backfill"] = time.monotonic() - t0
                 backfill.sort(key=lambda r: r["logical_date"])
                 assert [r["state"] for r in backfill] == ["success"] * 3
-                with engine_for(
-                    ConnectionInfo("s", "postgres", host="127.0.0.1", login="postgres", schema=state_db)
-                ).connect() as conn:
+                with state_engine.connect() as conn:
                     records = conn.execute(
                         select(
                             state.run.c.dag_run_id, state.run.c.as_of, state.run.c.started_at, state.run.c.finished_at
@@ -297,8 +487,11 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                 for before, after in itertools.pairwise(records):
                     assert before.finished_at <= after.started_at
                 figures["backfill runs"] = [
-                    (r.dag_run_id.split("/")[1], f"as_of {r.as_of:%Y-%m-%d %H:%M}") for r in records
+                    (r["logical_date"], r["state"], f"as_of {rec.as_of:%Y-%m-%d %H:%M}")
+                    for r, rec in zip(backfill, records, strict=True)
                 ]
+                with standin.lock:
+                    figures["meta requests of the backfill"] = dict(Counter(standin.log[log_mark:]))
 
                 raw = json.dumps(event(1)).encode()
                 ts = str(int(time.time()))
@@ -316,4 +509,5 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
             print(f"\ncelery topology figures: {figures}")
             print(f"celery topology timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}")
     assert not report.left, report
+    assert not killed.pids()
     assert report.seconds < SHUTDOWN_BOUND, report

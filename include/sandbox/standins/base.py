@@ -95,6 +95,7 @@ class StandIn:
         self.responses: dict[str, Response] = {}
         self.log: list[tuple[str, str, int]] = []  # (method, path, status)
         self.seen = 0  # requests received (admin calls excluded), numbering fault plans
+        self.inflight = 0  # requests being answered now: a client that died may still get one applied
         self.payloads: list[bytes] = []  # every request body received, for leak scans
         self._tokens = float(self.burst)
         self._refilled = time.monotonic()
@@ -158,12 +159,17 @@ class StandIn:
             return self._admin(req)
         with self.lock:
             delay = self.faults.delay
-        if delay:
-            time.sleep(delay)
-        with self.lock:
-            resp = self._dispatch_locked(req)
-            self.log.append((req.method, req.path, resp.status))
-            return resp
+            self.inflight += 1
+        try:
+            if delay:
+                time.sleep(delay)
+            with self.lock:
+                resp = self._dispatch_locked(req)
+                self.log.append((req.method, req.path, resp.status))
+                return resp
+        finally:
+            with self.lock:
+                self.inflight -= 1
 
     def _dispatch_locked(self, req: Request) -> Response:
         self.seen += 1

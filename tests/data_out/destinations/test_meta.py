@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from sandbox.standins.meta import MetaStandIn
 from tests.conftest import People
 from tests.data_out.destinations.cases import AUDIENCE, CASES
 from tests.data_out.destinations.test_contract import Env, person
+from tests.support.airflow_processes import wait_for
 
 AUD = "23850000001"
 HASH = "a" * 64
@@ -144,6 +146,21 @@ def test_a_repeated_batch_seq_is_refused_by_the_stand_in():
         send(2, True)
         with pytest.raises(DestinationError, match="already finished"):
             send(2, True)
+
+
+def test_a_slow_answer_counts_as_in_flight_until_the_stand_in_applied_it():
+    """What the Celery kill test waits on before reading what a killed worker had sent."""
+    standin = MetaStandIn()
+    standin.faults.delay = 0.5
+    with Running(standin) as running:
+        dest = destination(running.url)
+        done = threading.Thread(target=dest.push, args=(Op.ADD, member(1), "k-1"), daemon=True)
+        done.start()
+        wait_for("the request to arrive", lambda: standin.inflight == 1, 5, 0.01)
+        assert standin.applied["k-1"] == 0
+        wait_for("its answer", lambda: standin.inflight == 0, 5, 0.01)
+        assert standin.applied["k-1"] == 1 and len(standin.audiences[AUD]) == 1
+        done.join(5)
 
 
 def test_a_lost_replace_answer_fails_retryably_without_resending():
