@@ -459,4 +459,3 @@ def _count(result: PushResult, op: Op, rows: list[MemberRow], outcome: BatchResu
         result.refreshed += len(rows) - refused
     else:
         result.removed += len(rows) - refused
-
