@@ -272,7 +272,7 @@ def seed_members(state_engine: Engine) -> tuple[dict[str, int], dict[int, int]]:
     return shard_of_email, planned
 
 
-def machine_values(meta_db: str, state_conn: dict[str, Any], meta: str) -> dict[str, str]:
+def machine_values(meta_db: str, state_conn: dict[str, Any], meta: Running) -> dict[str, str]:
     """The env template's values with the test's: fresh databases, generated secrets, the stand-in connections."""
     template, _ = read_env_file(ENV_EXAMPLE)
     return {
