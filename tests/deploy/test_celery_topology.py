@@ -20,7 +20,7 @@ under the same key (Meta ignores the key; adding members already present changes
 member is in exactly one batch, and the audience ends with every member.
 
 Then ``airflow backfill create`` over three days (three runs, in logical-date order, all successful),
-and the metrics receiver reached through the api-server.
+the metrics receiver and the Data Out pages reached through the api-server.
 
 Timing settings lowered, the only departures from the compose file besides the machine's names:
 ``[scheduler] task_instance_heartbeat_timeout`` 30 s (default 300) and its detection interval 2 s
@@ -579,6 +579,18 @@ def check_receiver(topo: Topology) -> None:
     topo.figures["receiver through the api-server"] = reply.json()["status"]
 
 
+def check_pages(topo: Topology) -> None:
+    """Proves the Data Out pages answer through the api-server, from the state database the workers wrote."""
+    reply = requests.get(f"{topo.api}/data-out-ui/api/overview", timeout=30)
+    assert reply.status_code == 200, reply.text
+    [row] = [a for a in reply.json()["audiences"] if a["audience"] == AUDIENCE]
+    [meta] = [d for d in row["destinations"] if d["name"] == "meta"]
+    assert row["last_run"]["status"] == "success" and meta["acked"] == MEMBERS, row
+    health = requests.get(f"{topo.api}/data-out-ui/dags/{DAG_ID}/health", timeout=30)
+    assert health.status_code == 200 and AUDIENCE in health.text, health.status_code
+    topo.figures["Data Out pages through the api-server"] = f"overview: meta acknowledged {meta['acked']}"
+
+
 def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_path: Path, databases) -> None:
     meta_db, state_db = databases
     state_conn = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": state_db}
@@ -605,6 +617,7 @@ def test_celery_topology_runs_shards_on_both_workers_and_backfills_in_order(tmp_
                 log_mark = check_meta_accounting(topo, kill)
                 check_backfill(topo, log_mark)
                 check_receiver(topo)
+                check_pages(topo)
         finally:
             report = procs.stop(grace=30)
             topo.timings["shutdown"] = report.seconds
