@@ -18,8 +18,8 @@ with platform_dag("data_out_lifecycle", "@hourly", __doc__, tags=["lifecycle"]):
     @task
     def retire_audiences() -> list[str]:
         from data_out.config import load_audiences
+        from data_out.engine.lease import run_holder
         from data_out.hooks.state import DataOutStateHook, connection_info
-        from data_out.lease import run_holder
         from data_out.operations import retire_due
 
         context = get_current_context()

@@ -78,8 +78,8 @@ with platform_dag(
 
     @task(max_active_tis_per_dagrun=2, outlets=[AUDIENCE_SYNCS])
     def run_audience(item: dict[str, Any]) -> dict[str, Any]:
+        from data_out.engine.lease import run_holder
         from data_out.hooks.state import DataOutStateHook, connection_info
-        from data_out.lease import run_holder
         from data_out.operators.audience import as_of_from_context
 
         context = get_current_context()

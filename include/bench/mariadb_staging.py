@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, dispose, engine_for
-from data_out.runner import AudienceRunner
+from data_out.engine.runner import AudienceRunner
 from data_out.state import ensure_schema
 
 AUDIENCE = "bench_mariadb_v1"

@@ -129,7 +129,7 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
     from data_out import state
     from data_out.config import load_audiences
     from data_out.connections import ConnectionInfo, engine_for
-    from data_out.runner import AudienceRunner
+    from data_out.engine.runner import AudienceRunner
     from data_out.state import ensure_schema
 
     url = make_url(db_url)

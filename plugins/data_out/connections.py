@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
+from data_out.engine.shards import register_sqlite
 from data_out.errors import ConfigurationError
 from data_out.redact import register_secret
-from data_out.shards import register_sqlite
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 

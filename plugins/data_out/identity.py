@@ -23,7 +23,7 @@ import pycountry
 
 from data_out.hashing import sha256_hex
 
-#: Bumped whenever a rule below changes. It is part of every row's fingerprint (``staging.py``), so the
+#: Bumped whenever a rule below changes. It is part of every row's fingerprint (``engine/stage.py``), so the
 #: next run normalises every member again; the diff then moves only the members whose hashes changed
 #: (remove the old hash, add the new one), under the mass-removal guard. See docs/identity.md.
 NORMALIZATION_VERSION = "4"
@@ -37,7 +37,7 @@ MAX_EXTERNAL_ID_LENGTH = 256
 MAX_FIELD_LENGTH = 256  # names, cities, states, postcodes: longer input is garbage
 
 #: Reason codes: why an identifier is invalid, or what was repaired on one that is used. Counted per run
-#: (``figures.py``), shown in the run table; never with the value itself.
+#: (``engine/figures.py``), shown in the run table; never with the value itself.
 REASONS: dict[str, str] = {
     "email_undecodable": "email is not UTF-8 text",
     "email_too_long": "email longer than 254 characters",

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from data_out import state
 from data_out.config import AudienceConfig, Identifiers
+from data_out.engine.holdout import bucket_for
 from data_out.errors import SettingError
-from data_out.holdout import bucket_for
 from data_out.identity import identity_forms, normalize_meta_field, notes_text, sha256_hex
 
 log = logging.getLogger(__name__)

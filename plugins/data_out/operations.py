@@ -17,11 +17,11 @@ from sqlalchemy import Engine, select
 
 from data_out import state
 from data_out.config import LoadResult
+from data_out.engine.runner import AudienceRunner, Resolver
 from data_out.errors import REQUEST_NEXT_STEP, ConfigurationError
 from data_out.history import history_rows, history_table
 from data_out.metrics.pipeline import MetricsPipeline
 from data_out.modes import InvalidMode, SyncMode, parse_mode
-from data_out.runner import AudienceRunner, Resolver
 from data_out.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)

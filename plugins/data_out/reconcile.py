@@ -20,10 +20,10 @@ from data_out import checks, state
 from data_out.checks import CheckResult
 from data_out.config import LoadedAudience, LoadResult
 from data_out.destinations.base import DriftSettings
-from data_out.diff import count_desired
+from data_out.engine.plan import count_desired
+from data_out.engine.runner import AudienceRunner, Resolver
 from data_out.modes import SyncMode
-from data_out.runner import AudienceRunner, Resolver
-from data_out.state_errors import error_text, translated
+from data_out.state.errors import error_text, translated
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from data_out import state
 from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import engine_for
-from data_out.holdout import is_held_out
+from data_out.engine.holdout import is_held_out
 from sandbox.smtp_sink import SmtpSink, bodies
 from tests.conftest import People, airflow_conn, write_audience
 

@@ -12,9 +12,10 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from sqlalchemy import select, text
 
-from data_out import shards, state
+from data_out import state
 from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import engine_for
+from data_out.engine import shards
 from tests.conftest import People, airflow_conn, write_audience
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, select, text
 from data_out import state
 from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.holdout import is_held_out
+from data_out.engine.holdout import is_held_out
 from sandbox.standins import connection_env
 from sandbox.standins.base import Running
 from sandbox.standins.meta import MetaStandIn

@@ -10,10 +10,12 @@ import re
 import pytest
 from sqlalchemy import select
 
-from data_out import changes, history, identity, report, staging, state
+from data_out import history, identity, report, state
 from data_out.config import AudienceConfig, Identifiers, load_audiences
-from data_out.destinations.google_ads import GoogleAdsDestination
-from data_out.destinations.tiktok import TikTokDestination
+from data_out.destinations.google_ads.destination import GoogleAdsDestination
+from data_out.destinations.tiktok.destination import TikTokDestination
+from data_out.engine import changes, stage
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.identity import (
     GMAIL_COLUMN,
     INVALID,
@@ -25,7 +27,6 @@ from data_out.identity import (
     sha256_hex,
 )
 from data_out.normalise import Normaliser
-from data_out.runner import AudienceRunner, RunFailed
 from tests.conftest import write_audience
 
 AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
@@ -131,7 +132,7 @@ def _old_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         return identity.Normalized(text) if ok else identity.Normalized(None, INVALID)
 
     monkeypatch.setattr(identity, "normalize_email", version_2)
-    monkeypatch.setattr(staging, "NORMALIZATION_VERSION", "2")
+    monkeypatch.setattr(stage, "NORMALIZATION_VERSION", "2")
 
 
 def _sync(tmp_path, resolver, state_engine, holder: str) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from data_out.metrics.events import store_many
 from data_out.metrics.pipeline import MetricsPipeline, Routing, send_log_table
 from data_out.operations import InvalidRequest, backfill_metrics, retire_due, run_item, validate
 from data_out.state import ensure_schema
-from tests.data_out.test_runner import AS_OF, person
+from tests.data_out.engine.test_runner import AS_OF, person
 
 T = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 

@@ -18,7 +18,7 @@ AIRFLOW_FACE = (
     "data_out.task_group",
     "data_out.api",
     "data_out.assets",
-    "data_out.migrate",
+    "data_out.state.migrate",
 )
 
 _PROBE = """

@@ -15,8 +15,8 @@ from sqlalchemy import insert, select
 from data_out import alerts, state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.runner import AudienceRunner
 from data_out.reconcile import ALL, Reconciler
-from data_out.runner import AudienceRunner
 from data_out.state import ensure_schema
 from sandbox.smtp_sink import SmtpSink, bodies
 from sandbox.standins.base import Running

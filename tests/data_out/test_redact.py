@@ -13,10 +13,10 @@ from sqlalchemy.exc import DBAPIError
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.redact import driver_line, is_driver_error, scrub
-from data_out.runner import AudienceRunner, RunFailed
 from data_out.state import ensure_schema
-from data_out.state_errors import DatabaseError, error_text, translated
+from data_out.state.errors import DatabaseError, error_text, translated
 from tests.conftest import People
 
 AS_OF = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)

@@ -28,10 +28,10 @@ from data_out import alerts, state
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError
 from data_out.destinations.http import HttpClient
+from data_out.engine.runner import RunFailed
 from data_out.redact import driver_line, scrub
-from data_out.runner import RunFailed
 from data_out.state import ensure_schema
-from data_out.state_errors import DatabaseError, error_text, translated
+from data_out.state.errors import DatabaseError, error_text, translated
 from tests.conftest import People
 from tests.support.recorder import Answer, Seen, recording
 

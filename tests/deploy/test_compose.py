@@ -509,7 +509,7 @@ def test_the_init_service_runs_both_migrations_imports_pools_and_creates_the_adm
     assert lines[1] == "bash /opt/airflow/deploy/check-placeholders.sh", "placeholders are refused before anything"
     order = [
         lines.index("airflow db migrate"),
-        lines.index("python -m data_out.migrate"),
+        lines.index("python -m data_out.state.migrate"),
         lines.index("airflow pools import /opt/airflow/deploy/pools.json"),
     ]
     assert order == sorted(order)
@@ -525,7 +525,7 @@ def test_the_init_service_runs_both_migrations_imports_pools_and_creates_the_adm
 
 
 def test_the_migrate_entry_point_exists() -> None:
-    from data_out import migrate
+    from data_out.state import migrate
 
     assert callable(migrate.main)
 

@@ -1,4 +1,4 @@
-"""deploy/postgres/initdb + ``data_out.migrate``: what the compose stack does to an empty Postgres, run for real.
+"""deploy/postgres/initdb + ``data_out.state.migrate``: what the compose stack does to an empty Postgres, run for real.
 
 The script runs against the machine's PostgreSQL exactly as the postgres image runs it (``psql`` as the
 superuser, variables from the environment); then the state schema is migrated as the Data Out role, and
@@ -19,8 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from data_out import migrate
-from data_out.state import SCHEMA_VERSION
+from data_out.state import SCHEMA_VERSION, migrate
 from tests.deploy import ROOT
 
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "initdb" / "10-databases.sh"

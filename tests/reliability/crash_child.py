@@ -31,8 +31,8 @@ from sqlalchemy import select  # noqa: E402
 from data_out import shards, staging_sql, state  # noqa: E402
 from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import ConnectionInfo, engine_for  # noqa: E402
+from data_out.engine.runner import AudienceRunner  # noqa: E402
 from data_out.normalise import Normaliser  # noqa: E402
-from data_out.runner import AudienceRunner  # noqa: E402
 from data_out.state import ensure_schema  # noqa: E402
 
 

@@ -36,12 +36,12 @@ from sqlalchemy import func, select, text
 from data_out import state
 from data_out.config import ConfigError, load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.holdout import is_held_out
+from data_out.engine.runner import AudienceRunner
 from data_out.errors import GENERIC_NEXT_STEP, next_step_of
-from data_out.holdout import is_held_out
 from data_out.hooks.state import connection_info
 from data_out.identity import sha256_hex
 from data_out.metrics.receiver import MAX_BODY_BYTES, create_app, signature
-from data_out.runner import AudienceRunner
 from data_out.state import ensure_schema
 from sandbox.standins.base import Request, Response, Running
 from sandbox.standins.customerio import CustomerIOStandIn

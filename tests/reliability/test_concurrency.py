@@ -9,8 +9,8 @@ import pytest
 
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.lease import LeaseHeld
-from data_out.runner import AudienceRunner
+from data_out.engine.lease import LeaseHeld
+from data_out.engine.runner import AudienceRunner
 from sandbox.standins.base import Running
 from sandbox.standins.meta import MetaStandIn
 from tests.conftest import People, write_audience

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.holdout import is_held_out
+from data_out.engine.holdout import is_held_out
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.identity import sha256_hex
-from data_out.runner import AudienceRunner, RunFailed
 from data_out.state import ensure_schema
 from tests.conftest import People, write_audience
 from tests.support.memory_destination import STORE

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select, text
 from data_out import connections, state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.runner import AudienceRunner
+from data_out.engine.runner import AudienceRunner
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from sandbox.standins.meta import MetaStandIn

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, select, text
 
 from data_out import connections, state
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.holdout import is_held_out
+from data_out.engine.holdout import is_held_out
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from sandbox.standins.meta import MetaStandIn

@@ -28,19 +28,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, event, select, text
 
-from data_out import lease, state
+from data_out import state
 from data_out.config import LoadedAudience, load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import MemberRow, Op
+from data_out.engine import lease
+from data_out.engine.holdout import is_held_out
+from data_out.engine.runner import AudienceRunner
 from data_out.errors import next_step_of
-from data_out.holdout import is_held_out
 from data_out.hooks.state import DataOutStateHook
 from data_out.identity import sha256_hex
 from data_out.operators.audience import AudienceStepOperator
-from data_out.runner import AudienceRunner
 from data_out.sources.base import Row, Source
 from data_out.state import ensure_schema
-from data_out.state_errors import DatabaseError, StateDatabaseError, describe, translated, watch
+from data_out.state.errors import DatabaseError, StateDatabaseError, describe, translated, watch
 from tests.conftest import PG_ADMIN_URL, People, write_audience
 from tests.support.memory_destination import MemoryDestination, MemoryStore
 

@@ -26,4 +26,10 @@ def destination_class(type_name: str) -> type[Destination]:
 
 
 # Imported for their @register side effect; keep alphabetical.
-from data_out.destinations import google, google_ads, meta, segment, tiktok, warehouse, webhook  # noqa: E402,F401
+import data_out.destinations.google.destination  # noqa: E402,F401
+import data_out.destinations.google_ads.destination  # noqa: E402,F401
+import data_out.destinations.meta.destination  # noqa: E402,F401
+import data_out.destinations.segment.destination  # noqa: E402,F401
+import data_out.destinations.tiktok.destination  # noqa: E402,F401
+import data_out.destinations.warehouse.destination  # noqa: E402,F401
+import data_out.destinations.webhook.destination  # noqa: E402,F401

@@ -2,7 +2,7 @@
 
 A destination is one module with a settings model (what an audience YAML may say about it) and a class
 that pushes a batch of adds or removes and reports what the far side accepted. Batching, idempotency
-keys, the commit protocol, reject recording and run tallies live in ``sync.py`` and are shared by all.
+keys, the commit protocol, reject recording and run tallies live in ``engine/push.py`` and are shared by all.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import ClassVar, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_out.connections import ConnectionInfo
+from data_out.engine.shards import MAX_PUSH_SHARDS
 from data_out.errors import VENDOR_REFUSED_NEXT_STEP, VENDOR_UNAVAILABLE_NEXT_STEP, DataOutError
-from data_out.shards import MAX_PUSH_SHARDS
 
 IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 

@@ -148,7 +148,7 @@ class MetaHook(DataOutHttpHook):
     extra_placeholders = {"app_secret": "the app's secret (App settings > Basic)", **_RETRY_EXTRAS}
 
     def authorise(self, session: requests.Session) -> None:
-        from data_out.destinations.meta import appsecret_proof
+        from data_out.destinations.meta.destination import appsecret_proof
 
         token = self.info.password or ""
         session.headers["Authorization"] = f"Bearer {token}"
@@ -157,13 +157,13 @@ class MetaHook(DataOutHttpHook):
             session.params = {"appsecret_proof": proof}  # on every call, as Meta's SDK does
 
     def client(self, **kwargs: Any) -> HttpClient:
-        from data_out.destinations.meta import classify, describe
+        from data_out.destinations.meta.destination import classify, describe
 
         return super().client(**{"classify": classify, "describe_error": describe, **kwargs})
 
     def probe(self) -> str:
         """``GET /{version}/me``: the token's own node, which every valid token can read."""
-        from data_out.destinations.meta_versions import DEFAULT_API_VERSION
+        from data_out.destinations.meta.versions import DEFAULT_API_VERSION
 
         body = self._get(f"/{DEFAULT_API_VERSION}/me", params={"fields": "id,name"}).json()
         return f"Meta accepted the token (user {body.get('name') or body.get('id', '?')})"
@@ -184,18 +184,18 @@ class GoogleHook(DataOutHttpHook):
     extra_placeholders = {"refresh_token": "...", "token_uri": "https://oauth2.googleapis.com/token", **_RETRY_EXTRAS}
 
     def authorise(self, session: requests.Session) -> None:
-        from data_out.destinations.google_auth import GoogleTokenAuth
+        from data_out.destinations.google.auth import GoogleTokenAuth
 
         session.auth = GoogleTokenAuth(self.vendor, self.info, [self.scope], self.default_base_url())
 
     def client(self, **kwargs: Any) -> HttpClient:
-        from data_out.destinations.google import describe_google_error
+        from data_out.destinations.google.destination import describe_google_error
 
         return super().client(**{"describe_error": describe_google_error, **kwargs})
 
     def probe(self) -> str:
         """Mint an access token: the token endpoint checks the credential, no API call is made."""
-        from data_out.destinations.google_auth import GoogleTokenAuth
+        from data_out.destinations.google.auth import GoogleTokenAuth
 
         auth = GoogleTokenAuth(self.vendor, self.info, [self.scope], self.default_base_url())
         try:
@@ -247,7 +247,7 @@ class TikTokHook(DataOutHttpHook):
         session.headers["Access-Token"] = self.info.password or ""
 
     def client(self, **kwargs: Any) -> HttpClient:
-        from data_out.destinations.tiktok import _describe, classify
+        from data_out.destinations.tiktok.destination import _describe, classify
 
         return super().client(**{"classify": classify, "describe_error": _describe, **kwargs})
 
@@ -292,7 +292,7 @@ class WebhookHook(DataOutHttpHook):
     def probe(self) -> str:
         """A signed ``{"kind": "ping"}`` POST to the base URL (docs/webhooks.md): the receiver checks the
         signature as for a batch and answers 2xx; a 401 means the signing secrets differ."""
-        from data_out.destinations.webhook import fresh_signature, signing_secret
+        from data_out.destinations.webhook.destination import fresh_signature, signing_secret
 
         secret = signing_secret(self.info)
         body = json.dumps({"kind": "ping"}, separators=(",", ":")).encode()

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from data_out.connections import ConnectionInfo, info_from_connection, state_engine_for
 from data_out.errors import MISSING_CONNECTION_NEXT_STEP, ConfigurationError
 from data_out.state import ensure_schema
-from data_out.state_errors import translated, watch
+from data_out.state.errors import translated, watch
 
 
 class MissingConnection(ConfigurationError, AirflowNotFoundException, ValueError):

@@ -45,8 +45,8 @@ from data_out import state
 from data_out.chunking import chunks
 from data_out.connections import ConnectionInfo
 from data_out.destinations.http import HttpClient
-from data_out.destinations.segment_batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
-from data_out.destinations.webhook import fresh_signature, signing_secret
+from data_out.destinations.segment.batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
+from data_out.destinations.webhook.destination import fresh_signature, signing_secret
 from data_out.hashing import sha256_hex
 from data_out.metrics.events import METRICS, Metric, store_many
 from data_out.sources.warehouse import window_params

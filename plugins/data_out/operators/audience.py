@@ -20,11 +20,11 @@ from data_out import alerts
 from data_out.asset_names import audience_uri, run_counts
 from data_out.assets import audience_asset
 from data_out.config import load_audiences
+from data_out.engine.lease import DEFAULT_TTL, LeaseHeld, run_holder
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.errors import DataOutError, next_step_of
 from data_out.hooks.state import DataOutStateHook, connection_info
-from data_out.lease import DEFAULT_TTL, LeaseHeld, run_holder
 from data_out.redact import scrub
-from data_out.runner import AudienceRunner, RunFailed
 from data_out.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)

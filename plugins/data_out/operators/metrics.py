@@ -10,7 +10,7 @@ from airflow.sdk import Asset, BaseOperator
 from data_out.connections import engine_for
 from data_out.hooks.state import DataOutStateHook, connection_info
 from data_out.metrics.pipeline import MetricsPipeline, load_routing
-from data_out.state_errors import translated
+from data_out.state.errors import translated
 
 
 class MetricsStepOperator(BaseOperator):

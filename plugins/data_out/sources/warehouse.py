@@ -290,7 +290,7 @@ def _interrupt_after(conn: Connection, seconds: float) -> Iterator[Any]:
 def read_only_section(conn: Connection, source: SqlSource) -> Iterator[None]:
     """Postgres only: a read-only, time-limited subtransaction inside ``conn``'s read-write transaction.
 
-    For the in-database staging path (``staging_sql.py``), whose transaction must write the state it
+    For the in-database staging path (``engine/stage_sql.py``), whose transaction must write the state it
     computes: the statements that evaluate the audience query run in a ``SAVEPOINT`` made read-only
     (Postgres restores read-write mode when it is released). Large objects are the one write read-only
     mode allows that a release would keep: their count is compared and a change refuses the run,

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 
 from data_out import identity, state
+from data_out.engine.holdout import holdout_threshold
 from data_out.hashing import sha256_hex
-from data_out.holdout import holdout_threshold
 from data_out.ui import queries
 from data_out.ui.catalog import Catalog
 
@@ -65,7 +65,7 @@ class LookupResult:
 
 
 def _key_hash(key: str) -> str:
-    """How ``do_reject`` records a member key (``sync.py``)."""
+    """How ``do_reject`` records a member key (``engine/push.py``)."""
     return sha256_hex(key)
 
 

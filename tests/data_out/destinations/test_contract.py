@@ -22,8 +22,8 @@ from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError, MemberRow, Op
-from data_out.holdout import is_held_out
-from data_out.runner import AudienceRunner, RunFailed
+from data_out.engine.holdout import is_held_out
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running, StandIn
 from tests.conftest import People, write_audience
@@ -253,7 +253,7 @@ def test_meta_blocked_audience_fails_with_a_clear_message(tmp_path: Path):
     case = CASES["meta"]
     standin = case.make()
     standin.blocked.add("23850000001")
-    from data_out.destinations.meta import MetaDestination, MetaSettings
+    from data_out.destinations.meta.destination import MetaDestination, MetaSettings
 
     with Running(standin) as running:
         dest = MetaDestination(

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError, MemberRow, Op
-from data_out.destinations.google import GoogleDestination, GoogleSettings, describe_google_error
-from data_out.destinations.google_ads import API_VERSION, GoogleAdsDestination, GoogleAdsSettings
-from data_out.destinations.google_auth import token_uri
-from data_out.runner import RunFailed
+from data_out.destinations.google.auth import token_uri
+from data_out.destinations.google.destination import GoogleDestination, GoogleSettings, describe_google_error
+from data_out.destinations.google_ads.destination import API_VERSION, GoogleAdsDestination, GoogleAdsSettings
+from data_out.engine.runner import RunFailed
 from data_out.state import ensure_schema
 from sandbox.standins.base import Request, Response, Running, StandIn
 from sandbox.standins.google_ads import GoogleAdsStandIn

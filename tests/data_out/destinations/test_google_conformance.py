@@ -25,8 +25,8 @@ from google.ads.googleads.v26.services.types import offline_user_data_job_servic
 from google.protobuf.json_format import ParseError
 
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.destinations import google as dm_destination
-from data_out.destinations import google_ads as ads_destination
+from data_out.destinations.google import destination as dm_destination
+from data_out.destinations.google_ads import destination as ads_destination
 from data_out.state import ensure_schema
 from sandbox.standins.base import Request, Response, Running, StandIn
 from tests.conftest import People

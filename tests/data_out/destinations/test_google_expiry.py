@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.destinations.google import CUSTOMER_MATCH_MAX_LIFETIME_DAYS, GoogleSettings
-from data_out.runner import AudienceRunner
+from data_out.destinations.google.destination import CUSTOMER_MATCH_MAX_LIFETIME_DAYS, GoogleSettings
+from data_out.engine.runner import AudienceRunner
 from sandbox.standins.base import Running
 from sandbox.standins.google_dm import GoogleDataManagerStandIn
 from tests.conftest import People
@@ -90,8 +90,8 @@ def test_a_membership_lifetime_beyond_googles_or_too_short_is_refused(days: int)
 
 
 def test_a_shorter_list_lifetime_is_refreshed_within_it():
-    from data_out.destinations.google import GoogleDestination
-    from data_out.diff import refresh_policy
+    from data_out.destinations.google.destination import GoogleDestination
+    from data_out.engine.plan import refresh_policy
 
     settings = GoogleSettings.model_validate(
         {"type": "google", **CASES["google"].settings, "membership_lifetime_days": 90, "refresh_at_share": 0.9}

@@ -23,8 +23,8 @@ from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import REGISTRY
 from data_out.destinations.base import DestinationError, MemberRow, Op
 from data_out.destinations.http import HttpClient
+from data_out.engine.runner import RunFailed
 from data_out.redact import scrub
-from data_out.runner import RunFailed
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from tests.conftest import People

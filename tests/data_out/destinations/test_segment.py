@@ -15,9 +15,9 @@ from segment.analytics.client import Client as SegmentClient
 
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import MemberRow, Op
-from data_out.destinations.segment import SegmentDestination, SegmentSettings
-from data_out.destinations.segment_batch import BATCH_BYTES, MAX_EVENT_BYTES, batch_bodies, encode_message
-from data_out.holdout import is_held_out
+from data_out.destinations.segment.batch import BATCH_BYTES, MAX_EVENT_BYTES, batch_bodies, encode_message
+from data_out.destinations.segment.destination import SegmentDestination, SegmentSettings
+from data_out.engine.holdout import is_held_out
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from sandbox.standins.segment import MAX_REQUEST, SegmentStandIn

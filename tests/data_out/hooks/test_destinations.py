@@ -79,7 +79,7 @@ def test_secrets_are_stripped_and_registered_when_read(monkeypatch):
     """A token pasted with its newline is sent as the token (``requests`` would refuse the header and quote
     it in its error), and every secret read is masked wherever a message echoes it."""
     from data_out.destinations.base import MemberRow, Op
-    from data_out.destinations.tiktok import TikTokDestination, TikTokSettings
+    from data_out.destinations.tiktok.destination import TikTokDestination, TikTokSettings
     from data_out.redact import scrub
     from tests.support.recorder import Answer, recording
 

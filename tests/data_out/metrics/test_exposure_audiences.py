@@ -10,8 +10,8 @@ from sqlalchemy import text
 
 from data_out.config import DEFAULT_AUDIENCES_DIR, load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.runner import AudienceRunner
 from data_out.metrics.pipeline import send_log_table
-from data_out.runner import AudienceRunner
 from data_out.state import ensure_schema
 from tests.conftest import write_audience
 

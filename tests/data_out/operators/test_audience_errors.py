@@ -13,16 +13,16 @@ from data_out import alerts, errors
 from data_out.config import AudienceNotLoaded, ConfigError, ConfigFileError
 from data_out.connections import UnsupportedConnection
 from data_out.destinations.base import DestinationError, PayloadTooLarge
-from data_out.destinations.google_auth import GoogleCredentialError
+from data_out.destinations.google.auth import GoogleCredentialError
 from data_out.destinations.http import _unanswered
-from data_out.diff import GuardTripped
+from data_out.engine.lease import LeaseHeld
+from data_out.engine.plan import GuardTripped
+from data_out.engine.runner import RunFailed, SizeMismatch
 from data_out.hooks.state import MissingConnection
-from data_out.lease import LeaseHeld
 from data_out.operations import InvalidRequest
 from data_out.operators import audience as ops
-from data_out.runner import RunFailed, SizeMismatch
 from data_out.sources.base import CustomerIOError, QueryShapeError, SourceError
-from data_out.state_errors import StateDatabaseError
+from data_out.state.errors import StateDatabaseError
 
 RETRY, FAIL = "retry", "fail"
 

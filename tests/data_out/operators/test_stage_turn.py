@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
-from data_out import lease
+from data_out.engine import lease
 from data_out.operators import audience as ops
 
 HOLDER = "audience__a_v1/backfill__2026-12-04T00:00:00+00:00"

@@ -19,10 +19,10 @@ from sqlalchemy import select
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.errors import next_step_of
 from data_out.history import history_rows, history_table
 from data_out.operators.audience import AudienceStepOperator
-from data_out.runner import AudienceRunner, RunFailed
 from data_out.sources.base import SourceError
 from data_out.sources.customerio import CustomerIOSource
 from data_out.state import ensure_schema

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.runner import AudienceRunner, RunFailed
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.sources.base import contact_key_sql, looks_like_contact
 from data_out.state import ensure_schema
 from tests.conftest import write_audience

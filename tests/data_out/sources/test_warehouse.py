@@ -3,7 +3,7 @@
 Each case runs a whole audience (``AudienceRunner``) whose query tries a side effect, and checks that
 the run fails with a message naming the audience and what to do, and that the warehouse is unchanged.
 On Postgres both staging paths are covered: the warehouse in another database (rows streamed to
-Python) and the warehouse in the state database itself (staged in SQL, ``staging_sql.py``).
+Python) and the warehouse in the state database itself (staged in SQL, ``stage_sql.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, select, text
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.runner import AudienceRunner
+from data_out.engine.runner import AudienceRunner
 from data_out.sources.base import SourceError
 from data_out.sources.warehouse import SqlSource
 from data_out.state import ensure_schema
@@ -280,10 +280,10 @@ def test_pg_in_database_halves_and_exclusions_are_read_only_too(
     tmp_path: Path, pg_database: ConnectionInfo, monkeypatch: pytest.MonkeyPatch
 ):
     """The diff in two halves (a helper connection) and an excluded audience's keys evaluate SQL too."""
-    from data_out import staging_sql
+    from data_out.engine import stage_sql
 
     w = World(tmp_path, pg_database, pg_database)
-    monkeypatch.setattr(staging_sql, "SPLIT_MIN_MEMBERS", 0)  # always two halves
+    monkeypatch.setattr(stage_sql, "SPLIT_MIN_MEMBERS", 0)  # always two halves
     w.audience("SELECT customer_id, email, nextval('seq') AS n FROM people")
     _refused(w.run(), "tried to change the database", "nextval")
     write_audience(

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 
 from data_out.config import load_audiences
-from data_out.holdout import is_held_out
-from data_out.runner import AudienceRunner
+from data_out.engine.holdout import is_held_out
+from data_out.engine.runner import AudienceRunner
 from data_out.ui.catalog import Catalog, load_catalog
 from tests.conftest import People
 

@@ -20,8 +20,8 @@ from sqlalchemy import Engine, select
 from data_out import state
 from data_out.config import LoadResult, load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.runner import AudienceRunner
 from data_out.metrics.pipeline import MetricsPipeline, load_routing
-from data_out.runner import AudienceRunner
 from data_out.state import ensure_schema
 from sandbox import sample_warehouse
 from sandbox.standins import connection_env, serve

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
 from data_out import state
-from data_out.holdout import holdout_threshold
+from data_out.engine.holdout import holdout_threshold
 from data_out.ui.app import URL_PREFIX, create_app
 from data_out.ui.catalog import load_catalog
 from tests.data_out.metrics.conftest import serving

@@ -11,10 +11,10 @@ from sqlalchemy import delete, inspect, select, text, update
 
 from data_out import state
 from data_out.config import load_audiences
-from data_out.diff import idempotency_key
-from data_out.holdout import is_held_out
+from data_out.engine.holdout import is_held_out
+from data_out.engine.plan import idempotency_key
+from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.identity import normalize_email, sha256_hex
-from data_out.runner import AudienceRunner, RunFailed
 from data_out.ui import lookup as lookup_mod
 from data_out.ui import pages, queries
 from tests.data_out.ui.conftest import AS_OF, BUYERS, REJECTED, TARGETS, person, run_all

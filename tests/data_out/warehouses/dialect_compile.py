@@ -33,10 +33,10 @@ def warehouse_sql() -> Any:
     SQLAlchemy and ``data_out.state``, which needs only SQLAlchemy)."""
     if str(PLUGINS) not in sys.path:
         sys.path.insert(0, str(PLUGINS))
-    name = "data_out.destinations.warehouse_sql"
+    name = "data_out.destinations.warehouse.sql"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, PLUGINS / "data_out" / "destinations" / "warehouse_sql.py")
+    spec = importlib.util.spec_from_file_location(name, PLUGINS / "data_out" / "destinations" / "warehouse/sql.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

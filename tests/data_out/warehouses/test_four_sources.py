@@ -15,8 +15,8 @@ from sqlalchemy import Engine, insert
 
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
+from data_out.engine.runner import AudienceRunner
 from data_out.metrics.pipeline import send_log_table
-from data_out.runner import AudienceRunner
 from data_out.state import ensure_schema
 from sandbox import sample_warehouse
 from tests.data_out.warehouses.conftest import KINDS, database

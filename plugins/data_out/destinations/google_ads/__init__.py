@@ -1,0 +1,1 @@
+"""Google Customer Match through the Google Ads API (allowlisted developer tokens)."""

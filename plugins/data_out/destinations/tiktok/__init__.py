@@ -1,0 +1,1 @@
+"""TikTok segment mapping."""

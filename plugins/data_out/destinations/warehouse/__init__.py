@@ -1,0 +1,1 @@
+"""Audience tables in a SQL warehouse."""

@@ -1,0 +1,145 @@
+"""Warehouse destination: a table of current members and one of holdout members per audience.
+
+Analysts join these tables to orders to measure lift, and the holdout table is what paid media uses to
+never retarget the holdout. Writes are exactly-once: each batch records its idempotency key in
+``data_out_applied_batches`` in the same transaction as the member rows, so a replayed batch is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, field_validator
+from sqlalchemy import Connection, DateTime, Engine, String, Table, bindparam, func, literal, select, text
+from sqlalchemy.dialects import postgresql
+
+from data_out.connections import ConnectionInfo, engine_for
+from data_out.destinations import register
+from data_out.destinations.base import (
+    IDENTIFIER_RE,
+    BatchResult,
+    Destination,
+    DestinationSettings,
+    MemberRow,
+    Op,
+)
+from data_out.destinations.warehouse.sql import (
+    MERGE_BATCH_ROWS,
+    MERGE_DIALECTS,
+    delete_keys,
+    insert_ignore,
+    merge_new,
+)
+from data_out.destinations.warehouse.sql import destination_tables as _tables
+from data_out.state import utcnow
+
+
+class WarehouseSettings(DestinationSettings):
+    type: Literal["warehouse"]
+    include: Literal["targeted", "holdout", "all"] = "all"
+    table: str | None = Field(None, description="members table; default audience_<name>")
+    holdout_table: str | None = Field(None, description="holdout table; default <table>_holdout")
+    db_schema: str | None = Field(
+        None, description="schema (Postgres, Snowflake, Redshift), database (MySQL), dataset (BigQuery) of both"
+    )
+
+    @field_validator("table", "holdout_table", "db_schema")
+    @classmethod
+    def _identifier(cls, v: str | None) -> str | None:
+        if v is not None and not IDENTIFIER_RE.match(v):
+            raise ValueError("must be a lowercase SQL identifier: letters, digits, underscores")
+        return v
+
+
+@register
+class WarehouseDestination(Destination):
+    type_name = "warehouse"
+    pool = "data_out_warehouse"  # see deploy/pools.json
+    settings_model = WarehouseSettings
+    default_conn_id = "data_out_warehouse"
+    max_batch_rows = 50_000
+    activation = False  # internal: holds the holdout group too, in its own table
+
+    settings: WarehouseSettings
+
+    def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
+        super().__init__(audience, settings, connection)
+        self.engine: Engine = engine_for(self.connection)
+        self.members, self.holdout, self.applied = destination_tables(self.audience, self.settings)
+        self.members.metadata.create_all(self.engine, checkfirst=True)
+
+    @property
+    def batch_rows(self) -> int:
+        """A MERGE carries its rows as parameters of one statement: BigQuery takes at most 10,000
+        parameters and 1 MB of SQL text, so those warehouses get smaller batches."""
+        rows = super().batch_rows
+        return min(rows, MERGE_BATCH_ROWS) if self.engine.dialect.name in MERGE_DIALECTS else rows
+
+    def _table_for(self, row: MemberRow) -> Table:
+        if self.settings.include == "all":
+            return self.holdout if row.in_holdout else self.members
+        return self.holdout if self.settings.include == "holdout" else self.members
+
+    def push(self, op: Op, rows: Sequence[MemberRow], idempotency_key: str) -> BatchResult:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            first_time = _insert_new(
+                conn,
+                self.applied,
+                [{"idempotency_key": idempotency_key, "audience": self.audience, "rows": len(rows), "applied_at": now}],
+            )
+            if not first_time:
+                return BatchResult()  # applied before a crash; acknowledge without applying twice
+            by_table: dict[str, tuple[Table, list[str]]] = {}
+            for row in rows:
+                table = self._table_for(row)
+                by_table.setdefault(table.name, (table, []))[1].append(row.member_key)
+            for table, keys in by_table.values():
+                self._write(conn, table, op, keys, now)
+        return BatchResult(received=len(rows))
+
+    def _write(self, conn: Connection, table: Table, op: Op, keys: list[str], now: dt.datetime) -> None:
+        if op is Op.REMOVE:
+            if conn.dialect.name == "postgresql":
+                # primary-key lookups, in key order: from about 20,000 keys on, the planner would rather
+                # scan the whole table (10M members: 1.6 s per 50,000 removed keys, against 0.7 s)
+                conn.execute(text("SET LOCAL enable_seqscan = off"))
+            conn.execute(delete_keys(conn.dialect, table, keys))
+        elif conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
+            arr = bindparam("keys", keys, type_=postgresql.ARRAY(String))
+            rows = select(func.unnest(arr), literal(now, DateTime(timezone=True)))
+            stmt = postgresql.insert(table).from_select(["member_key", "added_at"], rows)
+            conn.execute(stmt.on_conflict_do_nothing())
+        else:
+            _insert_new(conn, table, [{"member_key": k, "added_at": now} for k in keys])
+
+    def size(self) -> int:
+        tables = {"all": (self.members, self.holdout), "holdout": (self.holdout,), "targeted": (self.members,)}
+        with self.engine.connect() as conn:
+            return sum(
+                int(conn.scalar(select(func.count()).select_from(t)) or 0) for t in tables[self.settings.include]
+            )
+
+
+def destination_tables(audience: str, settings: WarehouseSettings) -> tuple[Table, Table, Table]:
+    """The members table, the holdout table and the applied-batches ledger, in ``settings.db_schema``."""
+    return _tables(audience, table=settings.table, holdout_table=settings.holdout_table, db_schema=settings.db_schema)
+
+
+def _insert_new(conn: Connection, table: Table, rows: list[dict[str, object]]) -> int:
+    """Add the rows not yet present; how many were added.
+
+    Counted from ``RETURNING`` where the database has it: psycopg reports ``rowcount`` -1 for
+    ``INSERT ... ON CONFLICT DO NOTHING``, and a replay check that reads -1 as "added" applies twice.
+    """
+    if conn.dialect.name in MERGE_DIALECTS:
+        sql, params = merge_new(conn.dialect, table, rows)
+        return max(conn.exec_driver_sql(sql, params).rowcount, 0)
+    stmt = insert_ignore(conn.dialect, table)
+    if conn.dialect.name in {"postgresql", "sqlite", "duckdb"}:
+        keys = [c for c in table.primary_key.columns]
+        return len(conn.execute(stmt.returning(*keys), rows).all())
+    # MySQL/MariaDB: INSERT IGNORE's affected rows are the rows added (one execution, not executemany)
+    return max(conn.execute(stmt, rows[0] if len(rows) == 1 else rows).rowcount, 0)

@@ -1,0 +1,1 @@
+"""The sync engine: stage, plan, push, and the run that ties them."""
