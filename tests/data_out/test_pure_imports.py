@@ -1,7 +1,8 @@
 """The pure package imports nothing from Airflow: config, identity, the engine, state, the destinations'
-contracts and transport load (and test) without it. Only the Airflow face may import it: hooks,
-operators, the DAG factory and the task group it shares, the public API and its Assets, the UI and the CLI
-that migrates through Airflow's connections."""
+contracts and transport load (and test) without it. Only the Airflow face may import it: hooks (each
+destination's ``hook`` module, the HTTP hook base, the Customer.io and state hooks), operators, the DAG
+factory and the task group it shares, the public API and its Assets, the UI and the CLI that migrates
+through Airflow's connections."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import importlib, pkgutil, sys
 import data_out
 face = tuple(sys.argv[1:])
 pure = [m.name for m in pkgutil.walk_packages(data_out.__path__, "data_out.")
-        if not m.name.startswith(face)]
+        if not m.name.startswith(face) and not m.name.rpartition(".")[2].endswith("hook")]
 for name in sorted(pure):
     importlib.import_module(name)
     if any(m == "airflow" or m.startswith("airflow.") for m in sys.modules):

@@ -28,6 +28,7 @@ from data_out import alerts, state
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError
 from data_out.destinations.http import HttpClient
+from data_out.destinations.http_hook import http_hook
 from data_out.engine.runner import RunFailed
 from data_out.redact import driver_line, scrub
 from data_out.state import ensure_schema
@@ -210,7 +211,8 @@ def echoing() -> Iterator[str]:
 @given(email_forms(), phones())
 def test_a_vendor_error_echoing_a_value_is_masked(echoing: str, pair: tuple[str, str], phone: str):
     email, form = pair
-    client = HttpClient("vendor", ConnectionInfo("v", "v", host=echoing), default_base_url=echoing)
+    conn = ConnectionInfo("v", "v", host=echoing)
+    client = HttpClient("vendor", conn, hook=http_hook(conn, echoing))
     try:
         with pytest.raises(DestinationError) as failed:
             client.request("POST", "/members", data=f"{form} {phone}".encode())

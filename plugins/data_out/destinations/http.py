@@ -1,5 +1,5 @@
 """Shared HTTP transport for API destinations: session, base URL and auth from the connection's
-``HttpHook`` (``data_out.hooks.destinations``), bounded retries here.
+``HttpHook`` (``data_out.destinations.http_hook``, handed in), bounded retries here.
 
 Retries follow one rule set for every vendor: connection errors, timeouts, 429 and 5xx are retried with
 exponential backoff and jitter, never sooner than the server's ``Retry-After``, for a bounded number of
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote_plus, urljoin, urlsplit
 
 import requests
@@ -36,9 +36,6 @@ from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError, PayloadTooLarge
 from data_out.errors import VENDOR_NO_RESPONSE_NEXT_STEP
 from data_out.redact import register_secret, scrub
-
-if TYPE_CHECKING:
-    from data_out.hooks.destinations import DataOutHttpHook
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +194,19 @@ def transport_problem(exc: BaseException) -> str:
     return f"the request could not be sent ({kind})"
 
 
+class SessionSource(Protocol):
+    """What the client needs of a connection's hook (``http_hook.DataOutHttpHook``)."""
+
+    base_url: str
+
+    def get_conn(self, headers: dict[Any, Any] | None = None) -> ApiSession: ...
+
+
 class HttpClient:
     """The session of a connection's ``HttpHook`` (base URL, credential), with the retry policy.
 
-    ``hook``: the vendor's hook; without one, the hook of ``conn``'s type is built from ``conn``
-    (``default_base_url`` when the connection names no host). ``headers`` and ``auth`` add to or
-    replace what the hook put on the session.
+    ``hook``: the vendor's hook (``http_hook.http_hook(conn, default_base_url)`` builds the one of the
+    connection's type). ``headers`` and ``auth`` add to or replace what the hook put on the session.
     """
 
     def __init__(
@@ -210,17 +214,14 @@ class HttpClient:
         vendor: str,
         conn: ConnectionInfo,
         *,
-        default_base_url: str = "",
-        hook: DataOutHttpHook | None = None,
+        hook: SessionSource,
         headers: dict[str, str] | None = None,
         auth: tuple[str, str] | AuthBase | None = None,
         classify: Callable[[requests.Response], Verdict] = default_classify,
         describe_error: Callable[[requests.Response], str] | None = None,
     ) -> None:
-        from data_out.hooks.destinations import http_hook  # Airflow's face: imported when a client is built
-
         self.vendor = vendor
-        self.hook = hook or http_hook(conn, default_base_url)
+        self.hook = hook
         self.policy = RetryPolicy.from_extra(dict(conn.extra))
         self.session: ApiSession = self.hook.get_conn(headers)
         self.base_url = self.hook.base_url

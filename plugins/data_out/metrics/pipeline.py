@@ -46,7 +46,7 @@ from data_out.chunking import chunks
 from data_out.connections import ConnectionInfo
 from data_out.destinations.http import HttpClient
 from data_out.destinations.segment.batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
-from data_out.destinations.webhook.destination import fresh_signature, signing_secret
+from data_out.destinations.webhook.signing import fresh_signature, signing_secret
 from data_out.hashing import sha256_hex
 from data_out.metrics.events import METRICS, Metric, store_many
 from data_out.sources.warehouse import window_params
@@ -275,7 +275,11 @@ class MetricsPipeline:
         if not tasks:
             return 0
         conn: ConnectionInfo = self.resolve(self.routing.segment_conn_id)
-        client = HttpClient("segment", conn, default_base_url="https://api.segment.io", auth=(conn.password or "", ""))
+        from data_out.destinations.http_hook import http_hook  # the HTTP provider: loaded to send
+
+        client = HttpClient(
+            "segment", conn, hook=http_hook(conn, "https://api.segment.io"), auth=(conn.password or "", "")
+        )
         self._deliver("segment", client, self._segment_parts(tasks))
         return len(tasks)
 
@@ -309,7 +313,9 @@ class MetricsPipeline:
             return 0
         conn: ConnectionInfo = self.resolve(self.routing.webhook_conn_id)
         secret = signing_secret(conn)
-        client = HttpClient("webhook", conn, default_base_url="http://127.0.0.1")
+        from data_out.destinations.http_hook import http_hook  # the HTTP provider: loaded to send
+
+        client = HttpClient("webhook", conn, hook=http_hook(conn, "http://127.0.0.1"))
         self._deliver("webhook", client, self._webhook_parts(tasks, batch_size, secret))
         return len(tasks)
 

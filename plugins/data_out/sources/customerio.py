@@ -33,7 +33,6 @@ from data_out.sources.base import CustomerIOError, Row
 
 log = logging.getLogger(__name__)
 
-REGIONS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 MAX_PAGE = 30_000
 CUSTOMERIO_REQUESTS_PER_SECOND = 10
 #: under Customer.io's 10 requests a second, so jitter on the way never makes two requests count as 11
@@ -79,7 +78,7 @@ class _PacedAdapter(HTTPAdapter):
 class CustomerIOSource:
     def __init__(self, conn: ConnectionInfo, segment_id: int, page_size: int, label: str) -> None:
         region = str(conn.extra.get("region", "us")).lower()
-        from data_out.hooks.destinations import CustomerIOHook  # the bearer key and region's host
+        from data_out.sources.customerio_hook import REGIONS, CustomerIOHook  # the bearer key and region's host
 
         self.client: HttpClient = CustomerIOHook(
             connection=conn, default_base_url=REGIONS.get(region, REGIONS["us"])

@@ -1,4 +1,5 @@
-"""The state database: schema, creation and small dialect helpers.
+"""The state database: schema, creation and small dialect helpers (this module); how its outages are
+told apart from bugs (``state.errors``); the deploy step that creates or upgrades it (``state.migrate``).
 
 This is the product's memory and is never Airflow's metadata database. The same SQLAlchemy Core schema
 and statements run on SQLite (the embedded default) and Postgres (production).
@@ -18,7 +19,7 @@ What lives here, and why:
 * ``do_reject``: row-level rejects with the *hashed* member key and the destination's reason.
 * ``do_lease``: which run owns an audience right now (two runs of one audience never interleave).
 * ``do_change`` / ``do_dirty`` / ``do_plan_mark``: what changed since each destination was last planned
-  (``changes.py``), so a quiet day's plan looks at the changed members only, not the whole audience.
+  (``engine/changes.py``), so a quiet day's plan looks at the changed members only, not the whole audience.
 * ``do_snapshot``: the figures of each audience's snapshot, kept with it so staging can carry them
   forward instead of recounting (``engine/figures.py``).
 * ``do_ack_count``: each destination's acknowledged total, kept by every commit (a plan reads it

@@ -253,7 +253,8 @@ def test_meta_blocked_audience_fails_with_a_clear_message(tmp_path: Path):
     case = CASES["meta"]
     standin = case.make()
     standin.blocked.add("23850000001")
-    from data_out.destinations.meta.destination import MetaDestination, MetaSettings
+    from data_out.destinations.meta.destination import MetaDestination
+    from data_out.destinations.meta.settings import MetaSettings
 
     with Running(standin) as running:
         dest = MetaDestination(

@@ -22,8 +22,11 @@ from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError, MemberRow, Op
 from data_out.destinations.google.auth import token_uri
-from data_out.destinations.google.destination import GoogleDestination, GoogleSettings, describe_google_error
-from data_out.destinations.google_ads.destination import API_VERSION, GoogleAdsDestination, GoogleAdsSettings
+from data_out.destinations.google.destination import GoogleDestination
+from data_out.destinations.google.errors import describe_google_error
+from data_out.destinations.google.settings import GoogleSettings
+from data_out.destinations.google_ads.destination import API_VERSION, GoogleAdsDestination
+from data_out.destinations.google_ads.settings import GoogleAdsSettings
 from data_out.engine.runner import RunFailed
 from data_out.state import ensure_schema
 from sandbox.standins.base import Request, Response, Running, StandIn
@@ -348,7 +351,7 @@ def test_the_google_ads_api_version_is_one_the_pinned_library_still_ships():
     assert shipped, "google-ads ships no version modules?"
     assert int(API_VERSION[1:]) >= shipped[0], (
         f"Google Ads API {API_VERSION} is older than the oldest version google-ads still ships (v{shipped[0]}): "
-        "Google has retired it or soon will; move API_VERSION in destinations/google_ads.py to a current one"
+        "Google has retired it or soon will; move API_VERSION in google_ads/destination.py to a current one"
     )
     assert int(API_VERSION[1:]) <= shipped[-1]
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.destinations.google.destination import CUSTOMER_MATCH_MAX_LIFETIME_DAYS, GoogleSettings
+from data_out.destinations.google.settings import CUSTOMER_MATCH_MAX_LIFETIME_DAYS, GoogleSettings
 from data_out.engine.runner import AudienceRunner
 from sandbox.standins.base import Running
 from sandbox.standins.google_dm import GoogleDataManagerStandIn

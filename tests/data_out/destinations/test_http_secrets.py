@@ -23,6 +23,7 @@ from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import REGISTRY
 from data_out.destinations.base import DestinationError, MemberRow, Op
 from data_out.destinations.http import HttpClient
+from data_out.destinations.http_hook import http_hook
 from data_out.engine.runner import RunFailed
 from data_out.redact import scrub
 from data_out.state import ensure_schema
@@ -55,7 +56,7 @@ def _raise(kind: type[Exception], message: str) -> Exception:
 
 def _client(url: str = "http://127.0.0.1:9", **extra: object) -> HttpClient:
     conn = ConnectionInfo("data_out_tiktok", "data_out_tiktok", host=url, extra={**FAST_RETRIES, **extra})
-    return HttpClient("tiktok", conn, default_base_url=url, headers={"Access-Token": SECRET})
+    return HttpClient("tiktok", conn, hook=http_hook(conn, url), headers={"Access-Token": SECRET})
 
 
 def _leaks(exc: BaseException, *secrets: str) -> list[str]:

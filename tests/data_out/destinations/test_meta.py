@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError, MemberRow, Op
 from data_out.destinations.http import FORM_CONTENT_TYPE, form_encode
-from data_out.destinations.meta.destination import MetaDestination, MetaSettings, appsecret_proof
+from data_out.destinations.meta.destination import MetaDestination
+from data_out.destinations.meta.hook import appsecret_proof
+from data_out.destinations.meta.settings import MetaSettings
 from data_out.destinations.meta.versions import DEFAULT_API_VERSION, EXPIRES, expired
 from data_out.engine.runner import RunFailed
 from data_out.state import ensure_schema

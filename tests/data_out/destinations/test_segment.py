@@ -16,7 +16,8 @@ from segment.analytics.client import Client as SegmentClient
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import MemberRow, Op
 from data_out.destinations.segment.batch import BATCH_BYTES, MAX_EVENT_BYTES, batch_bodies, encode_message
-from data_out.destinations.segment.destination import SegmentDestination, SegmentSettings
+from data_out.destinations.segment.destination import SegmentDestination
+from data_out.destinations.segment.settings import SegmentSettings
 from data_out.engine.holdout import is_held_out
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running

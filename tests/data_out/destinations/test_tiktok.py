@@ -10,7 +10,8 @@ import pytest
 
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import DestinationError, MemberRow, Op
-from data_out.destinations.tiktok.destination import TikTokDestination, TikTokSettings
+from data_out.destinations.tiktok.destination import TikTokDestination
+from data_out.destinations.tiktok.settings import TikTokSettings
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from sandbox.standins.tiktok import TikTokStandIn

@@ -15,7 +15,8 @@ import pytest
 
 from data_out.connections import ConnectionInfo
 from data_out.destinations.base import DestinationError, MemberRow, Op
-from data_out.destinations.webhook.destination import WebhookDestination, WebhookSettings
+from data_out.destinations.webhook.destination import WebhookDestination
+from data_out.destinations.webhook.settings import WebhookSettings
 from sandbox.standins.base import Response, Running
 from sandbox.standins.webhook import WebhookStandIn
 from tests.deploy.test_compose import ENV_EXAMPLE, read_env_file

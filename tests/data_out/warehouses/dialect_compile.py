@@ -4,7 +4,7 @@ Imported by the compile-only tests for the dialects installed in the test enviro
 Redshift), and run as a script under ``.venv-dialects/bin/python`` for those that cannot be installed
 there (Snowflake, Databricks: ``make dialects``, docs/development.md). That environment has SQLAlchemy and
 the dialects but not Airflow or pydantic, so the destination's statement builders are loaded from
-``destinations/warehouse_sql.py`` by its path: importing ``data_out.destinations`` would import every
+``destinations/warehouse/sql.py`` by its path: importing ``data_out.destinations`` would import every
 destination. Nothing here connects: each dialect is given its DB-API module only for its parameter style.
 
 As a script: reads a JSON request on stdin (``request()``) and writes ``{dialect name: statements}``.
@@ -29,14 +29,14 @@ URLS = {
 
 
 def warehouse_sql() -> Any:
-    """``data_out/destinations/warehouse_sql.py``, without the package's ``__init__`` (it needs only
+    """``data_out/destinations/warehouse/sql.py``, without the package's ``__init__`` (it needs only
     SQLAlchemy and ``data_out.state``, which needs only SQLAlchemy)."""
     if str(PLUGINS) not in sys.path:
         sys.path.insert(0, str(PLUGINS))
     name = "data_out.destinations.warehouse.sql"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, PLUGINS / "data_out" / "destinations" / "warehouse/sql.py")
+    spec = importlib.util.spec_from_file_location(name, PLUGINS / "data_out" / "destinations" / "warehouse" / "sql.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -20,7 +20,7 @@ import sqlalchemy
 import sqlglot
 from sqlglot import exp
 
-from data_out.destinations import warehouse  # noqa: F401 - the package first: dialect_compile reuses its module
+import data_out.destinations.warehouse.sql  # noqa: F401 - imported first: dialect_compile reuses the module
 from data_out.dialects import translate
 from data_out.sources.warehouse import window_params
 from tests.data_out.warehouses import dialect_compile

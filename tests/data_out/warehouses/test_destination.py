@@ -7,7 +7,8 @@ from sqlalchemy import select, text
 
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import MemberRow, Op
-from data_out.destinations.warehouse.destination import WarehouseDestination, WarehouseSettings
+from data_out.destinations.warehouse.destination import WarehouseDestination
+from data_out.destinations.warehouse.settings import WarehouseSettings
 
 
 def _row(key: str, holdout: bool = False) -> MemberRow:

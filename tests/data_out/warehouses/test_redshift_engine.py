@@ -26,7 +26,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from data_out import connections
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import MemberRow, Op
-from data_out.destinations.warehouse.destination import WarehouseDestination, WarehouseSettings
+from data_out.destinations.warehouse.destination import WarehouseDestination
+from data_out.destinations.warehouse.settings import WarehouseSettings
 from data_out.sources.base import SourceError
 from data_out.sources.warehouse import SqlSource
 

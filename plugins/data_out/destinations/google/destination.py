@@ -20,7 +20,7 @@ check read. A ``FAILED`` request fails the batch with Google's error reasons. Th
 Google's estimate of its members on Search (``userLists`` ``sizeInfo``).
 
 Connection (type ``data_out_google``): ``host`` the API base URL (default
-https://datamanager.googleapis.com), the credential as ``google_auth`` describes, extras ``status_wait``
+https://datamanager.googleapis.com), the credential as ``google/auth.py`` describes, extras ``status_wait``
 (seconds, default 0) and ``status_poll_interval`` (default 2). Per audience: ``customer_id`` (the
 operating Google Ads account), ``user_list_id``, optional ``login_customer_id`` (a manager account
 the credential signs in through), ``consent`` and ``customer_match_terms_accepted``.
@@ -32,11 +32,9 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-import requests
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import (
@@ -45,10 +43,10 @@ from data_out.destinations.base import (
     DestinationError,
     DestinationSettings,
     MemberRow,
-    MembershipSettings,
     Op,
 )
 from data_out.destinations.google.auth import GoogleTokenAuth
+from data_out.destinations.google.settings import CUSTOMER_MATCH_MAX_LIFETIME_DAYS, GoogleSettings
 from data_out.destinations.http import HttpClient
 from data_out.redact import scrub
 
@@ -57,9 +55,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://datamanager.googleapis.com"
 MAX_MEMBERS_PER_REQUEST = 10_000
 MAX_IDENTIFIERS_PER_MEMBER = 10
-#: Customer Match's longest membership: a member not uploaded again within it leaves the list (the Data
-#: Manager ``UserList.membershipDuration`` defaults to it, the Ads API ``membership_life_span`` refuses more)
-CUSTOMER_MATCH_MAX_LIFETIME_DAYS = 540
 #: lower bound, in percent, of each ``MatchRateRange`` (``NOT_ELIGIBLE`` and ``UNKNOWN``: no figure)
 MATCH_RATE_FLOOR = {
     "MATCH_RATE_RANGE_LESS_THAN_20": 0,
@@ -73,99 +68,13 @@ MATCH_RATE_FLOOR = {
     "MATCH_RATE_RANGE_91_TO_100": 91,
 }
 
-CONSENT_FIX = (
-    "add `consent: {ad_user_data: GRANTED, ad_personalization: GRANTED}` to this Google destination (DENIED "
-    "where the members did not consent): it is the EEA consent (Digital Markets Act) the members gave, and "
-    "Google does not use EEA members uploaded without it"
-)
-
-
-class GoogleConsent(BaseModel):
-    """EEA consent signals sent with every upload; both must be said, since Google drops unspecified EEA users."""
-
-    model_config = ConfigDict(extra="forbid")
-    ad_user_data: Literal["GRANTED", "DENIED"]
-    ad_personalization: Literal["GRANTED", "DENIED"]
-
-
-def require_consent(data: Any) -> Any:
-    """Before-validator for Google settings: a missing ``consent`` gets an error that says what to add."""
-    if isinstance(data, dict) and data.get("consent") is None:
-        raise ValueError(f"consent is required: {CONSENT_FIX}")
-    if isinstance(data, dict) and isinstance(data["consent"], dict):
-        missing = [k for k in ("ad_user_data", "ad_personalization") if k not in data["consent"]]
-        if missing:
-            raise ValueError(f"consent must set {' and '.join(missing)}: {CONSENT_FIX}")
-    return data
-
-
-class CustomerMatchMembership(MembershipSettings):
-    """A Customer Match list's membership duration, when it was set shorter than Google's maximum."""
-
-    membership_lifetime_days: int | None = Field(
-        None,
-        ge=2,
-        le=CUSTOMER_MATCH_MAX_LIFETIME_DAYS,
-        description="the list's membership duration in days (Data Manager ``membershipDuration``, Ads API "
-        "``membership_life_span``) when shorter than Google's maximum of 540",
-    )
-
-
-class GoogleSettings(DestinationSettings, CustomerMatchMembership):
-    type: Literal["google"]
-    customer_id: str = Field(pattern=r"^\d{10}$", description="the operating Google Ads account, 10 digits")
-    user_list_id: str = Field(pattern=r"^\d+$")
-    login_customer_id: str | None = Field(None, pattern=r"^\d{10}$", description="manager account signed in through")
-    consent: GoogleConsent
-    customer_match_terms_accepted: Literal[True] = Field(
-        description="the account accepted Google's Customer Match terms of service (sent with every upload)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _consent_and_terms(cls, data: Any) -> Any:
-        data = require_consent(data)
-        if isinstance(data, dict) and data.get("customer_match_terms_accepted") is not True:
-            raise ValueError(
-                "customer_match_terms_accepted: true is required once the Google Ads account has accepted the "
-                "Customer Match terms of service (Tools > Audience manager); Google refuses uploads without it"
-            )
-        return data
-
-
-def describe_google_error(resp: requests.Response) -> str:
-    """Google's ``{"error": {"status", "message", "details"}}``, or whatever else came back, without crashing."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:300]
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return str(err if err is not None else body)[:300]
-    reasons = [
-        str(d["reason"]) for d in err.get("details", []) if isinstance(d, dict) and d.get("reason")
-    ]  # ErrorInfo reasons name the cause (TERMS_AND_CONDITIONS_NOT_SIGNED, ...)
-    fields = [
-        v.get("field")
-        for d in err.get("details", [])
-        if isinstance(d, dict)
-        for v in d.get("fieldViolations", [])
-        if isinstance(v, dict)
-    ]
-    text = f"{err.get('status', '')}: {err.get('message', '')}"
-    if reasons:
-        text += f" [{', '.join(reasons)}]"
-    if fields:
-        text += f" (field {', '.join(f for f in fields if f)})"
-    return text
-
 
 @register
 class GoogleDestination(Destination):
     type_name = "google"
-    pool = "data_out_google"  # see deploy/pools.json
+    pool = kind("google").pool  # sized in deploy/pools.json
     settings_model = GoogleSettings
-    default_conn_id = "data_out_google"
+    default_conn_id = kind("google").conn_type
     max_batch_rows = MAX_MEMBERS_PER_REQUEST
     identity_columns = {"email_sha256": "email_google_sha256", "phone_sha256": "phone_e164_sha256"}
     membership_lifetime_days = CUSTOMER_MATCH_MAX_LIFETIME_DAYS
@@ -177,7 +86,7 @@ class GoogleDestination(Destination):
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         super().__init__(audience, settings, connection)
         extra = dict(self.connection.extra)
-        from data_out.hooks.destinations import GoogleHook  # access tokens minted from the connection
+        from data_out.destinations.google.hook import GoogleHook  # access tokens minted from the connection
 
         self.client: HttpClient = GoogleHook(connection=self.connection, default_base_url=DEFAULT_BASE_URL).client()
         assert isinstance(self.client.session.auth, GoogleTokenAuth)

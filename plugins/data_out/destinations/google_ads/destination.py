@@ -6,7 +6,7 @@ tokens Google still allowlists for Customer Match through the Google Ads API. Th
 longer ships it.
 
 Connection (type ``data_out_google_ads``): ``host`` the API base URL (default
-https://googleads.googleapis.com), the credential as ``google_auth`` describes (access tokens are minted
+https://googleads.googleapis.com), the credential as ``google/auth.py`` describes (access tokens are minted
 and renewed, never stored), extras ``developer_token``, optional ``login_customer_id``,
 ``poll_interval`` (seconds, default 5) and ``poll_timeout`` (default 3600). Per audience:
 ``customer_id``, ``user_list_id`` and ``consent``.
@@ -30,10 +30,9 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
@@ -41,10 +40,8 @@ from data_out.destinations.google.auth import GoogleTokenAuth
 from data_out.destinations.google.destination import (
     CUSTOMER_MATCH_MAX_LIFETIME_DAYS,
     MATCH_RATE_FLOOR,
-    CustomerMatchMembership,
-    GoogleConsent,
-    require_consent,
 )
+from data_out.destinations.google_ads.settings import GoogleAdsSettings
 from data_out.destinations.http import HttpClient, split_by_size
 from data_out.identity import GMAIL_COLUMN
 from data_out.redact import scrub
@@ -59,23 +56,6 @@ MAX_IDENTIFIERS_PER_REQUEST = 100_000
 MAX_JOB_GENERATIONS = 5
 
 
-class GoogleAdsSettings(DestinationSettings, CustomerMatchMembership):
-    type: Literal["google_ads"]
-    customer_id: str = Field(pattern=r"^\d{10}$", description="the ad account, 10 digits without dashes")
-    user_list_id: str = Field(pattern=r"^\d+$")
-    consent: GoogleConsent
-    gmail_canonical: bool = Field(
-        False,
-        description="send gmail.com/googlemail.com addresses without dots and +tags before the @ "
-        "(the Data Manager API's rule; the Google Ads API guidance does not ask for it)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _consent_is_explicit(cls, data: Any) -> Any:
-        return require_consent(data)
-
-
 #: job statuses, furthest along first
 _PROGRESS = {"SUCCESS": 0, "RUNNING": 1, "PENDING": 2, "FAILED": 3}
 
@@ -88,11 +68,11 @@ def external_id(seed: str) -> int:
 @register
 class GoogleAdsDestination(Destination):
     type_name = "google_ads"
-    pool = "data_out_google_ads"  # see deploy/pools.json
+    pool = kind("google_ads").pool  # sized in deploy/pools.json
     # Google answers CONCURRENT_MODIFICATION when two jobs modify one user list at once
     max_push_shards = 1
     settings_model = GoogleAdsSettings
-    default_conn_id = "data_out_google_ads"
+    default_conn_id = kind("google_ads").conn_type
     max_batch_rows = 50_000  # two identifiers each: within 100,000 identifiers per request
     supports_replace = True
     membership_lifetime_days = CUSTOMER_MATCH_MAX_LIFETIME_DAYS
@@ -114,7 +94,7 @@ class GoogleAdsDestination(Destination):
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         super().__init__(audience, settings, connection)
         extra = dict(self.connection.extra)
-        from data_out.hooks.destinations import GoogleAdsHook  # tokens, developer-token, login-customer-id
+        from data_out.destinations.google_ads.hook import GoogleAdsHook  # tokens, developer-token, login-customer-id
 
         hook = GoogleAdsHook(connection=self.connection, default_base_url=DEFAULT_BASE_URL)
         self.client: HttpClient = hook.client()

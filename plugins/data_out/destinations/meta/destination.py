@@ -4,7 +4,7 @@ Connection (type ``data_out_meta``): ``host`` the Graph API base URL (default ht
 ``password`` the system-user access token, extra ``app_secret`` the app's secret: with it every call
 carries ``appsecret_proof`` (HMAC-SHA256 of the token keyed by the secret, hex), as Meta's SDK sends it,
 which apps with "Require app secret" on demand. Per audience: ``audience_id``, ``match_keys``,
-``api_version`` (default and Meta's expiry dates in ``meta_versions``; an expired one is refused when
+``api_version`` (default and Meta's expiry dates in ``meta/versions.py``; an expired one is refused when
 the audience is loaded).
 
 Keys are normalised as Meta's customer-list and customer-information pages say (``identity.py``,
@@ -15,111 +15,29 @@ is digits with the country code and no ``+``. Meta does not say which rows were 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import requests
-from pydantic import Field, field_validator
 
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationError, DestinationSettings, MemberRow, Op
-from data_out.destinations.http import FORM_CONTENT_TYPE, HttpClient, Verdict, default_classify, form_encode
-from data_out.destinations.meta.versions import DEFAULT_API_VERSION, current, expired
+from data_out.destinations.http import FORM_CONTENT_TYPE, HttpClient, form_encode
+from data_out.destinations.meta.settings import MetaSettings
 from data_out.identity import META_EXTRA_KEYS
 
 MAX_ROWS = 10_000
-RATE_LIMIT_CODES = {4, 17, 32, 613, 80003, 80004}
-TRANSIENT_CODES = {1, 2}
-BLOCKED = (100, 1713230)
-DEPRECATED_VERSION = 2635
-
-MatchKey = Literal["EMAIL", "PHONE", "EXTERN_ID", "FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN"]
-
-_DEFAULT_MATCH_KEYS: list[MatchKey] = ["EMAIL", "PHONE"]
-
-
-class MetaSettings(DestinationSettings):
-    type: Literal["meta"]
-    audience_id: str = Field(pattern=r"^[0-9A-Za-z_-]{1,64}$")
-    match_keys: list[MatchKey] = Field(default_factory=lambda: _DEFAULT_MATCH_KEYS.copy(), min_length=1)
-    api_version: str = Field(DEFAULT_API_VERSION, pattern=r"^v\d+\.\d+$")
-
-    @field_validator("api_version")
-    @classmethod
-    def _not_expired(cls, v: str) -> str:
-        if expired(v):
-            raise ValueError(
-                f"Meta retired Marketing API {v}; use one it still serves ({', '.join(current())}) "
-                f"or leave api_version out for the default {DEFAULT_API_VERSION}"
-            )
-        return v
-
-    @field_validator("match_keys")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("list each match key once")
-        return v
-
-
-def _error(resp: requests.Response) -> tuple[int | None, int | None, str]:
-    try:
-        body = resp.json()
-    except ValueError:
-        return None, None, resp.text[:300]
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):  # not Meta's envelope: a proxy or a load balancer answered
-        return None, None, resp.text[:300]
-    return err.get("code"), err.get("error_subcode"), str(err.get("message", ""))
-
-
-def classify(resp: requests.Response) -> Verdict:
-    if resp.status_code < 300:
-        return Verdict.OK
-    code, _, _ = _error(resp)
-    if code in RATE_LIMIT_CODES or code in TRANSIENT_CODES:
-        return Verdict.RETRY
-    return default_classify(resp)
-
-
-def describe(resp: requests.Response) -> str:
-    code, subcode, message = _error(resp)
-    if (code, subcode) == BLOCKED:
-        return (
-            f"the custom audience is blocked from updates (code {code}, subcode {subcode}): {message}. "
-            "Check it in Ads Manager; nothing was changed"
-        )
-    if code == 190:
-        return f"the access token was refused (code 190): {message}. Renew the token in the connection"
-    if code == DEPRECATED_VERSION:
-        return f"Meta retired this Marketing API version (code 2635): {message}. Set a current api_version"
-    if code == 100 and "appsecret_proof" in message:
-        return (
-            f"the app requires appsecret_proof (code 100): {message}. Put the app's secret in the "
-            "connection's extra as app_secret"
-        )
-    return f"code {code}" + (f" (subcode {subcode})" if subcode else "") + f": {message}"
-
-
-def appsecret_proof(access_token: str, app_secret: str | None) -> str | None:
-    """HMAC-SHA256 of the access token keyed by the app secret, hex (Meta's "Securing Graph API
-    requests"); ``None`` without a secret."""
-    if not app_secret:
-        return None
-    return hmac.new(str(app_secret).encode(), access_token.encode(), hashlib.sha256).hexdigest()
 
 
 @register
 class MetaDestination(Destination):
     type_name = "meta"
-    pool = "data_out_meta"  # see deploy/pools.json
+    pool = kind("meta").pool  # sized in deploy/pools.json
     settings_model = MetaSettings
-    default_conn_id = "data_out_meta"
+    default_conn_id = kind("meta").conn_type
     max_batch_rows = MAX_ROWS
     supports_replace = True
     # ``approximate_count_*`` is an estimate Meta updates hours after an upload is processed
@@ -129,7 +47,7 @@ class MetaDestination(Destination):
 
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         super().__init__(audience, settings, connection)
-        from data_out.hooks.destinations import MetaHook  # bearer token and appsecret_proof from the connection
+        from data_out.destinations.meta.hook import MetaHook  # bearer token and appsecret_proof from the connection
 
         self.client: HttpClient = MetaHook(connection=self.connection).client()
         self.path = f"/{self.settings.api_version}/{self.settings.audience_id}"

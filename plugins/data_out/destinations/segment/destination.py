@@ -12,36 +12,31 @@ identify. A refresh (a full resync of a member already acknowledged) sends the i
 
 ``messageId`` is derived from the planned batch's idempotency key, the member and the call, so a batch
 sent again (a lost answer, a crash before the commit, a split after a 413) carries the same ids and
-Segment drops the repeats. Requests are sized exactly as encoded (``segment_batch``).
+Segment drops the repeats. Requests are sized exactly as encoded (``segment/batch.py``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op, planned_key
 from data_out.destinations.http import HttpClient, part_key
 from data_out.destinations.segment.batch import JSON_HEADERS, MAX_EVENT_BYTES, batch_bodies, encode_message
+from data_out.destinations.segment.settings import SegmentSettings
 from data_out.hashing import sha256_hex
-
-
-class SegmentSettings(DestinationSettings):
-    type: Literal["segment"]
-    include: Literal["targeted", "holdout", "all"] = "all"
-    entered_event: str = "Audience Entered"
-    exited_event: str = "Audience Exited"
 
 
 @register
 class SegmentDestination(Destination):
     type_name = "segment"
-    pool = "data_out_segment"  # see deploy/pools.json
+    pool = kind("segment").pool  # sized in deploy/pools.json
     settings_model = SegmentSettings
-    default_conn_id = "data_out_segment"
+    default_conn_id = kind("segment").conn_type
     distinguishes_refresh = True  # a refresh restores the trait without a second "Audience Entered"
     max_batch_rows = 2_000
     activation = False  # the CDP receives the holdout flag so downstream tools can honour it
@@ -50,7 +45,7 @@ class SegmentDestination(Destination):
 
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         super().__init__(audience, settings, connection)
-        from data_out.hooks.destinations import SegmentHook  # the write key as Basic auth
+        from data_out.destinations.segment.hook import SegmentHook  # the write key as Basic auth
 
         self.client: HttpClient = SegmentHook(connection=self.connection).client()
 

@@ -17,64 +17,22 @@ and should one reach a batch its add is rejected by row with the reason, so it s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-import requests
-from pydantic import Field
-
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import BatchResult, Destination, DestinationSettings, MemberRow, Op
-from data_out.destinations.http import HttpClient, Verdict, default_classify
-
-RETRY_CODES = {40100, 40016}
-
-IdKind = Literal["EMAIL_SHA256", "PHONE_SHA256"]
-_DEFAULT_ID_SCHEMA: list[IdKind] = ["EMAIL_SHA256", "PHONE_SHA256"]
-
-
-class TikTokSettings(DestinationSettings):
-    type: Literal["tiktok"]
-    advertiser_id: str = Field(pattern=r"^\d+$")
-    segment_id: str = Field(pattern=r"^\w+$")
-    id_schema: list[IdKind] = Field(default_factory=lambda: _DEFAULT_ID_SCHEMA.copy(), min_length=1)
-    phone_format: Literal["e164", "digits"] = Field(
-        "e164",
-        description="hash the phone as E.164 with its + (e164) or as digits with the country code and no + "
-        "(digits); TikTok's help pages name both, see docs/decisions/identity.md",
-    )
-
-
-def _code(resp: requests.Response) -> int | None:
-    try:
-        return int(resp.json().get("code"))
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
-def classify(resp: requests.Response) -> Verdict:
-    if resp.status_code >= 300:
-        return default_classify(resp)
-    code = _code(resp)
-    if code == 0:
-        return Verdict.OK
-    return Verdict.RETRY if code in RETRY_CODES or (code or 0) >= 50000 else Verdict.FATAL
-
-
-def _describe(resp: requests.Response) -> str:
-    try:
-        body = resp.json()
-        return f"code {body.get('code')}: {body.get('message')}"
-    except ValueError:
-        return resp.text[:300]
+from data_out.destinations.http import HttpClient
+from data_out.destinations.tiktok.settings import TikTokSettings
 
 
 @register
 class TikTokDestination(Destination):
     type_name = "tiktok"
-    pool = "data_out_tiktok"  # see deploy/pools.json
+    pool = kind("tiktok").pool  # sized in deploy/pools.json
     settings_model = TikTokSettings
-    default_conn_id = "data_out_tiktok"
+    default_conn_id = kind("tiktok").conn_type
     max_batch_rows = 10_000
     # ``cover_num`` counts the audience once TikTok has processed uploads, asynchronously, not on acceptance
     reported_size_is_live = False
@@ -83,7 +41,7 @@ class TikTokDestination(Destination):
 
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         super().__init__(audience, settings, connection)
-        from data_out.hooks.destinations import TikTokHook  # the Access-Token header from the connection
+        from data_out.destinations.tiktok.hook import TikTokHook  # the Access-Token header from the connection
 
         self.client: HttpClient = TikTokHook(connection=self.connection).client()
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Literal
 
-from pydantic import Field, field_validator
 from sqlalchemy import Connection, DateTime, Engine, String, Table, bindparam, func, literal, select, text
 from sqlalchemy.dialects import postgresql
 
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations import register
 from data_out.destinations.base import (
-    IDENTIFIER_RE,
     BatchResult,
     Destination,
     DestinationSettings,
     MemberRow,
     Op,
 )
+from data_out.destinations.warehouse.settings import WarehouseSettings
 from data_out.destinations.warehouse.sql import (
     MERGE_BATCH_ROWS,
     MERGE_DIALECTS,
@@ -36,29 +35,12 @@ from data_out.destinations.warehouse.sql import destination_tables as _tables
 from data_out.state import utcnow
 
 
-class WarehouseSettings(DestinationSettings):
-    type: Literal["warehouse"]
-    include: Literal["targeted", "holdout", "all"] = "all"
-    table: str | None = Field(None, description="members table; default audience_<name>")
-    holdout_table: str | None = Field(None, description="holdout table; default <table>_holdout")
-    db_schema: str | None = Field(
-        None, description="schema (Postgres, Snowflake, Redshift), database (MySQL), dataset (BigQuery) of both"
-    )
-
-    @field_validator("table", "holdout_table", "db_schema")
-    @classmethod
-    def _identifier(cls, v: str | None) -> str | None:
-        if v is not None and not IDENTIFIER_RE.match(v):
-            raise ValueError("must be a lowercase SQL identifier: letters, digits, underscores")
-        return v
-
-
 @register
 class WarehouseDestination(Destination):
     type_name = "warehouse"
-    pool = "data_out_warehouse"  # see deploy/pools.json
+    pool = kind("warehouse").pool  # sized in deploy/pools.json
     settings_model = WarehouseSettings
-    default_conn_id = "data_out_warehouse"
+    default_conn_id = kind("warehouse").conn_type
     max_batch_rows = 50_000
     activation = False  # internal: holds the holdout group too, in its own table
 

@@ -14,28 +14,23 @@ the batch stands. docs/webhooks.md has the contract and a verifier to copy.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import json
-import time
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
-from pydantic import Field
-
+from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo
 from data_out.destinations import register
 from data_out.destinations.base import (
     BatchResult,
     Destination,
-    DestinationError,
     DestinationSettings,
     MemberRow,
     Op,
 )
 from data_out.destinations.http import HttpClient
+from data_out.destinations.webhook.settings import WebhookSettings
+from data_out.destinations.webhook.signing import fresh_signature, signing_secret
 from data_out.redact import scrub
-from data_out.signing import unusable_secret
 
 FIELD_COLUMNS = {
     "email_sha256": ("email_sha256", "email_sha256"),
@@ -44,44 +39,12 @@ FIELD_COLUMNS = {
 }
 
 
-SIGNATURE_HEADER = "X-DataOut-Signature"
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    ts = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={digest}"
-
-
-def signing_secret(conn: ConnectionInfo) -> str:
-    """The connection's signing secret; an empty or placeholder one is refused before anything is sent."""
-    problem = unusable_secret(conn.password)
-    if problem:
-        raise DestinationError(
-            f"webhook: the password of connection {conn.conn_id!r} is the signing secret and {problem}; "
-            "set the secret the receiver verifies with (see docs/webhooks.md)",
-            retryable=False,
-        )
-    return (conn.password or "").strip()
-
-
-def fresh_signature(secret: str, body: bytes) -> Callable[[], dict[str, str]]:
-    """Headers for one attempt, signed at the moment it is sent (``HttpClient`` calls it per attempt)."""
-    return lambda: {SIGNATURE_HEADER: sign(secret, body)}
-
-
-class WebhookSettings(DestinationSettings):
-    type: Literal["webhook"]
-    path: str = Field("/", pattern=r"^/[\w\-./]*$")
-    fields: list[Literal["email_sha256", "phone_sha256", "external_id"]] = Field(default_factory=list)
-
-
 @register
 class WebhookDestination(Destination):
     type_name = "webhook"
-    pool = "data_out_webhook"  # see deploy/pools.json
+    pool = kind("webhook").pool  # sized in deploy/pools.json
     settings_model = WebhookSettings
-    default_conn_id = "data_out_webhook"
+    default_conn_id = kind("webhook").conn_type
     max_batch_rows = 1_000
     activation = False
 
@@ -90,7 +53,7 @@ class WebhookDestination(Destination):
     def __init__(self, audience: str, settings: DestinationSettings, connection: ConnectionInfo) -> None:
         super().__init__(audience, settings, connection)
         self.secret = signing_secret(self.connection)
-        from data_out.hooks.destinations import WebhookHook  # signed per attempt, no credential on the session
+        from data_out.destinations.webhook.hook import WebhookHook  # signed per attempt, no credential on the session
 
         self.client: HttpClient = WebhookHook(connection=self.connection, default_base_url="http://127.0.0.1").client()
 
