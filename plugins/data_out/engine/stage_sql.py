@@ -116,8 +116,8 @@ def work_mem() -> str:
 
     At 10M members the keys' hash takes about 730 MB in one statement, or about 360 MB in each of the
     two halves that run at once; with less, Postgres splits it into batches on disk, which is correct
-    and, on this machine's page cache, no slower (the one statement at 10M: 13.9 s with 64MB in eight
-    batches, 15.0 s with 1GB). ``DATA_OUT_STAGING_WORK_MEM`` overrides it (a Postgres size).
+    and, where the batches stay in the page cache, no slower (docs/performance.md). So the default is
+    modest, and ``DATA_OUT_STAGING_WORK_MEM`` overrides it (a Postgres size).
     """
     value = os.environ.get("DATA_OUT_STAGING_WORK_MEM", DEFAULT_WORK_MEM)
     if not _PG_SIZE.match(value):
@@ -320,7 +320,8 @@ class InDatabaseStaging:
         Postgres 15 runs a full join on one core only (parallel full joins came in 16). Split by the
         parity of the key's hash, each half builds a hash table half the size; the helper imports this
         transaction's snapshot (``pg_export_snapshot``), so both read the same source and snapshot,
-        and its half is copied into ``do_delta`` here. 10M members on two cores: 10.2 s instead of 15.0 s.
+        and its half is copied into ``do_delta`` here: two cores each build half the hash table at once
+        (the gain at 10M is in docs/performance.md).
 
         Each half runs without parallel workers: the two halves already keep the cores busy, and
         workers would only pass every scanned row through a queue to their half (at 10M, with two
@@ -400,8 +401,8 @@ class InDatabaseStaging:
         """Gone and changed members leave the snapshot; changed ones come back from ``stream_changed``.
 
         A usual day's few stale members are deleted by primary-key lookups of their keys. Left to
-        itself, Postgres joins a delta of 200,000 rows by scanning all 10M members (5.7 s against
-        about 2 s). A large share of the audience is deleted through that join, which is then cheaper.
+        itself, Postgres would join even a small delta by scanning the whole snapshot, which costs far
+        more than the lookups. A large share of the audience is deleted through that join, which is then cheaper.
         With ``cfg``, returns the figures of the deleted rows (``figures.of_rows``), from the delete itself.
         """
         m, d = state.member, _DELTA

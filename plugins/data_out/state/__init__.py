@@ -414,8 +414,8 @@ dirty = Table(
     Column("change_id", _Id, nullable=False),
     Column("member_key", _KEY, nullable=False),
     # Not a unique index over the keys: a day's change records hundreds of thousands of them in hash
-    # order, and keeping such an index cost 5 µs a key (200,000 keys at 10M members: 1.4 s of every
-    # churn sync). ``changes.add_keys`` records a key once per change; readers group by key anyway.
+    # order, and keeping such an index up to date costs a random index write per key on every churn
+    # sync. ``changes.add_keys`` records a key once per change; readers group by key anyway.
     Index("ix_do_dirty_change", "audience", "change_id"),
 )
 
