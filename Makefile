@@ -95,6 +95,7 @@ chromium:
 
 test: airflow-db chromium dialects
 	$(BIN)/ruff check plugins dags include tests
+	$(BIN)/ruff format --check plugins dags include tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -16,13 +16,11 @@ from data_out.destinations.base import (
 CUSTOMER_MATCH_MAX_LIFETIME_DAYS = 540
 
 
-
 CONSENT_FIX = (
     "add `consent: {ad_user_data: GRANTED, ad_personalization: GRANTED}` to this Google destination (DENIED "
     "where the members did not consent): it is the EEA consent (Digital Markets Act) the members gave, and "
     "Google does not use EEA members uploaded without it"
 )
-
 
 
 class GoogleConsent(BaseModel):
@@ -31,7 +29,6 @@ class GoogleConsent(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ad_user_data: Literal["GRANTED", "DENIED"]
     ad_personalization: Literal["GRANTED", "DENIED"]
-
 
 
 def require_consent(data: Any) -> Any:
@@ -45,7 +42,6 @@ def require_consent(data: Any) -> Any:
     return data
 
 
-
 class CustomerMatchMembership(MembershipSettings):
     """A Customer Match list's membership duration, when it was set shorter than Google's maximum."""
 
@@ -56,7 +52,6 @@ class CustomerMatchMembership(MembershipSettings):
         description="the list's membership duration in days (Data Manager ``membershipDuration``, Ads API "
         "``membership_life_span``) when shorter than Google's maximum of 540",
     )
-
 
 
 class GoogleSettings(DestinationSettings, CustomerMatchMembership):

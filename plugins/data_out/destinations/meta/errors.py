@@ -9,17 +9,13 @@ from data_out.destinations.http import Verdict, default_classify
 RATE_LIMIT_CODES = {4, 17, 32, 613, 80003, 80004}
 
 
-
 TRANSIENT_CODES = {1, 2}
-
 
 
 BLOCKED = (100, 1713230)
 
 
-
 DEPRECATED_VERSION = 2635
-
 
 
 def _error(resp: requests.Response) -> tuple[int | None, int | None, str]:
@@ -33,7 +29,6 @@ def _error(resp: requests.Response) -> tuple[int | None, int | None, str]:
     return err.get("code"), err.get("error_subcode"), str(err.get("message", ""))
 
 
-
 def classify(resp: requests.Response) -> Verdict:
     if resp.status_code < 300:
         return Verdict.OK
@@ -41,7 +36,6 @@ def classify(resp: requests.Response) -> Verdict:
     if code in RATE_LIMIT_CODES or code in TRANSIENT_CODES:
         return Verdict.RETRY
     return default_classify(resp)
-
 
 
 def describe(resp: requests.Response) -> str:

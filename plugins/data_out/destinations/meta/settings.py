@@ -12,7 +12,6 @@ from data_out.destinations.meta.versions import DEFAULT_API_VERSION, current, ex
 MatchKey = Literal["EMAIL", "PHONE", "EXTERN_ID", "FN", "LN", "FI", "CT", "ST", "ZIP", "COUNTRY", "GEN"]
 
 
-
 _DEFAULT_MATCH_KEYS: list[MatchKey] = ["EMAIL", "PHONE"]
 
 

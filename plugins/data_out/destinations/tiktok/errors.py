@@ -9,13 +9,11 @@ from data_out.destinations.http import Verdict, default_classify
 RETRY_CODES = {40100, 40016}
 
 
-
 def _code(resp: requests.Response) -> int | None:
     try:
         return int(resp.json().get("code"))
     except (ValueError, TypeError, AttributeError):
         return None
-
 
 
 def classify(resp: requests.Response) -> Verdict:
@@ -25,7 +23,6 @@ def classify(resp: requests.Response) -> Verdict:
     if code == 0:
         return Verdict.OK
     return Verdict.RETRY if code in RETRY_CODES or (code or 0) >= 50000 else Verdict.FATAL
-
 
 
 def describe(resp: requests.Response) -> str:

@@ -16,12 +16,10 @@ from data_out.signing import unusable_secret
 SIGNATURE_HEADER = "X-DataOut-Signature"
 
 
-
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     ts = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={ts},v1={digest}"
-
 
 
 def signing_secret(conn: ConnectionInfo) -> str:
@@ -34,7 +32,6 @@ def signing_secret(conn: ConnectionInfo) -> str:
             retryable=False,
         )
     return (conn.password or "").strip()
-
 
 
 def fresh_signature(secret: str, body: bytes) -> Callable[[], dict[str, str]]:
