@@ -60,9 +60,9 @@ from sqlalchemy import Engine, select, text
 from data_out import state
 from data_out.config import AUDIENCES_DIR_ENV
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.destinations.meta_versions import DEFAULT_API_VERSION
+from data_out.destinations.meta.versions import DEFAULT_API_VERSION
+from data_out.engine.shards import shard_of
 from data_out.metrics.receiver import signature
-from data_out.shards import shard_of
 from sandbox.standins import connection_env
 from sandbox.standins.base import Request, Response, Running
 from sandbox.standins.meta import MetaStandIn

@@ -28,9 +28,10 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include")]
 
 from sqlalchemy import select  # noqa: E402
 
-from data_out import shards, staging_sql, state  # noqa: E402
+from data_out import state  # noqa: E402
 from data_out.config import load_audiences  # noqa: E402
 from data_out.connections import ConnectionInfo, engine_for  # noqa: E402
+from data_out.engine import shards, stage_sql  # noqa: E402
 from data_out.engine.runner import AudienceRunner  # noqa: E402
 from data_out.normalise import Normaliser  # noqa: E402
 from data_out.state import ensure_schema  # noqa: E402
@@ -89,7 +90,7 @@ def main(db: str, audiences: str, meta_url: str, holder: str, mode: str = "run")
 
     if os.environ.get("DATA_OUT_COUNT_NORMALISED"):
         count_normalised(os.environ["DATA_OUT_COUNT_NORMALISED"])
-    staging_sql.RESUMABLE_MIN_ROWS, staging_sql.RESUME_CHUNK_ROWS = 0, 7
+    stage_sql.RESUMABLE_MIN_ROWS, stage_sql.RESUME_CHUNK_ROWS = 0, 7
     engine = engine_for(resolve("db"))
     ensure_schema(engine)
     runner = AudienceRunner(engine, load_audiences(Path(audiences)), "crash_test_v1", resolve, stage_batch_size=7)

@@ -236,7 +236,7 @@ class World:
     in_database: bool = False  # the source lives in the (Postgres) state database: staged in SQL
     in_doubt: set[str] = dataclasses.field(default_factory=set)
     #: members of batches the destination applied after the fault (on Postgres the next batch is
-    #: pushed while the one before commits: ``sync._Pipeline``)
+    #: pushed while the one before commits: ``push._Pipeline``)
     pushed_after: set[str] = dataclasses.field(default_factory=set)
     requests_at_fault: int = 0
 

@@ -223,7 +223,7 @@ class Destination(ABC):
     #: concurrent writes to one list)
     max_push_shards: ClassVar[int] = MAX_PUSH_SHARDS
     #: days a member stays in the vendor's audience after its last upload (None: until removed); members
-    #: acknowledged that long ago are re-sent as refreshes before then (``diff.refresh_policy``)
+    #: acknowledged that long ago are re-sent as refreshes before then (``plan.refresh_policy``)
     membership_lifetime_days: ClassVar[int | None] = None
     #: whether ``size`` counts what was just uploaded; False where the vendor's count is an estimate that
     #: lags behind uploads (hours to a day), so the post-push size check is off by default

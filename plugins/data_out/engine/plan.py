@@ -623,7 +623,7 @@ class Planner:
 
         Staging counted desired and unmatchable for every destination in its one scan of the snapshot
         (``StageStats.desired``) and the acknowledged total is a counter kept by every commit
-        (``sync.acked_count``), so a plan reads them instead of scanning 10M rows twice. A dry run's
+        (``push.acked_count``), so a plan reads them instead of scanning 10M rows twice. A dry run's
         shadow snapshot, a retirement and a destination staging did not know are counted here.
         """
         staged = self._staged_counts(conn, plan.sync_id) if self.snapshot is None and mode != SyncMode.RETIRE else None

@@ -89,7 +89,7 @@ def _error_text(exc: BaseException) -> str:
 
 def _state_step(step: str) -> Callable[[_Step], _Step]:
     """A state-database outage inside the step surfaces as a ``StateDatabaseError`` naming the step (retryable),
-    any other database error as a ``DatabaseError`` whose text is safe to log (``state_errors.translated``)."""
+    any other database error as a ``DatabaseError`` whose text is safe to log (``state.errors.translated``)."""
 
     def decorate(fn: _Step) -> _Step:
         @functools.wraps(fn)

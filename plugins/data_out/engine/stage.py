@@ -114,7 +114,7 @@ def _encode(value: Any) -> bytes:
 def raw_fingerprint(context: bytes, values: Iterable[Any]) -> str:
     """MD5 hex over the context and the raw identifier values: change detection, not security.
 
-    ``staging_sql.InDatabase.fingerprint_expr`` computes the same value in SQL; keep them in step.
+    ``stage_sql.InDatabase.fingerprint_expr`` computes the same value in SQL; keep them in step.
     """
     return hashlib.md5(context + b"".join(_encode(v) for v in values), usedforsecurity=False).hexdigest()
 

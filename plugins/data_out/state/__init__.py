@@ -159,7 +159,7 @@ ack = Table(
     # it is retried when the member's identifiers change
     Column("rejected", Boolean, nullable=False, default=False, server_default=false()),
     # when the destination last acknowledged the member (an add, a refresh, a replace): members of a
-    # destination whose memberships expire are refreshed by age (``diff.refresh_policy``)
+    # destination whose memberships expire are refreshed by age (``plan.refresh_policy``)
     Column("acked_at", DateTime(timezone=True), nullable=False),
     # the sync (do_sync.id) and batch number whose commit wrote the row (an add, a refresh; NULL batch: a
     # replace), so the member lookup can name the last add: two integers on a row the commit writes
@@ -524,7 +524,7 @@ def _ensure_schema(engine: Engine) -> None:
 
 
 def _rekey_unsent_batches(conn: Connection) -> None:
-    """Version 4: idempotency keys carry a random part (``diff.idempotency_key``).
+    """Version 4: idempotency keys carry a random part (``plan.idempotency_key``).
 
     Batches planned before it carry keys derived from sequence ids alone, which a restored backup or
     another installation reuses. A batch never attempted was never sent, so it takes a fresh random

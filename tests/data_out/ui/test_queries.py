@@ -184,7 +184,7 @@ def _vendor_key_of(store, op: str, key: str) -> str:
 
 
 def _batch_key_prefix(audience: str, destination: str, sync_id: int, batch_no: int) -> str:
-    """The readable part of a batch's idempotency key (``diff.idempotency_key``), without the plan's nonce."""
+    """The readable part of a batch's idempotency key (``plan.idempotency_key``), without the plan's nonce."""
     return idempotency_key(audience, destination, sync_id, batch_no, "")
 
 
