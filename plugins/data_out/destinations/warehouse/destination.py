@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, DateTime, Engine, String, Table, bindparam, func, literal, select, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.functions import Function
 
 from data_out.connection_types import kind
 from data_out.connections import ConnectionInfo, engine_for
@@ -91,7 +92,10 @@ class WarehouseDestination(Destination):
             conn.execute(delete_keys(conn.dialect, table, keys))
         elif conn.dialect.name == "postgresql":  # one statement with an array parameter, not one row each
             arr = bindparam("keys", keys, type_=postgresql.ARRAY(String))
-            rows = select(func.unnest(arr), literal(now, DateTime(timezone=True)))
+            # a plain Function: ``func.unnest`` would resolve to sqlalchemy-bigquery's registered class,
+            # which opts out of SQLAlchemy's statement cache (and warns) when that extra is installed
+            keys_out: Function[str] = Function("unnest", arr, type_=String())
+            rows = select(keys_out, literal(now, DateTime(timezone=True)))
             stmt = postgresql.insert(table).from_select(["member_key", "added_at"], rows)
             conn.execute(stmt.on_conflict_do_nothing())
         else:
