@@ -16,7 +16,7 @@ from data_out import state
 from data_out.config import load_audiences
 from data_out.connections import ConnectionInfo, engine_for
 from data_out.destinations.base import BatchResult, MemberRow, Op
-from data_out.engine import push as sync
+from data_out.engine import push as push_step
 from data_out.engine.lease import LeaseHeld
 from data_out.engine.plan import Planner, idempotency_key
 from data_out.engine.push import Pusher
@@ -130,7 +130,7 @@ def test_a_push_failing_while_the_batch_before_commits_keeps_that_commit(runner,
 
 def test_the_pipeline_without_overlap_commits_at_once():
     done: list[int] = []
-    with sync._Pipeline(overlap=False) as pipeline:
+    with push_step._Pipeline(overlap=False) as pipeline:
         pipeline.then(lambda: done.append(1))
         assert done == [1]
 
@@ -175,7 +175,7 @@ def _acked(engine) -> tuple[set[str], int]:
     """(the acknowledged keys, the counter every commit keeps)."""
     with engine.connect() as conn:
         keys = set(conn.execute(select(state.ack.c.member_key).where(state.ack.c.rejected.is_(False))).scalars())
-        return keys, sync.acked_count(conn, AUD, "memory")
+        return keys, push_step.acked_count(conn, AUD, "memory")
 
 
 def test_a_batch_pushed_by_two_workers_is_committed_once(runner, store, state_engine):
@@ -188,7 +188,7 @@ def test_a_batch_pushed_by_two_workers_is_committed_once(runner, store, state_en
     pushed_a = a_worker._push_one(batch_no, Op(op), key)
     pushed_b = b_worker._push_one(batch_no, Op(op), key)
     assert pushed_a is not None and pushed_b is not None
-    result_a, result_b = sync.PushResult(), sync.PushResult()
+    result_a, result_b = push_step.PushResult(), push_step.PushResult()
     a_worker._commit(sync_id, batch_no, Op(op), key, *pushed_a, result_a)
     b_worker._commit(sync_id, batch_no, Op(op), key, *pushed_b, result_b)
     rows = {r.member_key for r in pushed_a[0]}
@@ -215,7 +215,7 @@ def test_a_worker_of_an_earlier_plan_pushes_nothing_of_the_next_plan(runner, sto
     assert len(store.requests) == requests  # nothing sent
     before = _acked(state_engine)
     stale = ([MemberRow(m["customer_id"], *[None] * 5) for m in MEMBERS[:2]], BatchResult())
-    leftover._commit(0, old_no, Op(old_op), old_key, *stale, sync.PushResult())
+    leftover._commit(0, old_no, Op(old_op), old_key, *stale, push_step.PushResult())
     assert _acked(state_engine) == before and pending_batches(state_engine) == len(new)
 
 
@@ -259,7 +259,7 @@ def test_every_removal_commits_before_the_first_add_is_read(runner, store, state
     store.refuse_remove["c000"] = "member locked"
     overlapped = state_engine.dialect.name == "postgresql"
     release = threading.Event()
-    push_one, commit, wait = Pusher._push_one, Pusher._commit, sync._Pipeline.wait
+    push_one, commit, wait = Pusher._push_one, Pusher._commit, push_step._Pipeline.wait
 
     def pushed_then_release(self, batch_no, op, key):  # type: ignore[no-untyped-def]
         try:
@@ -279,7 +279,7 @@ def test_every_removal_commits_before_the_first_add_is_read(runner, store, state
 
     monkeypatch.setattr(Pusher, "_push_one", pushed_then_release)
     monkeypatch.setattr(Pusher, "_commit", held_commit)
-    monkeypatch.setattr(sync._Pipeline, "wait", waiting)
+    monkeypatch.setattr(push_step._Pipeline, "wait", waiting)
     sent = len(store.requests)
     runner.run("t/2", AS_OF)
     assert [op for op, _, _ in store.requests[sent:]] == ["remove"]
@@ -339,7 +339,7 @@ def test_a_drain_renews_its_lease_and_stops_once_another_run_took_it(runner, sto
 
     pusher = Pusher(state_engine, AUD, "memory", runner.destination("memory"))
     with pytest.raises(LeaseHeld, match="t/other"):
-        pusher.drain(sync_id, sync.PushResult(), heartbeat=beating, beat_every=0)
+        pusher.drain(sync_id, push_step.PushResult(), heartbeat=beating, beat_every=0)
     assert beats == [0, 1, 2] and len(store.requests) == 2 and len(batches) == 5
     assert pending_batches(state_engine) == 3  # the two pushed batches committed; the rest wait for the new holder
 
