@@ -7,16 +7,20 @@ noise, US phone numbers, some missing), then measures, each in its own child pro
 is that phase's alone:
 
 1. ``first``: Data Out's first sync (everything is new);
-2. ``churn``: Data Out's sync after a churn (``churn`` x N members leave, as many new ones join);
-3. ``nochange``: Data Out's sync when nothing changed;
-4. ``pandas``: the pandas way on the same churn: ``read_sql`` of both snapshots, an outer merge with an
+2. ``churn``: Data Out's sync after a churn (``churn`` x N members leave, as many new ones join), with the
+   full comparison of the source with the snapshot (as on the day of its scheduled full comparison);
+3. ``nochange``: Data Out's sync when nothing changed, again with the full comparison;
+4. ``quiet``: the sync of a quiet day with no change: the audience's change column (``updated_at``) lets
+   it read only the rows changed since the last snapshot, plus a key-only pass for members who left;
+5. ``quiet_churn``: the same after another churn of the same size, the joiners stamped with the time;
+6. ``pandas``: the pandas way on the first churn: ``read_sql`` of both snapshots, an outer merge with an
    indicator, then hashing the changed rows in Python;
-5. ``floor``: a ``COPY`` of the source table to nowhere: the least any sync must pay to read the source.
+7. ``floor``: a ``COPY`` of the source table to nowhere: the least any sync must pay to read the source.
 
 The state database is the warehouse database (Data Out's co-located mode: staging and diffs run in it).
 It ends with exactly one line, times for the churn run:
 ``bench: members=N churn=C data_out_s=X pandas_s=Y floor_s=Z speedup_vs_pandas=Ax floor_ratio=Bx
-data_out_rss_mb=R pandas_rss_mb=P``
+data_out_rss_mb=R pandas_rss_mb=P first_s=F nochange_s=U quiet_s=Q quiet_churn_s=W``
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 AUDIENCE = "bench_scale_v1"
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-PHASES = ("first", "churn", "nochange")
+PHASES = ("first", "churn", "nochange", "quiet", "quiet_churn")
+#: phases that compare the source with the snapshot in full although the audience has a change column
+FULL_COMPARISON = ("churn", "nochange")
 
 AUDIENCE_YAML = """\
 name: {name}
@@ -48,7 +54,8 @@ owner: bench
 purpose: scale benchmark
 source:
   conn_id: data_out_warehouse
-  query: SELECT customer_id, email, phone FROM bench_members
+  query: SELECT customer_id, email, phone, updated_at FROM bench_members
+  change_column: updated_at
 identifiers: {{email: email, phone: phone, default_region: US}}
 holdout: {{percent: 10, salt: bench}}
 destinations:
@@ -58,23 +65,24 @@ destinations:
 """
 
 # Emails with the noise real sources have (case, surrounding spaces), 2% missing; a third of phones
-# missing, the rest valid US numbers in mixed formats.
+# missing, the rest valid US numbers in mixed formats. ``updated_at``: when the row last changed.
 POPULATE_SQL = """
-INSERT INTO bench_members (customer_id, email, phone)
+INSERT INTO bench_members (customer_id, email, phone, updated_at)
 SELECT 'c' || lpad(i::text, 10, '0'),
        CASE WHEN i % 50 = 0 THEN NULL
             WHEN i % 7 = 0 THEN ' User' || i || '@Example.com '
             ELSE 'user' || i || '@example.com' END,
        CASE WHEN i % 3 = 0 THEN NULL
             WHEN i % 3 = 1 THEN '+1 415 ' || (2000000 + i % 7000000)::text
-            ELSE '(650) ' || (2000000 + i % 7000000)::text END
+            ELSE '(650) ' || (2000000 + i % 7000000)::text END,
+       CAST(:at AS timestamptz)
 FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i
 """
 
-# 1 in 1/churn existing members leaves (a stable pseudo-random choice), then as many new ones join.
+# 1 in 1/churn existing members leaves (a stable pseudo-random choice per seed), then as many new ones join.
 CHURN_DELETE_SQL = """
 DELETE FROM bench_members
-WHERE (('x' || substr(md5(customer_id), 1, 8))::bit(32)::bigint % :every) = 0
+WHERE (('x' || substr(md5(customer_id || :seed), 1, 8))::bit(32)::bigint % :every) = 0
 """
 
 
@@ -164,6 +172,7 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
         "tree_pss_mb": round(tree.peak_mb, 1),
         "members": run["members"],
         "recomputed": run["recomputed"],
+        "comparison": run["comparison"],
         "stages": {"stage": run["stage_seconds"]},
     }
     for s in syncs:
@@ -270,31 +279,47 @@ def start_meta_standin() -> tuple[subprocess.Popen[str], dict[str, Any]]:
 
 
 def build_source(engine: Any, members: int) -> float:
+    """The source table, every row last changed a day ago, with an index on ``updated_at`` as a table with a
+    change column usually has (or, in a columnar warehouse, its pruning by that column)."""
     started = time.monotonic()
+    day_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS bench_members"))
-        conn.execute(text("CREATE TABLE bench_members (customer_id text, email text, phone text)"))
+        conn.execute(
+            text("CREATE TABLE bench_members (customer_id text, email text, phone text, updated_at timestamptz)")
+        )
         step = 1_000_000
         for lo in range(1, members + 1, step):
-            conn.execute(text(POPULATE_SQL), {"lo": lo, "hi": min(lo + step - 1, members)})
+            conn.execute(text(POPULATE_SQL), {"lo": lo, "hi": min(lo + step - 1, members), "at": day_ago})
+        conn.execute(text("CREATE INDEX bench_members_updated_at ON bench_members (updated_at)"))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE bench_members"))
     return time.monotonic() - started
 
 
-def apply_churn(engine: Any, members: int, churn: float) -> tuple[int, int]:
-    """Keep the pre-churn snapshot for the pandas reference, then remove and add ``churn`` x N members."""
+def apply_churn(engine: Any, members: int, churn: float, seed: int = 0) -> tuple[int, int]:
+    """Remove and add ``churn`` x N members, the joiners stamped now; the first churn (``seed`` 0) keeps the
+    snapshot before it for the pandas reference."""
     every = max(1, round(1 / churn))
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS bench_members_prev"))
-        conn.execute(text("CREATE TABLE bench_members_prev AS SELECT * FROM bench_members"))
-        removed = conn.execute(text(CHURN_DELETE_SQL), {"every": every}).rowcount
+        if seed == 0:
+            conn.execute(text("DROP TABLE IF EXISTS bench_members_prev"))
+            conn.execute(text("CREATE TABLE bench_members_prev AS SELECT * FROM bench_members"))
+        removed = conn.execute(text(CHURN_DELETE_SQL), {"every": every, "seed": str(seed or "")}).rowcount
         joined = max(1, round(members * churn))
-        conn.execute(text(POPULATE_SQL), {"lo": members + 1, "hi": members + joined})
+        lo = members + 1 + seed * joined
+        conn.execute(text(POPULATE_SQL), {"lo": lo, "hi": lo + joined - 1, "at": dt.datetime.now(dt.UTC)})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE bench_members"))
-        conn.execute(text("VACUUM ANALYZE bench_members_prev"))
+        if seed == 0:
+            conn.execute(text("VACUUM ANALYZE bench_members_prev"))
     return removed, joined
+
+
+def expire_mark(engine: Any) -> None:
+    """Make the next sync the one of the day's scheduled full comparison (``full_compare_every``)."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE do_snapshot SET compared_at = compared_at - interval '2 days'"))
 
 
 def _memory(result: dict[str, Any]) -> str:
@@ -350,13 +375,19 @@ def main(argv: list[str] | None = None) -> None:
             meta_json = json.dumps(meta_conn)
             results: dict[str, dict[str, Any]] = {}
             for phase in PHASES:
-                if phase == "churn":
-                    removed, joined = apply_churn(engine, args.members, args.churn)
-                    print(f"  churn: {removed:,} members left, {joined:,} joined", flush=True)
+                if phase in ("churn", "quiet_churn"):
+                    removed, joined = apply_churn(engine, args.members, args.churn, seed=int(phase != "churn"))
+                    print(f"  {phase}: {removed:,} members left, {joined:,} joined", flush=True)
+                if phase in FULL_COMPARISON:
+                    expire_mark(engine)
                 settle(admin)
                 results[phase] = run_child("dataout", db_url, meta_json, tmp, phase)
                 r = results[phase]
-                print(f"  data out {phase}: {r['seconds']:.1f}s, peak RSS {r['rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"  data out {phase}: {r['seconds']:.1f}s ({r['comparison']} comparison), "
+                    f"peak RSS {r['rss_mb']:.0f} MB",
+                    flush=True,
+                )
         settle(admin)
         results["pandas"] = run_child("pandas", db_url)
         print(f"  pandas: {results['pandas']['seconds']:.1f}s, peak RSS {results['pandas']['rss_mb']:.0f} MB")
@@ -377,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(("peak RSS MB", *(f"{results[p]['rss_mb']:.0f}" for p in PHASES)))
     rows.append(("process RSS / with workers PSS", *(_memory(results[p]) for p in PHASES)))
     rows.append(("recomputed rows", *(f"{results[p]['recomputed']:,}" for p in PHASES)))
+    rows.append(("comparison", *(str(results[p]["comparison"]) for p in PHASES)))
     rows.append(
         ("meta added/removed", *(f"{results[p]['meta_added']:,}/{results[p]['meta_removed']:,}" for p in PHASES))
     )
@@ -392,7 +424,9 @@ def main(argv: list[str] | None = None) -> None:
         f"pandas_s={pandas['seconds']:.2f} floor_s={floor['seconds']:.2f} "
         f"speedup_vs_pandas={pandas['seconds'] / churn['seconds']:.2f}x "
         f"floor_ratio={churn['seconds'] / floor['seconds']:.2f}x "
-        f"data_out_rss_mb={churn['rss_mb']:.0f} pandas_rss_mb={pandas['rss_mb']:.0f}"
+        f"data_out_rss_mb={churn['rss_mb']:.0f} pandas_rss_mb={pandas['rss_mb']:.0f} "
+        f"first_s={results['first']['seconds']:.2f} nochange_s={results['nochange']['seconds']:.2f} "
+        f"quiet_s={results['quiet']['seconds']:.2f} quiet_churn_s={results['quiet_churn']['seconds']:.2f}"
     )
 
 

@@ -85,6 +85,44 @@ class SqlSource(_Model):
         "Unset: the query is portable SQL, sent as written",
     )
 
+    change_column: str | None = Field(
+        None,
+        description="a column of the query's rows that moves forward whenever a row's member key or identifier "
+        "values change (e.g. updated_at, a timestamp or date). With it, a run reads only the rows changed since the "
+        "last snapshot, plus a key-only pass for members who left; the full comparison still runs every "
+        "full_compare_every and whenever the shortcut cannot be trusted. Applies when the query runs in the state "
+        "database (Postgres); elsewhere every run compares in full",
+    )
+    change_lookback: Duration = Field(
+        dt.timedelta(hours=1),
+        description="how far before the last mark a run reads again, for rows whose writers committed late (e.g. 1h)",
+    )
+    full_compare_every: Duration = Field(
+        dt.timedelta(days=1),
+        description="longest time between two full comparisons of the source with the snapshot (e.g. 1d, 12h)",
+    )
+
+    @field_validator("change_column")
+    @classmethod
+    def _change_column(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", v):
+            raise ValueError("must be a plain column name of the query's result (letters, digits, underscores)")
+        return v
+
+    @field_validator("change_lookback")
+    @classmethod
+    def _lookback(cls, v: dt.timedelta) -> dt.timedelta:
+        if not dt.timedelta(0) <= v <= dt.timedelta(days=7):
+            raise ValueError("must be between 0s and 7d (e.g. 1h)")
+        return v
+
+    @field_validator("full_compare_every")
+    @classmethod
+    def _full_every(cls, v: dt.timedelta) -> dt.timedelta:
+        if not dt.timedelta(minutes=1) <= v <= dt.timedelta(days=30):
+            raise ValueError("must be between 1m and 30d (e.g. 1d)")
+        return v
+
     @field_validator("dialect")
     @classmethod
     def _dialect(cls, v: str | None) -> str | None:

@@ -1,7 +1,8 @@
 """Run history for humans: the last runs of an audience, one row per destination sync.
 
 ``no key`` counts the source rows staged without a usable member key (for a Customer.io segment: people
-without an id), which no destination receives.
+without an id), which no destination receives. ``compared`` says how staging compared the source with
+the snapshot: ``full``, or ``changed`` (only the rows the source's change column flagged, docs/sources.md).
 
     python -m data_out.history cio_cart_abandon_6h_v1 --last 10
 
@@ -41,6 +42,7 @@ def history_table(rows: list[dict[str, Any]]) -> str:
         "members",
         "held out",
         "no key",
+        "compared",
         "destination",
         "mode",
         "sync status",
@@ -64,6 +66,7 @@ def history_table(rows: list[dict[str, Any]]) -> str:
                 x["members"],
                 x["held_out"],
                 x["missing_keys"] or 0,
+                x["comparison"] or "-",
                 x["destination"] or "-",
                 x["mode"] or "-",
                 x["sync_status"] or "-",

@@ -16,7 +16,9 @@ In every other case staging scans, as it always did.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, delete, false, func, insert, literal, select
@@ -34,6 +36,15 @@ ISSUE_COLUMNS = ("email_issue", "phone_issue", "external_id_issue")
 ISSUES = [(col, issue) for col in ISSUE_COLUMNS for issue in (MISSING, INVALID)]
 #: identifier quality reasons counted per snapshot (``identity.REASONS``), after the issues
 REASON_CODES = tuple(REASONS)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What the snapshot reflects of its source's change column (``engine/quiet.py``), saved beside the figures."""
+
+    value: str | None  # the highest change value seen, in Postgres' text form; None: no row had one
+    basis: str  # a hash of what the mark is valid for (``quiet.basis``)
+    compared_at: dt.datetime  # when the source was last compared with the snapshot in full
 
 
 def columns(cfg: AudienceConfig, rows: Any, is_excluded: Any) -> list[Any]:
@@ -91,12 +102,20 @@ def carry(previous: Sequence[int], removed: Sequence[int], added: Sequence[int])
     return [p - r + a for p, r, a in zip(previous, removed, added, strict=True)]
 
 
-def save(conn: Connection, cfg: AudienceConfig, values: Sequence[int]) -> None:
-    """Keep the figures with the snapshot, in the transaction that wrote it."""
+def save(conn: Connection, cfg: AudienceConfig, values: Sequence[int], mark: Mark | None = None) -> None:
+    """Keep the figures with the snapshot, in the transaction that wrote it; with ``mark``, the change
+    column's mark too (``engine/quiet.py``). Without one, the next staging compares its source in full."""
     s = state.snapshot
     conn.execute(delete(s).where(s.c.audience == cfg.name))
     conn.execute(
         insert(s).values(
-            audience=cfg.name, members=values[0], figures=list(values), shape=shape(cfg), at=state.utcnow()
+            audience=cfg.name,
+            members=values[0],
+            figures=list(values),
+            shape=shape(cfg),
+            at=state.utcnow(),
+            change_mark=mark.value if mark else None,
+            change_basis=mark.basis if mark else None,
+            compared_at=mark.compared_at if mark else None,
         )
     )

@@ -47,7 +47,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from data_out import state
 from data_out.chunking import chunks
 from data_out.config import AudienceConfig
-from data_out.engine import changes, faults, figures
+from data_out.config import SqlSource as SqlSourceConfig
+from data_out.engine import changes, faults, figures, quiet
 from data_out.engine.stage_sql import Delta, InDatabase, InDatabaseStaging, ResumeLog, resumable_min_rows
 from data_out.identity import NORMALIZATION_VERSION
 from data_out.normalise import Normaliser, in_order, workers_for
@@ -92,6 +93,8 @@ class StageStats:
     #: per destination label: [desired, unmatchable], counted in the same scan (the plans read them)
     desired: dict[str, list[int]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: how the source was compared with the snapshot: in full, or only the rows a change column flagged
+    comparison: str = quiet.FULL
     path: str = "python"  # "database" when staged in the state database (see engine/stage_sql.py)
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +159,7 @@ class Stager:
         self._context = _fingerprint_context(cfg)
         self.normaliser = Normaliser.for_audience(cfg)
         self._leftover_runs: list[int] = []
+        self._mark: quiet.Mark | None = None  # kept with the snapshot (``engine/quiet.py``)
         ids = cfg.identifiers
         #: the raw columns a row's identity depends on, in fingerprint order (None: not mapped)
         self.value_columns: list[str | None] = [
@@ -169,7 +173,8 @@ class Stager:
         """Stage ``source``; ``exclusions`` maps an excluded audience to its source and member-key column."""
         started = time.monotonic()
         stats = StageStats()
-        in_db = InDatabase.for_source(self.engine, source, self.cfg.member_key, self.value_columns)
+        change_column = self.cfg.source.change_column if isinstance(self.cfg.source, SqlSourceConfig) else None
+        in_db = InDatabase.for_source(self.engine, source, self.cfg.member_key, self.value_columns, change_column)
         if in_db is None or not self._stage_in_database(in_db, exclusions, stats):
             self._stage_in_python(source, exclusions, stats)
         stats.source_reported = getattr(source, "reported_count", None)
@@ -209,7 +214,8 @@ class Stager:
                     log.info("audience %s: staging in Python because %s", self.cfg.name, why_not)
                     return False
                 previous = figures.carried(conn, self.cfg, bool(exclusions))
-                delta = staging.find_delta(conn, before=previous[0] if previous else None)
+                before = previous[0] if previous else None
+                delta, self._mark, stats.comparison = quiet.find_delta(staging, conn, self.cfg, self._context, before)
                 if staging.find_leftovers(conn):
                     log.info("audience %s: resuming the staging an earlier attempt left unfinished", self.cfg.name)
                 resumable = delta.to_compute >= resumable_min_rows()
@@ -501,7 +507,7 @@ class Stager:
 
     def _record(self, conn: Connection, values: list[int], stats: StageStats) -> None:
         """The snapshot's figures (``engine/figures.py``) into the run's stats, and kept with the snapshot."""
-        figures.save(conn, self.cfg, values)
+        figures.save(conn, self.cfg, values, self._mark)
         stats.members, stats.excluded, stats.held_out = values[:3]
         n_issues = 3 + len(figures.ISSUES)
         stats.identifier_issues = {

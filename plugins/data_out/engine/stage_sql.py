@@ -79,6 +79,13 @@ DEFAULT_WORK_MEM = "1GB"
 LOOKUP_SHARE = 20
 #: audiences with at least this many members are diffed in two halves at once (``_find_delta_in_halves``)
 SPLIT_MIN_MEMBERS = 1_000_000
+#: Postgres type OIDs a change column may have (``engine/quiet.py``), with the SQL type its mark is cast to and
+#: the expression of "now" in that type (a mark never runs ahead of it): timestamptz, timestamp, date
+CHANGE_TYPES = {
+    1184: ("timestamptz", "now()"),
+    1114: ("timestamp", "localtimestamp"),
+    1082: ("date", "current_date"),
+}
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 NULL_TAG = "\x1eN"
 _NO_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
@@ -141,16 +148,31 @@ def _subquery(sql: str) -> str:
 class InDatabase:
     """Decides whether a source can be staged in the state database and builds the SQL that does it."""
 
-    def __init__(self, engine: Engine, source: SqlSource, key_column: str, value_columns: Sequence[str | None]):
+    def __init__(
+        self,
+        engine: Engine,
+        source: SqlSource,
+        key_column: str,
+        value_columns: Sequence[str | None],
+        change_column: str | None = None,
+    ):
         self.engine = engine
         self.source = source
         self.key_column = key_column
         self.value_columns = list(value_columns)
         self.sql = _subquery(source.sql)
+        self.change_column = change_column
+        #: the change column's (SQL type, "now" in that type), once ``usable`` found it of a supported type
+        self.change_type: tuple[str, str] | None = None
 
     @classmethod
     def for_source(
-        cls, engine: Engine, source: Source, key_column: str, value_columns: Sequence[str | None]
+        cls,
+        engine: Engine,
+        source: Source,
+        key_column: str,
+        value_columns: Sequence[str | None],
+        change_column: str | None = None,
     ) -> InDatabase | None:
         """``None`` unless the cheap checks pass; ``usable`` then asks the database about column types."""
         if not isinstance(source, SqlSource) or engine.dialect.name != "postgresql":
@@ -159,7 +181,9 @@ class InDatabase:
             return None
         if not all(_IDENTIFIER.match(c) for c in [key_column, *(v for v in value_columns if v)]):
             return None
-        return cls(engine, source, key_column, value_columns)
+        if change_column is not None and not _IDENTIFIER.match(change_column):
+            return None
+        return cls(engine, source, key_column, value_columns, change_column)
 
     def params(self, **extra: Any) -> dict[str, Any]:
         return {**self.source.params, **extra}
@@ -171,15 +195,23 @@ class InDatabase:
             return f"the database encoding is {encoding}, not UTF8"
         with read_only_section(conn, self.source):
             cursor = conn.execute(text(f"SELECT * FROM ({self.sql}) AS src LIMIT 0"), self.params()).cursor
-        types = {col[0]: col[1] for col in cursor.description or ()}  # DB-API: (name, type_code, ...)
+        types: dict[str, Any] = {col[0]: col[1] for col in cursor.description or ()}  # DB-API: (name, type_code, ...)
         needed = [self.key_column, *(c for c in self.value_columns if c)]
-        missing = [c for c in needed if c not in types]
+        missing = [c for c in [*needed, self.change_column] if c and c not in types]
         if missing:
             raise QueryShapeError(
                 f"{self.source.label}: the query returns columns {list(types)} but not {missing}; "
                 "select them (or alias them) or change the column names in the audience file"
             )
         odd = [c for c in needed if types[c] not in TEXT_SAFE_TYPES]
+        if self.change_column:
+            self.change_type = CHANGE_TYPES.get(types[self.change_column])
+            if self.change_type is None:
+                log.warning(
+                    "%s: change column %s is not a timestamp, timestamptz or date: every run compares in full",
+                    self.source.label,
+                    self.change_column,
+                )
         return f"columns {odd} are not text, integer or uuid" if odd else None
 
     def key_expr(self) -> str:
@@ -223,30 +255,34 @@ class InDatabaseStaging:
     def _params(self, **extra: Any) -> dict[str, Any]:
         return self.plan.params(aud=self.audience, **self.plan.fingerprint_params(self.context), **extra)
 
-    def _source_rows(self, with_values: bool) -> str:
+    def source_rows(self, with_values: bool, also: str = "", where: str = "") -> str:
         """The source as (member key, fingerprint[, raw values]); the key is NULL when blank.
 
         Keys longer than ``MAX_MEMBER_KEY_LENGTH`` are not filtered here: testing the length in the
         same expression makes Postgres trim every key three times (a third of the statement's cost).
         Such a key never matches the snapshot, so it lands in the delta, where ``find_delta`` turns it
-        into a row without a key.
+        into a row without a key. ``also`` adds columns and ``where`` a filter (``engine/quiet.py``: the change
+        column and the rows past its mark).
         """
         p = self.plan
         values = "".join(
             f", {_quoted(c)} AS v{i}" if c else f", NULL::text AS v{i}" for i, c in enumerate(p.value_columns)
         )
+        columns = f"nullif({p.key_expr()}, '') AS member_key, {p.fingerprint_expr()} AS fp"
         return f"""
-            SELECT nullif({p.key_expr()}, '') AS member_key, {p.fingerprint_expr()} AS fp{values if with_values else ""}
-            FROM ({p.sql}) AS src"""
+            SELECT {columns}{values if with_values else ""}{also}
+            FROM ({p.sql}) AS src{where}"""
 
-    def _materialise(self, conn: Connection, table: str, select_sql: str) -> None:
+    def materialise(self, conn: Connection, table: str, select_sql: str, **params: Any) -> None:
         """``select_sql`` into a new temporary ``table``: created empty, then filled in a read-only section.
 
         (``CREATE TABLE AS`` is refused in read-only mode, so the table is made first, from the plan alone.)
         """
-        conn.execute(text(f"CREATE TEMP TABLE {table} ON COMMIT DROP AS {select_sql} WITH NO DATA"), self._params())
+        conn.execute(
+            text(f"CREATE TEMP TABLE {table} ON COMMIT DROP AS {select_sql} WITH NO DATA"), self._params(**params)
+        )
         with read_only_section(conn, self.plan.source):
-            conn.execute(text(f"INSERT INTO {table} {select_sql}"), self._params())
+            conn.execute(text(f"INSERT INTO {table} {select_sql}"), self._params(**params))
 
     def _diff_sql(self, half: int | None = None) -> str:
         """The full join of the source with the snapshot; ``half``: only keys of that hash parity.
@@ -260,7 +296,7 @@ class InDatabaseStaging:
         return f"""
             SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
                    1 AS n, {", ".join(f"s.v{i}" for i in range(len(self.plan.value_columns)))}
-            FROM (SELECT * FROM ({self._source_rows(with_values=True)}) AS r{source}) AS s
+            FROM (SELECT * FROM ({self.source_rows(with_values=True)}) AS r{source}) AS s
             FULL JOIN (SELECT member_key, raw_fp FROM do_member WHERE audience = :aud{snapshot}) AS m
                    ON m.member_key = s.member_key
             WHERE s.fp IS DISTINCT FROM m.raw_fp"""
@@ -272,19 +308,15 @@ class InDatabaseStaging:
         """
         conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the hash of the snapshot's keys
         if before is None:
-            before = state.scalar_int(
-                conn, text("SELECT count(*) FROM do_member WHERE audience = :aud"), aud=self.audience
-            )
+            before = self.snapshot_size(conn)
         if before >= SPLIT_MIN_MEMBERS:
             self._find_delta_in_halves(conn)
         else:
-            self._materialise(conn, "do_delta", self._diff_sql())
+            self.materialise(conn, "do_delta", self._diff_sql())
         conn.execute(  # an over-long key matched nothing, so every such row is here: it has no usable key
             text(f"UPDATE do_delta SET src_key = NULL WHERE length(src_key) > {MAX_MEMBER_KEY_LENGTH}")
         )
-        # the source's row count, a read without any expression (key-less rows are all in the delta)
-        with read_only_section(conn, self.plan.source):
-            rows = state.scalar_int(conn, text(f"SELECT count(*) FROM ({self.plan.sql}) AS src"), **self.plan.params())
+        rows = self.source_count(conn)
         gone, new_keys, missing = conn.execute(
             text(
                 """
@@ -298,6 +330,18 @@ class InDatabaseStaging:
         if rows - missing > before - gone + new_keys:  # more keyed rows than distinct keys: a key appears twice
             conn.execute(text("DROP TABLE do_delta"))
             self._find_grouped_delta(conn)
+        return self.summarise(conn, before, int(missing))
+
+    def snapshot_size(self, conn: Connection) -> int:
+        return state.scalar_int(conn, text("SELECT count(*) FROM do_member WHERE audience = :aud"), aud=self.audience)
+
+    def source_count(self, conn: Connection) -> int:
+        """The source's row count, a read without any expression evaluated."""
+        with read_only_section(conn, self.plan.source):
+            return state.scalar_int(conn, text(f"SELECT count(*) FROM ({self.plan.sql}) AS src"), **self.plan.params())
+
+    def summarise(self, conn: Connection, before: int, missing: int) -> Delta:
+        """The finished ``do_delta``: contact keys refused, statistics taken, its figures counted."""
         self._refuse_contact_keys(conn)
         conn.execute(text("ANALYZE do_delta"))  # temp tables are never auto-analysed
         row = conn.execute(
@@ -312,7 +356,7 @@ class InDatabaseStaging:
             )
         ).one()
         to_compute, gone, duplicate_keys, duplicate_rows = (int(v) for v in row)
-        return Delta(to_compute, gone, duplicate_keys, duplicate_rows, missing_keys=int(missing), before=before)
+        return Delta(to_compute, gone, duplicate_keys, duplicate_rows, missing_keys=missing, before=before)
 
     def _find_delta_in_halves(self, conn: Connection) -> None:
         """The full join in two halves by key hash, at once: this connection and a helper sharing its snapshot.
@@ -338,7 +382,7 @@ class InDatabaseStaging:
                     helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
                     helper.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
                     helper.execute(text(_NO_WORKERS))
-                    self._materialise(helper, "do_delta_half", self._diff_sql(half=1))
+                    self.materialise(helper, "do_delta_half", self._diff_sql(half=1))
                 except BaseException as exc:  # re-raised in the staging thread below
                     failed.append(exc)
 
@@ -346,7 +390,7 @@ class InDatabaseStaging:
             thread.start()
             try:
                 conn.execute(text(_NO_WORKERS))
-                self._materialise(conn, "do_delta", self._diff_sql(half=0))
+                self.materialise(conn, "do_delta", self._diff_sql(half=0))
                 conn.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))  # the scans that follow
             finally:
                 thread.join()
@@ -366,13 +410,13 @@ class InDatabaseStaging:
     def _find_grouped_delta(self, conn: Connection) -> None:
         """The delta for a source with duplicate keys: grouped by key, the lowest fingerprint stands."""
         self.grouped = True
-        self._materialise(
+        self.materialise(
             conn,
             "do_delta",
             f"""
                 WITH s AS (
                     SELECT member_key, min(fp) AS raw_fp, count(*) AS n
-                    FROM ({self._source_rows(with_values=False)}) AS r
+                    FROM ({self.source_rows(with_values=False)}) AS r
                     WHERE length(member_key) BETWEEN 1 AND {MAX_MEMBER_KEY_LENGTH}
                     GROUP BY 1
                 ), m AS (
@@ -442,12 +486,12 @@ class InDatabaseStaging:
             # one row per key: identical duplicates (same fingerprint, same values) must not reach
             # the COPY twice, and they may fall into different batches. Read from the source into a
             # table first: a cursor over the source would go on evaluating it outside the read-only section
-            self._materialise(
+            self.materialise(
                 conn,
                 "do_changed",
                 f"""
                 SELECT DISTINCT ON (d.src_key) d.src_key, d.new_fp, d.n, {", ".join("s." + v for v in values)}
-                FROM ({self._source_rows(with_values=True)}) AS s
+                FROM ({self.source_rows(with_values=True)}) AS s
                 JOIN do_delta d ON d.src_key = s.member_key
                 WHERE d.new_fp IS DISTINCT FROM d.old_fp AND d.new_fp = s.fp{kept}
                 ORDER BY d.src_key

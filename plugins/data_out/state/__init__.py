@@ -220,6 +220,9 @@ run = Table(
     Column("identifier_issues", JSON),  # {"email_missing": n, "email_invalid": n, ...}
     Column("desired", JSON),  # {destination: [desired, unmatchable]}, counted by staging for the plans
     Column("stage_seconds", Float),
+    # "full" (source compared with the snapshot row by row) or "changed" (rows the change column flagged
+    # plus a key-only pass); NULL for runs recorded before the distinction
+    Column("comparison", String(16)),
     Column("error", Text),
     Index("ix_do_run_audience", "audience", "id"),
 )
@@ -429,6 +432,11 @@ snapshot = Table(
     Column("figures", JSON, nullable=False),
     Column("shape", String(64), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # with a source's change column (``engine/quiet.py``): the highest change value the snapshot reflects (as
+    # Postgres' text form), a hash of what that mark is valid for, and when the source was last compared in full
+    Column("change_mark", String(64)),
+    Column("change_basis", String(64)),
+    Column("compared_at", DateTime(timezone=True)),
 )
 
 plan_mark = Table(

@@ -1,0 +1,204 @@
+"""Quiet days: read only the source rows a change column says changed, and whether a run may.
+
+An audience's SQL source may name a ``change_column`` (e.g. ``updated_at``) that moves forward whenever a
+row's member key or identifier values change. A run that may trust it reads the rows whose change value
+is past the last mark (less ``change_lookback``, for writers that commit late), compares them with the
+snapshot by key, and finds members who left with a key-only pass over the source
+(``stage_sql.InDatabaseStaging.find_changed_delta``). Everything after (normalising, the snapshot's
+update, recorded changes, figures) is the same as after a full comparison.
+
+The mark is kept with the snapshot (``do_snapshot.change_mark``), written in the staging transaction, so
+it always describes the snapshot it sits beside. A run compares in full instead when:
+
+* there is no mark yet (a first sync, or the snapshot was last staged another way);
+* what the mark is valid for changed (``basis``: the query, the key column, the change column, the
+  lookback, or anything that shapes a row's fingerprint, such as the normalisation version);
+* the last full comparison is older than ``full_compare_every`` (the schedule that catches a change
+  column someone forgot to bump);
+* the key-only pass finds a new member the change column did not flag, or the source has duplicate
+  keys: the shortcut's assumptions do not hold, so the same run falls back to the full comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from sqlalchemy import Connection, select, text
+
+from data_out import state
+from data_out.config import AudienceConfig, SqlSource
+from data_out.engine.figures import Mark
+from data_out.engine.stage_sql import Delta, InDatabaseStaging, work_mem
+from data_out.hashing import sha256_hex
+from data_out.sources.base import MAX_MEMBER_KEY_LENGTH
+from data_out.sources.warehouse import read_only_section
+
+log = logging.getLogger(__name__)
+
+FULL = "full"
+CHANGED = "changed"
+
+
+def basis(cfg: AudienceConfig, context: bytes, sql: str) -> str | None:
+    """A hash of everything the mark is valid for (``sql``: the query as run); ``None`` without a change column."""
+    src = cfg.source
+    if not isinstance(src, SqlSource) or src.change_column is None:
+        return None
+    parts = [
+        "quiet1",
+        sql,
+        cfg.member_key,
+        src.change_column,
+        str(src.change_lookback.total_seconds()),
+        context.hex(),
+    ]
+    return sha256_hex("\x1f".join(parts))
+
+
+def since(conn: Connection, cfg: AudienceConfig, basis_: str, now: dt.datetime) -> Mark | None:
+    """The stored mark when this run may read only what changed after it; ``None`` (and why, logged) if not."""
+    src = cfg.source
+    assert isinstance(src, SqlSource)  # basis() is None for any other source
+    s = state.snapshot
+    row = conn.execute(
+        select(s.c.change_mark, s.c.change_basis, s.c.compared_at).where(s.c.audience == cfg.name)
+    ).first()
+    why = None
+    if row is None or row.compared_at is None:
+        why = "no change mark yet"
+    elif row.change_basis != basis_:
+        why = "the query, its keys or identifier rules changed since the mark was taken"
+    elif now - _aware(row.compared_at) >= src.full_compare_every:
+        why = f"the last full comparison is older than full_compare_every ({src.full_compare_every})"
+    if why is not None or row is None:
+        log.info("audience %s: comparing the whole source with the snapshot: %s", cfg.name, why)
+        return None
+    return Mark(row.change_mark, row.change_basis, _aware(row.compared_at))
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC."""
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+def full_mark(staging: InDatabaseStaging, conn: Connection) -> str | None:
+    """The mark after a full comparison: the source's highest change value, never ahead of now."""
+    p = staging.plan
+    assert p.change_column is not None and p.change_type is not None
+    now = p.change_type[1]
+    with read_only_section(conn, p.source):
+        value = conn.execute(
+            text(f'SELECT least(max(src."{p.change_column}"), {now})::text FROM ({p.sql}) AS src'), p.params()
+        ).scalar()
+    return None if value is None else str(value)
+
+
+def find_changed_delta(
+    staging: InDatabaseStaging, conn: Connection, mark: Mark, lookback: dt.timedelta, before: int
+) -> tuple[Delta, str | None] | None:
+    """``do_delta`` from the rows changed since ``mark`` and a key-only pass; ``None`` when it cannot be trusted.
+
+    Returns the delta and the new mark. On ``None`` the temporary tables are gone and the caller compares
+    in full, in the same transaction (so over the same snapshot of the source).
+    """
+    p = staging.plan
+    assert p.change_column is not None and p.change_type is not None
+    kind, now = p.change_type
+    col = f'src."{p.change_column}"'
+    since = f" WHERE {col} > CAST(coalesce(:mark, '-infinity') AS {kind}) - make_interval(secs => :lookback)"
+    values = ", ".join(f"s.v{i}" for i in range(len(p.value_columns)))
+    conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the key pass's hash of the snapshot's keys
+    # 1. the flagged rows, each against its snapshot row by a primary-key lookup
+    staging.materialise(
+        conn,
+        "do_delta",
+        f"""
+        SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
+               1 AS n, {values}, s.chg
+        FROM ({staging.source_rows(with_values=True, also=f", {col} AS chg", where=since)}) AS s
+        LEFT JOIN do_member m ON m.audience = :aud AND m.member_key = s.member_key
+        """,
+        mark=mark.value,
+        lookback=lookback.total_seconds(),
+    )
+    new_mark = conn.execute(
+        text(f"SELECT least(greatest(CAST(:mark AS {kind}), (SELECT max(chg) FROM do_delta)), {now})::text"),
+        {"mark": mark.value},
+    ).scalar()
+    # rows without a usable key are counted by the key pass, which sees them all; unchanged rows are dropped
+    conn.execute(
+        text(
+            f"DELETE FROM do_delta WHERE src_key IS NULL OR length(src_key) > {MAX_MEMBER_KEY_LENGTH}"
+            " OR new_fp = old_fp"
+        )
+    )
+    # 2. the key-only pass: members who left, keys the change column did not flag, rows without a key
+    staging.materialise(
+        conn,
+        "do_keys",
+        f"""
+        SELECT s.k AS src_key, m.member_key AS old_key, m.raw_fp AS old_fp
+        FROM (SELECT nullif({p.key_expr()}, '') AS k FROM ({p.sql}) AS src) AS s
+        FULL JOIN (SELECT member_key, raw_fp FROM do_member WHERE audience = :aud) AS m ON m.member_key = s.k
+        WHERE s.k IS NULL OR m.member_key IS NULL
+        """,
+    )
+    new = f"old_key IS NULL AND length(src_key) <= {MAX_MEMBER_KEY_LENGTH}"
+    unflagged = state.scalar_int(  # an anti-join: inside an aggregate's filter it would scan do_delta per key
+        conn,
+        text(
+            f"SELECT count(*) FROM do_keys k WHERE {new}"
+            " AND NOT EXISTS (SELECT FROM do_delta d WHERE d.src_key = k.src_key)"
+        ),
+    )
+    new_keys, gone, missing = conn.execute(
+        text(
+            f"""
+            SELECT count(DISTINCT src_key) FILTER (WHERE {new}),
+                   count(*) FILTER (WHERE src_key IS NULL AND old_key IS NOT NULL),
+                   count(*) FILTER (WHERE old_key IS NULL AND (src_key IS NULL
+                                                             OR length(src_key) > {MAX_MEMBER_KEY_LENGTH}))
+            FROM do_keys k
+            """
+        )
+    ).one()
+    rows = staging.source_count(conn)
+    why = None
+    if unflagged:
+        why = f"{unflagged} new members have no change value past the mark"
+    elif rows - missing > before - gone + new_keys:  # a key appears twice: the full comparison groups them
+        why = "the source has duplicate member keys"
+    if why is not None:
+        log.warning("audience %s: %s; comparing the whole source with the snapshot", staging.audience, why)
+        conn.execute(text("DROP TABLE do_delta; DROP TABLE do_keys"))
+        return None
+    conn.execute(
+        text(
+            "INSERT INTO do_delta (src_key, old_key, new_fp, old_fp, n) "
+            "SELECT NULL, old_key, NULL, old_fp, 1 FROM do_keys WHERE src_key IS NULL AND old_key IS NOT NULL"
+        )
+    )
+    conn.execute(text("DROP TABLE do_keys"))
+    return staging.summarise(conn, before, int(missing)), (None if new_mark is None else str(new_mark))
+
+
+def find_delta(
+    staging: InDatabaseStaging, conn: Connection, cfg: AudienceConfig, context: bytes, before: int | None
+) -> tuple[Delta, Mark | None, str]:
+    """The delta, the mark to keep with the snapshot, and which comparison found it (``FULL`` or ``CHANGED``)."""
+    p = staging.plan
+    basis_ = basis(cfg, context, p.sql) if p.change_type else None
+    if basis_ is None:
+        return staging.find_delta(conn, before=before), None, FULL
+    now = state.utcnow()
+    mark = since(conn, cfg, basis_, now)
+    if mark is not None:
+        assert isinstance(cfg.source, SqlSource)
+        size = before if before is not None else staging.snapshot_size(conn)
+        found = find_changed_delta(staging, conn, mark, cfg.source.change_lookback, size)
+        if found is not None:
+            delta, value = found
+            return delta, Mark(value, basis_, mark.compared_at), CHANGED
+    delta = staging.find_delta(conn, before=before)
+    return delta, Mark(full_mark(staging, conn), basis_, now), FULL
