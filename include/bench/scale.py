@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -155,6 +156,10 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
 
     engine = engine_for(pg)
     ensure_schema(engine)
+    quiet_steps = _QuietSteps()
+    quiet_log = logging.getLogger("data_out.engine.quiet")
+    quiet_log.addHandler(quiet_steps)
+    quiet_log.setLevel(logging.INFO)
     runner = AudienceRunner(engine, load_audiences(Path(audiences_dir)), AUDIENCE, resolve)
     started = time.monotonic()
     with TreeMemory() as tree:
@@ -175,6 +180,8 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
         "comparison": run["comparison"],
         "stages": {"stage": run["stage_seconds"]},
     }
+    for step, seconds in quiet_steps.seconds.items():  # the parts of staging a quiet day has
+        out["stages"][f"stage: {step.replace('_', ' ')}"] = round(seconds, 2)
     for s in syncs:
         out["stages"][f"{s['destination']}.plan"] = s["plan_seconds"]
         out["stages"][f"{s['destination']}.push"] = s["push_seconds"]
@@ -182,6 +189,17 @@ def phase_dataout(db_url: str, meta_conn: dict[str, Any], audiences_dir: str, la
         out[f"{s['destination']}_removed"] = s["removed"]
         out[f"{s['destination']}_size"] = s["destination_size"]
     return out
+
+
+class _QuietSteps(logging.Handler):
+    """Keeps the step timings ``engine/quiet.py`` logs with a quiet day's staging."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seconds.update(getattr(record, "quiet_seconds", {}))
 
 
 def phase_pandas(db_url: str) -> dict[str, Any]:
@@ -402,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
 
-    stages = sorted({s for p in PHASES for s in results[p]["stages"]}, key=lambda s: (s != "stage", s))
+    stages = sorted({s for p in PHASES for s in results[p]["stages"]}, key=lambda s: (not s.startswith("stage"), s))
     rows = [(stage, *(f"{results[p]['stages'].get(stage) or 0:.2f}" for p in PHASES)) for stage in stages]
     rows.append(("wall (whole run)", *(f"{results[p]['seconds']:.2f}" for p in PHASES)))
     rows.append(("peak RSS MB", *(f"{results[p]['rss_mb']:.0f}" for p in PHASES)))

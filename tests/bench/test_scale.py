@@ -40,4 +40,5 @@ def test_bench_runs_and_prints_its_line(pg_admin):
     # only new members were normalised by the churn runs, and nothing by the runs without a change
     assert re.search(r"recomputed rows \|\s+2,000 \|\s+100 \|\s+0 \|\s+0 \|\s+100 \|", out), out
     # the churn and no-change runs compared in full; the quiet ones read what the change column flagged
+    assert re.search(r"stage: key pass \|", out), out
     assert re.search(r"comparison \|\s+full \|\s+full \|\s+full \|\s+changed \|\s+changed \|", out), out

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from sqlalchemy import Connection, select, text
 
 from data_out import state
 from data_out.config import AudienceConfig, SqlSource
+from data_out.engine import stage_sql
 from data_out.engine.figures import Mark
 from data_out.engine.stage_sql import Delta, InDatabaseStaging, work_mem
 from data_out.hashing import sha256_hex
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 FULL = "full"
 CHANGED = "changed"
+#: the old fingerprint of a gone member in ``do_delta`` (any value but NULL: the key pass reads keys only)
+_GONE = "gone"
 
 
 def basis(cfg: AudienceConfig, context: bytes, sql: str) -> str | None:
@@ -109,6 +113,7 @@ def find_changed_delta(
     since = f" WHERE {col} > CAST(coalesce(:mark, '-infinity') AS {kind}) - make_interval(secs => :lookback)"
     values = ", ".join(f"s.v{i}" for i in range(len(p.value_columns)))
     conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the key pass's hash of the snapshot's keys
+    started = time.monotonic()
     # 1. the flagged rows, each against its snapshot row by a primary-key lookup
     staging.materialise(
         conn,
@@ -133,17 +138,12 @@ def find_changed_delta(
             " OR new_fp = old_fp"
         )
     )
+    flagged_s = time.monotonic() - started
     # 2. the key-only pass: members who left, keys the change column did not flag, rows without a key
-    staging.materialise(
-        conn,
-        "do_keys",
-        f"""
-        SELECT s.k AS src_key, m.member_key AS old_key, m.raw_fp AS old_fp
-        FROM (SELECT nullif({p.key_expr()}, '') AS k FROM ({p.sql}) AS src) AS s
-        FULL JOIN (SELECT member_key, raw_fp FROM do_member WHERE audience = :aud) AS m ON m.member_key = s.k
-        WHERE s.k IS NULL OR m.member_key IS NULL
-        """,
-    )
+    if before >= stage_sql.SPLIT_MIN_MEMBERS:
+        staging.materialise_in_halves(conn, "do_keys", lambda half: _key_pass_sql(staging, half))
+    else:
+        staging.materialise(conn, "do_keys", _key_pass_sql(staging))
     new = f"old_key IS NULL AND length(src_key) <= {MAX_MEMBER_KEY_LENGTH}"
     unflagged = state.scalar_int(  # an anti-join: inside an aggregate's filter it would scan do_delta per key
         conn,
@@ -163,7 +163,16 @@ def find_changed_delta(
             """
         )
     ).one()
+    key_pass_s = time.monotonic() - started - flagged_s
     rows = staging.source_count(conn)
+    log.info(
+        "audience %s: rows past the change mark read in %.2f s, key-only pass %.2f s, source counted in %.2f s",
+        staging.audience,
+        flagged_s,
+        key_pass_s,
+        time.monotonic() - started - flagged_s - key_pass_s,
+        extra={"quiet_seconds": {"flagged": flagged_s, "key_pass": key_pass_s}},
+    )
     why = None
     if unflagged:
         why = f"{unflagged} new members have no change value past the mark"
@@ -176,7 +185,7 @@ def find_changed_delta(
     conn.execute(
         text(
             "INSERT INTO do_delta (src_key, old_key, new_fp, old_fp, n) "
-            "SELECT NULL, old_key, NULL, old_fp, 1 FROM do_keys WHERE src_key IS NULL AND old_key IS NOT NULL"
+            f"SELECT NULL, old_key, NULL, '{_GONE}', 1 FROM do_keys WHERE src_key IS NULL AND old_key IS NOT NULL"
         )
     )
     conn.execute(text("DROP TABLE do_keys"))
@@ -202,3 +211,21 @@ def find_delta(
             return delta, Mark(value, basis_, mark.compared_at), CHANGED
     delta = staging.find_delta(conn, before=before)
     return delta, Mark(full_mark(staging, conn), basis_, now), FULL
+
+
+def _key_pass_sql(staging: InDatabaseStaging, half: int | None = None) -> str:
+    """The source's keys full-joined with the snapshot's, the differences only; ``half``: one hash parity.
+
+    Keys alone: the snapshot side can be read from its primary key's index instead of its wide rows.
+    """
+    p = staging.plan
+    source, snapshot = "", ""
+    if half is not None:
+        source = f" WHERE coalesce(hashtext(r.k) & 1, 0) = {half}"
+        snapshot = f" AND (hashtext(member_key) & 1) = {half}"
+    return f"""
+        SELECT s.k AS src_key, m.member_key AS old_key
+        FROM (SELECT * FROM (SELECT nullif({p.key_expr()}, '') AS k FROM ({p.sql}) AS src) AS r{source}) AS s
+        FULL JOIN (SELECT member_key FROM do_member WHERE audience = :aud{snapshot}) AS m ON m.member_key = s.k
+        WHERE s.k IS NULL OR m.member_key IS NULL
+        """

@@ -46,7 +46,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +77,7 @@ _PG_SIZE = re.compile(r"^[0-9]{1,7}(kB|MB|GB)$")
 DEFAULT_WORK_MEM = "1GB"
 #: stale rows up to 1/LOOKUP_SHARE of the snapshot are deleted by key lookups rather than a join
 LOOKUP_SHARE = 20
-#: audiences with at least this many members are diffed in two halves at once (``_find_delta_in_halves``)
+#: audiences with at least this many members are diffed in two halves at once (``materialise_in_halves``)
 SPLIT_MIN_MEMBERS = 1_000_000
 #: Postgres type OIDs a change column may have (``engine/quiet.py``), with the SQL type its mark is cast to and
 #: the expression of "now" in that type (a mark never runs ahead of it): timestamptz, timestamp, date
@@ -310,7 +310,7 @@ class InDatabaseStaging:
         if before is None:
             before = self.snapshot_size(conn)
         if before >= SPLIT_MIN_MEMBERS:
-            self._find_delta_in_halves(conn)
+            self.materialise_in_halves(conn, "do_delta", self._diff_sql)
         else:
             self.materialise(conn, "do_delta", self._diff_sql())
         conn.execute(  # an over-long key matched nothing, so every such row is here: it has no usable key
@@ -358,8 +358,11 @@ class InDatabaseStaging:
         to_compute, gone, duplicate_keys, duplicate_rows = (int(v) for v in row)
         return Delta(to_compute, gone, duplicate_keys, duplicate_rows, missing_keys=missing, before=before)
 
-    def _find_delta_in_halves(self, conn: Connection) -> None:
-        """The full join in two halves by key hash, at once: this connection and a helper sharing its snapshot.
+    def materialise_in_halves(self, conn: Connection, table: str, sql_of_half: Callable[[int], str]) -> None:
+        """A full join in two halves by key hash, at once: this connection and a helper sharing its snapshot.
+
+        ``sql_of_half(half)`` is the join restricted to keys of that hash parity (``_diff_sql``, or the
+        key-only pass of ``engine/quiet.py``); the result lands in the temporary ``table``.
 
         Postgres 15 runs a full join on one core only (parallel full joins came in 16). Split by the
         parity of the key's hash, each half builds a hash table half the size; the helper imports this
@@ -382,7 +385,7 @@ class InDatabaseStaging:
                     helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
                     helper.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
                     helper.execute(text(_NO_WORKERS))
-                    self.materialise(helper, "do_delta_half", self._diff_sql(half=1))
+                    self.materialise(helper, f"{table}_half", sql_of_half(1))
                 except BaseException as exc:  # re-raised in the staging thread below
                     failed.append(exc)
 
@@ -390,7 +393,7 @@ class InDatabaseStaging:
             thread.start()
             try:
                 conn.execute(text(_NO_WORKERS))
-                self.materialise(conn, "do_delta", self._diff_sql(half=0))
+                self.materialise(conn, table, sql_of_half(0))
                 conn.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))  # the scans that follow
             finally:
                 thread.join()
@@ -400,8 +403,8 @@ class InDatabaseStaging:
             with (
                 reader.cursor() as rc,
                 writer.cursor() as wc,
-                rc.copy("COPY do_delta_half TO STDOUT") as out,
-                wc.copy("COPY do_delta FROM STDIN") as into,
+                rc.copy(f"COPY {table}_half TO STDOUT") as out,
+                wc.copy(f"COPY {table} FROM STDIN") as into,
             ):
                 for block in out:
                     into.write(block)

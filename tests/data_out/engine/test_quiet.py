@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, text, update
 from data_out import state
 from data_out.config import AudienceConfig
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.engine import quiet
+from data_out.engine import quiet, stage_sql
 from data_out.engine.stage import Stager, StageStats
 from data_out.sources.base import QueryShapeError
 from data_out.sources.warehouse import SqlSource
@@ -105,7 +105,9 @@ def sql(engine: Engine, statement: str, **params: object) -> None:
         conn.execute(text(statement), params)
 
 
-def test_a_quiet_run_ends_where_a_full_comparison_ends(engine):
+@pytest.mark.parametrize("split_min", [10**9, 0], ids=["one-statement", "two-halves"])
+def test_a_quiet_run_ends_where_a_full_comparison_ends(engine, monkeypatch, split_min):
+    monkeypatch.setattr(stage_sql, "SPLIT_MIN_MEMBERS", split_min)  # both passes, whole or in halves at once
     first, _ = both(engine, 1)
     assert (first.comparison, first.members, first.missing_keys) == (quiet.FULL, 40, 1)
     nothing, _ = both(engine, 2)
