@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: system-deps install dialects airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-mariadb bench-ui clean
+.PHONY: system-deps install dialects airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-growth bench-mariadb bench-ui clean
 
 # Debian packages the Python install needs, installed only where missing: mysqlclient (the MySQL
 # provider's driver, for the warehouse tests) compiles against the MariaDB client library.
@@ -107,6 +107,11 @@ lint: install
 # ends with one "bench: ..." line. See docs/performance.md.
 bench: install
 	$(BIN)/python -m bench.scale --members $(or $(N),1000000) --churn $(or $(CHURN),0.01)
+
+# make bench-growth [SIZES="1000000 3000000 10000000"]: the scale benchmark at each size, a growth table and
+# docs/img/growth.png (about 20 minutes for the default sizes). See docs/performance.md.
+bench-growth: install
+	$(BIN)/python -m bench.growth --members $(or $(SIZES),1000000 3000000 10000000) --churn $(or $(CHURN),0.01)
 
 # make bench-mariadb [N=1000000]: peak RSS while staging N members from the local MariaDB (docs/warehouses.md)
 bench-mariadb: install

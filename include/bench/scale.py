@@ -363,18 +363,24 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=1_000_000)
     ap.add_argument("--churn", type=float, default=0.01)
     ap.add_argument(
         "--pg-url",
-        default=os.environ.get("DATA_OUT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        default=os.environ.get("DATA_OUT_BENCH_PG_URL", DEFAULT_PG_URL),
         help="an admin connection; the benchmark creates and drops its own database",
     )
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
-    args = ap.parse_args(argv)
+    run_bench(ap.parse_args(argv))
 
+
+def run_bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The benchmark at ``args.members``; prints its progress, table and line, and returns every phase's result."""
     admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
     db = f"do_bench_{args.members}"
     with admin.connect() as conn:
@@ -446,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         f"first_s={results['first']['seconds']:.2f} nochange_s={results['nochange']['seconds']:.2f} "
         f"quiet_s={results['quiet']['seconds']:.2f} quiet_churn_s={results['quiet_churn']['seconds']:.2f}"
     )
+    return results
 
 
 def phase_main(argv: list[str]) -> None:
