@@ -114,7 +114,10 @@ def find_changed_delta(
     values = ", ".join(f"s.v{i}" for i in range(len(p.value_columns)))
     conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the key pass's hash of the snapshot's keys
     started = time.monotonic()
-    # 1. the flagged rows, each against its snapshot row by a primary-key lookup
+    # 1. the flagged rows, each against its snapshot row by a primary-key lookup; a few thousand rows on a
+    # usual day, so compiling the statement (JIT: for the scan of the whole source it might have been) costs
+    # more than it saves
+    conn.execute(text("SET LOCAL jit = off"))
     staging.materialise(
         conn,
         "do_delta",
@@ -138,6 +141,7 @@ def find_changed_delta(
             " OR new_fp = old_fp"
         )
     )
+    conn.execute(text("SET LOCAL jit TO DEFAULT"))  # the key-only pass scans everything: JIT pays there
     flagged_s = time.monotonic() - started
     # 2. the key-only pass: members who left, keys the change column did not flag, rows without a key
     if before >= stage_sql.SPLIT_MIN_MEMBERS:

@@ -176,6 +176,12 @@ class Stager:
         change_column = self.cfg.source.change_column if isinstance(self.cfg.source, SqlSourceConfig) else None
         in_db = InDatabase.for_source(self.engine, source, self.cfg.member_key, self.value_columns, change_column)
         if in_db is None or not self._stage_in_database(in_db, exclusions, stats):
+            if change_column:
+                log.info(
+                    "audience %s: staged in Python, where the change column %s is not used: compared in full",
+                    self.cfg.name,
+                    change_column,
+                )
             self._stage_in_python(source, exclusions, stats)
         stats.source_reported = getattr(source, "reported_count", None)
         stats.seconds = round(time.monotonic() - started, 3)
