@@ -16,17 +16,22 @@ What it holds to, independently of how Data Out's client happens to call it:
 * at most 10 requests in any second, per workspace: past that, 429 **without** a ``Retry-After``
   header (the docs promise none). ``throttled`` counts them.
 
+A segment's people are kept in storage order once per change, not once per request (``_Members``
+counts changes), so a 30,000-person page of a segment of millions is served in milliseconds, as the
+real API serves it; a change made between pages is seen by the next page all the same.
+
 Tests can change a segment between pages (``on_page``), serve one page with an unexpected shape
 (``malformed_page``), and use the shared fault plan (``base.FaultPlan``).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sandbox.standins.base import HttpError, Request, Response, StandIn
@@ -40,6 +45,42 @@ def _error(message: str) -> dict[str, Any]:
     return {"meta": {"error": message}}
 
 
+class _Members(list[dict[str, Any]]):
+    """A segment's people; every change in place bumps ``version``, so the storage order is worked out
+    again only after a change."""
+
+    version = 0  # a class default: unpickling appends the people before it restores the instance's
+
+    def _changed(self) -> None:
+        self.version += 1
+
+
+def _bumping(name: str) -> Callable[..., Any]:
+    method = getattr(list, name)
+
+    def changed(self: _Members, *args: Any) -> Any:
+        result = method(self, *args)
+        self._changed()
+        return self if name in ("__iadd__", "__imul__") else result
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in (
+    "append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+    "__setitem__", "__delitem__", "__iadd__", "__imul__",
+):  # fmt: skip
+    setattr(_Members, _name, _bumping(_name))
+
+
+class _Segments(dict[str, _Members]):
+    """Segment id -> its people; a plain list stored here is taken over as ``_Members``."""
+
+    def __setitem__(self, seg: str, people: Iterable[dict[str, Any]]) -> None:
+        super().__setitem__(seg, people if isinstance(people, _Members) else _Members(people))
+
+
 class CustomerIOStandIn(StandIn):
     name = "customerio"
     rate_per_second = float(REQUESTS_PER_SECOND)
@@ -48,7 +89,7 @@ class CustomerIOStandIn(StandIn):
     def __init__(self, token: str = "cio-app-key") -> None:
         self.token = token
         #: segment id (text) -> its people, each ``{"id", "email", "cio_id"}`` (``id``/``email`` may be absent)
-        self.segments: dict[str, list[dict[str, Any]]] = {}
+        self.segments = _Segments()
         self.on_page: Callable[[str, int], None] | None = None  # (segment, page number) after each page
         self.pages_served = 0
         self.malformed_page: int | None = None  # serve this page number with an unexpected shape
@@ -57,7 +98,20 @@ class CustomerIOStandIn(StandIn):
         self._window: deque[float] = deque()  # when the requests of the last second were accepted
         self._order: dict[str, int] = {}  # cio_id -> storage order, given when first seen
         self._cursors: dict[str, tuple[str, int]] = {}  # next token -> (segment, last order served)
+        #: segment -> (its people as last seen, their version, in storage order, their order numbers)
+        self._sorted: dict[str, tuple[_Members, int, list[dict[str, Any]], list[int]]] = {}
         super().__init__()
+
+    @property
+    def segments(self) -> _Segments:
+        """Segment id (text) -> its people, each ``{"id", "email", "cio_id"}`` (``id``/``email`` may be absent)."""
+        return self._segments
+
+    @segments.setter
+    def segments(self, value: dict[str, list[dict[str, Any]]]) -> None:  # also what ``load`` restores
+        self._segments = _Segments()
+        for seg, people in value.items():
+            self._segments[seg] = people
 
     def setup_routes(self) -> None:
         self.route("GET", r"/v1/segments/(?P<seg>[0-9]+)/membership", self.membership)
@@ -87,13 +141,21 @@ class CustomerIOStandIn(StandIn):
     def server_error(self, status: int) -> Response:
         return Response(status, _error(f"injected {status}"))  # no Retry-After, not even on 429
 
-    def _segment(self, seg: str) -> list[dict[str, Any]]:
+    def _segment(self, seg: str) -> tuple[list[dict[str, Any]], list[int]]:
+        """The segment's people in storage order (the order they were first stored) and their order numbers."""
         if seg not in self.segments:
             raise HttpError(404, _error(f"segment {seg} not found"))
         members = self.segments[seg]
-        for p in members:  # storage order: people are listed in the order they were first stored
-            self._order.setdefault(p["cio_id"], len(self._order))
-        return sorted(members, key=lambda p: self._order[p["cio_id"]])
+        cached = self._sorted.get(seg)
+        if cached is not None and cached[0] is members and cached[1] == members.version:
+            return cached[2], cached[3]
+        order = self._order
+        for p in members:
+            order.setdefault(p["cio_id"], len(order))
+        people = sorted(members, key=lambda p: order[p["cio_id"]])
+        numbers = [order[p["cio_id"]] for p in people]
+        self._sorted[seg] = (members, members.version, people, numbers)
+        return people, numbers
 
     @staticmethod
     def _limit(req: Request) -> int:
@@ -104,7 +166,7 @@ class CustomerIOStandIn(StandIn):
 
     def membership(self, req: Request, m: re.Match[str]) -> Response:
         seg = m["seg"]
-        members = self._segment(seg)
+        members, numbers = self._segment(seg)
         limit = self._limit(req)
         after = -1
         start = req.query.get("start", [""])[-1]
@@ -112,7 +174,8 @@ class CustomerIOStandIn(StandIn):
             if self._cursors.get(start, ("", 0))[0] != seg:
                 raise HttpError(400, _error("start is not a value of next from this segment"))
             after = self._cursors[start][1]
-        page = [p for p in members if self._order[p["cio_id"]] > after][:limit]
+        first = bisect.bisect_right(numbers, after)
+        page = members[first : first + limit]
         nxt = ""
         if len(page) == limit:
             nxt = secrets.token_urlsafe(24)
@@ -135,7 +198,7 @@ class CustomerIOStandIn(StandIn):
         return Response(200, {"segments": listed})
 
     def count(self, req: Request, m: re.Match[str]) -> Response:
-        return Response(200, {"segment_id": int(m["seg"]), "count": len(self._segment(m["seg"]))})
+        return Response(200, {"segment_id": int(m["seg"]), "count": len(self._segment(m["seg"])[0])})
 
     # -- for tests and the demo --------------------------------------------------------------------
     def state(self) -> Any:
@@ -149,3 +212,4 @@ class CustomerIOStandIn(StandIn):
         self._window.clear()
         self._cursors.clear()
         self._order.clear()
+        self._sorted.clear()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +25,14 @@ from data_out.engine.runner import AudienceRunner, RunFailed
 from data_out.errors import next_step_of
 from data_out.history import history_rows, history_table
 from data_out.operators.audience import AudienceStepOperator
-from data_out.sources.base import SourceError
+from data_out.sources.base import CustomerIOError, SourceError
 from data_out.sources.customerio import CustomerIOSource
 from data_out.state import ensure_schema
 from sandbox.standins.base import Running
 from sandbox.standins.customerio import CustomerIOStandIn
 from tests.conftest import write_audience
 from tests.support.memory_destination import MemoryDestination
+from tests.support.recorder import Answer, recording
 
 AUD = "cio_segment_test_v1"
 
@@ -106,7 +109,10 @@ def test_the_default_pace_provokes_no_429_and_faster_paging_is_retried(w: World)
     # the count, 30 full pages, and the empty page a full last page leads to
     assert w.standin.throttled == 0 and len(w.standin.log) == 32
     span = w.standin.arrivals[-1] - w.standin.arrivals[0]
-    assert span >= 0.98 * 31 / 9, f"31 intervals in {span:.2f}s: paced at the limit, not under it"
+    assert span >= 0.98 * 31 / 9.5, f"31 intervals in {span:.2f}s: paced at the limit, not under it"
+    # Customer.io's rule, checked on the stand-in's clock: no ten requests within one second
+    arrivals = w.standin.arrivals
+    assert min(b - a for a, b in zip(arrivals, arrivals[10:], strict=False)) >= 1.0
     w.standin.reset_state()
     w.standin.segments["1234"] = w.segment(3_000)
     w.rps = 1_000.0  # a client that does not pace: Customer.io answers 429 (no Retry-After), retried
@@ -240,3 +246,103 @@ def test_history_shows_members_without_an_id(w: World):
     columns = [c.strip() for c in header.strip("|").split("|")]
     values = [c.strip() for c in row.strip("|").split("|")]
     assert dict(zip(columns, values, strict=True))["no key"] == "3"
+
+
+# -- the page fetched ahead of the consumer -------------------------------------------------------------
+
+
+def _fetchers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("customerio-")]
+
+
+def test_the_next_page_is_fetched_while_the_consumer_works_and_order_is_kept(w: World):
+    w.standin.segments["1234"] = w.segment(650)  # 7 pages of 100, the last one short
+    consumed = 0
+    ahead: list[int] = []  # per page served: how many pages ahead of the consumer it was
+    second_page = threading.Event()
+
+    def served(seg: str, page: int) -> None:
+        ahead.append(page - consumed)
+        if page == 2:
+            second_page.set()
+
+    w.standin.on_page = served
+    source = CustomerIOSource(w.resolve("data_out_customerio"), 1234, 100, "audience x")
+    batches = source.iter_batches(100)
+    got = list(next(batches))
+    consumed = 1
+    # the consumer holds page 1 and has not asked for more: page 2 is fetched all the same
+    assert second_page.wait(timeout=10)
+    for batch in batches:
+        assert len(batch) <= 100
+        got += batch
+        consumed += 1
+    assert [r["customer_id"] for r in got] == [f"u{i}" for i in range(650)]  # the order Customer.io stored them
+    assert w.standin.pages_served == 7 and consumed == 7
+    # never more than one page past the one the consumer holds: memory stays at two pages
+    assert max(ahead) <= 2
+    assert not _fetchers()
+
+
+def test_an_error_of_the_fetching_thread_reaches_the_consumer_typed(w: World):
+    w.standin.segments["1234"] = w.segment(1_000)
+    w.standin.faults.down_after = 3  # the count and two pages, then 503 for good
+    conn = w.resolve("data_out_customerio")
+    conn.extra["max_attempts"] = 2
+    source = CustomerIOSource(conn, 1234, 100, "audience x")
+    got: list[dict] = []
+    with pytest.raises(CustomerIOError) as failed:
+        for batch in source.iter_batches(100):
+            got += batch
+    assert len(got) == 200  # the two pages served, then the error, in the consumer
+    assert "stopped at page 3, start=" in str(failed.value) and "after 200 members" in str(failed.value)
+    assert "still failing after 2 attempts" in str(failed.value)
+    assert failed.value.retryable is True
+    assert not _fetchers()
+
+
+def test_a_person_that_is_not_an_object_fails_the_page_typed():
+    pages = [
+        {"identifiers": [{"id": "a", "email": None, "cio_id": "c1"}], "next": "n2"},
+        {"identifiers": [{"id": "b", "email": None, "cio_id": "c2"}, "b@example.com"], "next": ""},
+    ]
+
+    def answer(seen) -> Answer:  # noqa: ANN001
+        if seen.path.startswith("/v1/segments/7/customer_count"):
+            return Answer(200, {"count": 2})
+        return Answer(200, pages[1] if "start=n2" in seen.path else pages[0])
+
+    with recording(answer) as api:
+        conn = ConnectionInfo("data_out_customerio", "data_out_customerio", host=api.url, password="k")
+        source = CustomerIOSource(conn, 7, 100, "audience x")
+        batches = source.iter_batches(100)
+        assert [r["customer_id"] for r in next(batches)] == ["a"]
+        with pytest.raises(CustomerIOError, match="page 2 of Customer.io segment 7 has an unexpected shape") as failed:
+            next(batches)
+    assert "stopped at page 2, start='n2', after 1 members" in str(failed.value)
+    assert "b@example.com" not in str(failed.value)
+    assert not _fetchers()
+
+
+def test_a_consumer_that_stops_early_stops_the_fetching_thread(w: World):
+    w.standin.segments["1234"] = w.segment(1_000)
+    source = CustomerIOSource(w.resolve("data_out_customerio"), 1234, 100, "audience x")
+    batches = source.iter_batches(100)
+    next(batches)
+    batches.close()  # staging failed on the first batch, say
+    assert not _fetchers()  # closing waited for the thread: nothing more can be sent
+    assert w.standin.pages_served <= 2
+    # the same source reads the whole segment afterwards
+    assert sum(len(b) for b in source.iter_batches(500)) == 1_000
+
+
+def test_stopping_early_does_not_wait_for_the_next_requests_turn(w: World):
+    w.standin.segments["1234"] = w.segment(1_000)
+    w.rps = 0.5  # a turn every 2 seconds
+    source = CustomerIOSource(w.resolve("data_out_customerio"), 1234, 100, "audience x")
+    batches = source.iter_batches(100)
+    next(batches)  # the count, then page 1 two seconds later; page 2 waits for its turn
+    started = time.monotonic()
+    batches.close()
+    assert time.monotonic() - started < 1.0  # well under the 2 s turn page 2 was waiting for
+    assert not _fetchers() and w.standin.pages_served == 1
