@@ -18,7 +18,7 @@ export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 export AIRFLOW_CONN_DATA_OUT_STATE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/state.db"}
 export AIRFLOW_CONN_DATA_OUT_WAREHOUSE ?= {"conn_type": "sqlite", "host": "$(DEMO_DIR)/warehouse.db"}
 
-.PHONY: system-deps install dialects airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-growth bench-mariadb bench-ui clean
+.PHONY: system-deps install dialects airflow-db airflow-ui chromium demo demo-churn airflow airflow-stop test lint history bench bench-growth bench-mariadb bench-customerio bench-ui clean
 
 # Debian packages the Python install needs, installed only where missing: mysqlclient (the MySQL
 # provider's driver, for the warehouse tests) compiles against the MariaDB client library.
@@ -116,6 +116,11 @@ bench-growth: install
 # make bench-mariadb [N=1000000]: peak RSS while staging N members from the local MariaDB (docs/warehouses.md)
 bench-mariadb: install
 	$(BIN)/python -m bench.mariadb_staging --members $(or $(N),1000000)
+
+# make bench-customerio [N=1000000]: time to read a Customer.io segment of N members from its stand-in,
+# against the floor its paging and 10 requests/s allow, and the reader's peak RSS (docs/sources.md)
+bench-customerio: install
+	$(BIN)/python -m bench.customerio --members $(or $(N),1000000)
 
 # make bench-ui [DAYS=365] [AUDIENCES=200]: a year of hourly runs in a Postgres state database, then
 # p50/p95 server time of the Data Out pages (not part of make test). See docs/ui.md.

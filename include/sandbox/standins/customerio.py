@@ -17,8 +17,9 @@ What it holds to, independently of how Data Out's client happens to call it:
   header (the docs promise none). ``throttled`` counts them.
 
 A segment's people are kept in storage order once per change, not once per request (``_Members``
-counts changes), so a 30,000-person page of a segment of millions is served in milliseconds, as the
-real API serves it; a change made between pages is seen by the next page all the same.
+counts changes), and each person's JSON is kept encoded for as long as their ``id``, ``email`` and
+``cio_id`` stay the same, so a 30,000-person page of a segment of millions is served in milliseconds;
+a change made between pages, to the segment or to a person, is seen by the next page all the same.
 
 Tests can change a segment between pages (``on_page``), serve one page with an unexpected shape
 (``malformed_page``), and use the shared fault plan (``base.FaultPlan``).
@@ -27,6 +28,7 @@ Tests can change a segment between pages (``on_page``), serve one page with an u
 from __future__ import annotations
 
 import bisect
+import json
 import re
 import secrets
 import time
@@ -34,11 +36,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sandbox.standins.base import HttpError, Request, Response, StandIn
+from sandbox.standins.base import HttpError, RawJson, Request, Response, StandIn
 
 MAX_LIMIT = 30_000
 DEFAULT_LIMIT = 1_000
 REQUESTS_PER_SECOND = 10
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -88,7 +94,6 @@ class CustomerIOStandIn(StandIn):
 
     def __init__(self, token: str = "cio-app-key") -> None:
         self.token = token
-        #: segment id (text) -> its people, each ``{"id", "email", "cio_id"}`` (``id``/``email`` may be absent)
         self.segments = _Segments()
         self.on_page: Callable[[str, int], None] | None = None  # (segment, page number) after each page
         self.pages_served = 0
@@ -100,6 +105,8 @@ class CustomerIOStandIn(StandIn):
         self._cursors: dict[str, tuple[str, int]] = {}  # next token -> (segment, last order served)
         #: segment -> (its people as last seen, their version, in storage order, their order numbers)
         self._sorted: dict[str, tuple[_Members, int, list[dict[str, Any]], list[int]]] = {}
+        #: (email, id, cio_id) -> that person's entry of ``identifiers`` and of ``ids``, encoded
+        self._encoded: dict[tuple[Any, Any, Any], tuple[bytes, bytes]] = {}
         super().__init__()
 
     @property
@@ -183,14 +190,26 @@ class CustomerIOStandIn(StandIn):
         self.pages_served += 1
         if self.malformed_page == self.pages_served:
             return Response(200, {"identifiers": {"unexpected": True}, "next": nxt})
-        body = {
-            "identifiers": [{"email": p.get("email"), "id": p.get("id"), "cio_id": p["cio_id"]} for p in page],
-            "ids": [p.get("id") or "" for p in page],
-            "next": nxt,
-        }
+        body = self._page_body(page, nxt)
         if self.on_page:
             self.on_page(seg, self.pages_served)
         return Response(200, body)
+
+    def _page_body(self, page: list[dict[str, Any]], nxt: str) -> RawJson:
+        """``{"identifiers": [..], "ids": [..], "next": ..}``, from each person's entries as last encoded."""
+        encoded = self._encoded
+        people, ids = [], []
+        for p in page:
+            seen = (p.get("email"), p.get("id"), p["cio_id"])
+            entry = encoded.get(seen)
+            if entry is None:
+                person = {"email": seen[0], "id": seen[1], "cio_id": seen[2]}
+                entry = encoded[seen] = (_json(person), _json(seen[1] or ""))
+            people.append(entry[0])
+            ids.append(entry[1])
+        return RawJson(
+            b'{"identifiers":[' + b",".join(people) + b'],"ids":[' + b",".join(ids) + b'],"next":' + _json(nxt) + b"}"
+        )
 
     def list_segments(self, req: Request, m: re.Match[str]) -> Response:
         """``GET /v1/segments``: the workspace's segments (App API "List segments")."""
@@ -213,3 +232,4 @@ class CustomerIOStandIn(StandIn):
         self._cursors.clear()
         self._order.clear()
         self._sorted.clear()
+        self._encoded.clear()

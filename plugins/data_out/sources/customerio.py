@@ -2,7 +2,7 @@
 
 Connection (type ``data_out_customerio``): ``password`` the App API key; ``host`` the API base URL, or
 extra ``region: eu`` for https://api-eu.customer.io (default US, https://api.customer.io); extra
-``requests_per_second`` (default 9). Pages are requested with ``limit`` up to 30,000 and followed by
+``requests_per_second`` (default 9.5). Pages are requested with ``limit`` up to 30,000 and followed by
 ``next`` until it is empty; 429 and 5xx are retried by the shared HTTP client. The segment's
 ``customer_count`` is read first and compared with what was streamed, since a segment can change while
 it is being paged.

@@ -16,7 +16,7 @@ class CustomerIOHook(DataOutHttpHook):
     vendor = "customerio"
     host_placeholder = "https://api.customer.io (or extra region: eu)"
     password_label = "App API key"
-    extra_placeholders = {"region": "us", "requests_per_second": 10, **RETRY_EXTRAS}
+    extra_placeholders = {"region": "us", "requests_per_second": 9.5, **RETRY_EXTRAS}
 
     def default_base_url(self) -> str:
         """Extra ``region`` (us, eu) picks Customer.io's API host."""
