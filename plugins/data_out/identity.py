@@ -82,6 +82,10 @@ class Normalized:
         return self.value is not None
 
 
+#: a source NULL, the commonest value of all; ``Normalized`` is immutable, so one instance serves every row
+_MISSING = Normalized(None, MISSING)
+
+
 def _as_text(raw: Any) -> str | None:
     """Coerce a source value to text; ``None`` for undecodable bytes (counted as invalid by callers)."""
     if raw is None:
@@ -150,6 +154,31 @@ def normalize_email(raw: Any, gmail_canonical: bool = False) -> Normalized:
     dots and a ``+tag`` before the ``@`` are removed (``cloudy.sf+shop@gmail.com`` -> ``cloudysf@gmail.com``).
     The Google Ads API guidance and Meta do not ask for it; see docs/decisions/identity.md.
     """
+    norm = _simple_email(raw) or _normalize_email(raw)
+    if gmail_canonical and norm.value:
+        return Normalized(google_email(norm.value), None, norm.reason)
+    return norm
+
+
+#: A plain ASCII address, at most with plain spaces around it: nothing for the general rules below to
+#: strip, fold or unwrap, so lower-casing and the shape check are all that is left of them.
+_SIMPLE_EMAIL = re.compile(r" *([A-Za-z0-9_%+\-][A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+) *")
+
+
+def _simple_email(raw: Any) -> Normalized | None:
+    """``_normalize_email``'s result for the common shapes, about ten times cheaper; ``None`` for the rest."""
+    if raw is None:
+        return _MISSING
+    if type(raw) is not str or not (m := _SIMPLE_EMAIL.fullmatch(raw)):
+        return None
+    value = m.group(1).lower()
+    if len(value) > MAX_EMAIL_LENGTH:
+        return Normalized(None, INVALID, "email_too_long")
+    return Normalized(value) if _EMAIL_RE.match(value) else Normalized(None, INVALID, "email_shape")
+
+
+def _normalize_email(raw: Any) -> Normalized:
+    """The general rules (``normalize_email`` without the Gmail form) for any value."""
     text = _as_text(raw)
     if text is None:
         return Normalized(None, INVALID, "email_undecodable")
@@ -170,8 +199,6 @@ def normalize_email(raw: Any, gmail_canonical: bool = False) -> Normalized:
         return Normalized(None, INVALID, "email_too_long")
     if not _EMAIL_RE.match(value):
         return Normalized(None, INVALID, "email_shape")
-    if gmail_canonical:
-        value = google_email(value)
     return Normalized(value, None, reason)
 
 
@@ -195,6 +222,34 @@ def normalize_phone(raw: Any, default_region: str) -> Normalized:
     Numbers written without a country code are read in ``default_region`` (an ISO 3166 alpha-2 code).
     Mexican mobiles in the form used before 2019 (``+52 1 55 ...``) are rewritten to the current one.
     """
+    return _nanp_phone(raw, default_region) or _normalize_phone(raw, default_region)
+
+
+#: A North American number in one of its everyday shapes: ``+1`` (or nothing, in a +1 region), the area
+#: code (in brackets or not) and seven digits, single spaces or dashes between the groups. An area code
+#: never starts with 0 or 1, and a number that does is left to ``phonenumbers.parse``, which then reads a
+#: leading 1 as the country code. Only ASCII digits: others are folded by the general rules.
+_NANP_SHAPE = re.compile(r" *(\+1[ -]?)?(?:\(([2-9][0-9]{2})\)|([2-9][0-9]{2}))[ -]?([0-9]{3})[ -]?([0-9]{4}) *")
+
+
+def _nanp_phone(raw: Any, default_region: str) -> Normalized | None:
+    """``_normalize_phone``'s result for ``_NANP_SHAPE``, without ``phonenumbers.parse`` (half the cost of a
+    phone); ``None`` for anything else. Validity and E.164 still come from ``phonenumbers`` itself."""
+    if raw is None:
+        return _MISSING
+    if type(raw) is not str or not (m := _NANP_SHAPE.fullmatch(raw)):
+        return None
+    plus, bracketed, bare, exchange, line = m.groups()
+    if plus is None and phonenumbers.country_code_for_region(default_region.upper()) != 1:
+        return None
+    number = phonenumbers.PhoneNumber(country_code=1, national_number=int(f"{bracketed or bare}{exchange}{line}"))
+    if not phonenumbers.is_valid_number(number):
+        return Normalized(None, INVALID, "phone_not_valid")
+    return Normalized(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _normalize_phone(raw: Any, default_region: str) -> Normalized:
+    """The general rules (``normalize_phone``) for any value."""
     text = _as_text(raw)
     if text is None:
         return Normalized(None, INVALID, "phone_undecodable")
@@ -232,6 +287,8 @@ def _mexican_mobile(parsed: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumbe
 
 def normalize_external_id(raw: Any) -> Normalized:
     """External ids are sent as they are, only trimmed: they are the customer's own key."""
+    if raw is None:
+        return _MISSING
     text = _as_text(raw)
     if text is None:
         return Normalized(None, INVALID, "external_id_undecodable")

@@ -8,6 +8,8 @@ import json
 import re
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from data_out import history, identity, report, state
@@ -20,6 +22,7 @@ from data_out.identity import (
     GMAIL_COLUMN,
     INVALID,
     MISSING,
+    google_email,
     identity_forms,
     normalize_email,
     normalize_external_id,
@@ -316,3 +319,99 @@ def test_the_quality_table_shows_each_audiences_latest_run_once():
     ]
     lines = [line for line in report.quality_report(rows).splitlines() if line.startswith("| a ")]
     assert len(lines) == 2 and "|         4 |" in lines[0] and "email_mailto" in lines[1]
+
+
+# -- fast paths: the common shapes skip the general rules and must give exactly what the general rules give
+
+_OTHER_DIGITS = "٤١٥０１９"  # Arabic-Indic and full-width digits, which NFKC folds and the general rules read
+
+
+@st.composite
+def _near_miss(draw: st.DrawFn, text: str, insertions: list[str]) -> str:
+    """``text`` as it is half the time; otherwise with one change: a character in, out or replaced."""
+    kind = draw(st.sampled_from(["same", "same", "same", "insert", "delete", "replace"]))
+    if kind == "same" or not text:
+        return text
+    at = draw(st.integers(0, len(text) - (kind != "insert")))
+    new = draw(st.sampled_from(insertions))
+    if kind == "insert":
+        return text[:at] + new + text[at:]
+    return text[:at] + ("" if kind == "delete" else new) + text[at + 1 :]
+
+
+_PHONE_INSERTIONS = ["0", "1", "5", "9", " ", "-", "+", "(", ")", ".", "a", "x", "O", "\x00", "\u00a0", *_OTHER_DIGITS]
+
+
+@st.composite
+def _phones(draw: st.DrawFn) -> str:
+    """North American numbers in everyday shapes (any area code, 0 and 1 included), and their near misses."""
+    digits = st.text(alphabet="0123456789", min_size=10, max_size=10)
+    npa, exchange, line = (lambda d: (d[:3], d[3:6], d[6:]))(draw(digits))
+    prefix = draw(st.sampled_from(["", "", "+1", "+1 ", "+1 ", "+1-", "+44 ", "1 ", "001 ", "＋1 "]))
+    area = draw(st.sampled_from([f"({npa})", npa]))
+    sep1, sep2 = draw(st.sampled_from(["", " ", "-"])), draw(st.sampled_from(["", " ", "-"]))
+    edges = draw(st.sampled_from(["{}", "{}", "{}", " {} ", "  {}", "{}\t", "\u200b{}", "{} ext. 12"]))
+    return draw(_near_miss(edges.format(f"{prefix}{area}{sep1}{exchange}{sep2}{line}"), _PHONE_INSERTIONS))
+
+
+_REGIONS = st.sampled_from(["US", "US", "US", "us", "CA", "PR", "BS", "GB", "DE", "MX", "ZZ"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(raw=st.one_of(_phones(), _phones(), _phones(), st.text(max_size=20), st.none()), region=_REGIONS)
+def test_phone_fast_path_gives_what_the_general_rules_give(raw: str | None, region: str) -> None:
+    fast = identity._nanp_phone(raw, region)
+    event("fast path" if fast else "general rules")
+    if fast is not None:
+        assert fast == identity._normalize_phone(raw, region)
+    assert normalize_phone(raw, region) == identity._normalize_phone(raw, region)
+
+
+_EMAIL_INSERTIONS = [*'aZ0._%+-@ <>:,;"()[]\\!#', "é", "＠", "Ａ", "\u00a0", "\u200b", "\x00", "\t"]
+
+
+@st.composite
+def _emails(draw: st.DrawFn) -> str:
+    """Plain addresses in both cases, padded or not, and their near misses (wrappers, odd characters, length)."""
+    local = draw(st.text(alphabet="abcdefXYZ0189._%+-", min_size=1, max_size=12))
+    local *= draw(st.sampled_from([1, 1, 1, 1, 25]))  # sometimes past the 254-character limit
+    labels = draw(st.lists(st.text(alphabet="abcXYZ09-", min_size=1, max_size=6), min_size=1, max_size=3))
+    tld = draw(st.sampled_from(["com", "Com", "c", "io", "co.uk"]))
+    address = f"{local}@{'.'.join(labels)}.{tld}"
+    wrap = draw(st.sampled_from(["{}", "{}", " {} ", "  {}", "{}\t", ".{}", "{}.", "<{}>", "mailto:{}", "\u00a0{}"]))
+    return draw(_near_miss(wrap.format(address), _EMAIL_INSERTIONS))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(raw=st.one_of(_emails(), _emails(), _emails(), st.text(max_size=20), st.none()), gmail=st.booleans())
+def test_email_fast_path_gives_what_the_general_rules_give(raw: str | None, gmail: bool) -> None:
+    fast = identity._simple_email(raw)
+    event("fast path" if fast else "general rules")
+    if fast is not None:
+        assert fast == identity._normalize_email(raw)
+    slow = identity._normalize_email(raw)
+    want = identity.Normalized(google_email(slow.value), None, slow.reason) if gmail and slow.value else slow
+    assert normalize_email(raw, gmail_canonical=gmail) == want
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "want"),
+    [
+        ("+1 415 2000001", "US", "+14152000001"),  # the shapes of the scale benchmark's source
+        ("(650) 2000001", "US", "+16502000001"),
+        ("+1 (650) 253-0000", "DE", "+16502530000"),
+        ("650-253-0000", "CA", "+16502530000"),
+        ("+1 150 2000001", "US", None),  # not the fast path's shape: left to phonenumbers.parse
+        ("650 253 0000", "GB", None),  # not a +1 region
+    ],
+)
+def test_phone_fast_path_takes_the_common_shapes(raw: str, region: str, want: str | None) -> None:
+    fast = identity._nanp_phone(raw, region)
+    assert (fast.value if fast else None) == want
+
+
+def test_email_fast_path_takes_the_common_shapes() -> None:
+    assert identity._simple_email("user1@example.com") == identity.Normalized("user1@example.com")
+    assert identity._simple_email(" User7@Example.com ") == identity.Normalized("user7@example.com")
+    assert identity._simple_email("<user@example.com>") is None
+    assert identity._simple_email("user@example.com.") is None
