@@ -243,9 +243,25 @@ def _nanp_phone(raw: Any, default_region: str) -> Normalized | None:
     if plus is None and phonenumbers.country_code_for_region(default_region.upper()) != 1:
         return None
     number = phonenumbers.PhoneNumber(country_code=1, national_number=int(f"{bracketed or bare}{exchange}{line}"))
-    if not phonenumbers.is_valid_number(number):
+    if not _valid_nanp(number):
         return Normalized(None, INVALID, "phone_not_valid")
     return Normalized(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+#: ``is_valid_number`` first finds the number's region (the first of +1's regions whose patterns it
+#: matches) and then matches that region's patterns again. With the US first among +1's regions and no
+#: leading-digits shortcut of its own, a number that matches the US patterns is the US's and valid.
+_US_FIRST = (
+    phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0] == "US"
+    and getattr(phonenumbers.PhoneMetadata.metadata_for_region("US"), "leading_digits", "") is None
+)
+
+
+def _valid_nanp(number: phonenumbers.PhoneNumber) -> bool:
+    """``phonenumbers.is_valid_number`` for a +1 number, matching a US number's patterns once, not twice."""
+    if _US_FIRST and phonenumbers.is_valid_number_for_region(number, "US"):
+        return True
+    return phonenumbers.is_valid_number(number)
 
 
 def _normalize_phone(raw: Any, default_region: str) -> Normalized:

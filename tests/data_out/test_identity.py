@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 
+import phonenumbers
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -415,3 +416,10 @@ def test_email_fast_path_takes_the_common_shapes() -> None:
     assert identity._simple_email(" User7@Example.com ") == identity.Normalized("user7@example.com")
     assert identity._simple_email("<user@example.com>") is None
     assert identity._simple_email("user@example.com.") is None
+
+
+def test_us_numbers_are_validated_once() -> None:
+    """The installed phonenumbers lists the US first among +1's regions, so a US match settles validity."""
+    assert identity._US_FIRST
+    toronto = phonenumbers.PhoneNumber(country_code=1, national_number=4165550123)  # Canada: both checks
+    assert identity._valid_nanp(toronto) == phonenumbers.is_valid_number(toronto)
