@@ -43,6 +43,21 @@ MAX_WORKERS = 4
 PREFETCH_PARTS = 8
 #: the column order of ``member_rows``
 MEMBER_COLUMNS = tuple(c.name for c in state.member.columns)
+#: the columns ``Normaliser.identity`` computes, in the order it computes them: ``MEMBER_COLUMNS`` after
+#: the audience, the member key and the fingerprint, which ``member_rows`` puts first
+IDENTITY_COLUMNS = (
+    "bucket",
+    "email_sha256",
+    "phone_e164_sha256",
+    "phone_digits_sha256",
+    "external_id",
+    "extra",
+    "email_issue",
+    "phone_issue",
+    "external_id_issue",
+    "email_google_sha256",
+    "id_notes",
+)
 
 
 @dataclass(frozen=True)
@@ -59,13 +74,34 @@ class Normaliser:
 
     def identity(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
         """The identity columns of one member from its raw (email, phone, external id, *extra) values."""
+        return dict(zip(IDENTITY_COLUMNS, self._identity(key, raw), strict=True))
+
+    def _identity(self, key: str, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``identity`` as a tuple in ``IDENTITY_COLUMNS`` order: what ``member_rows`` needs, without a dict."""
         ids = self.identifiers
-        email, phone, external_id = raw[:3]
-        f = identity_forms(email, phone, external_id, default_region=ids.default_region)
+        f = identity_forms(raw[0], raw[1], raw[2], default_region=ids.default_region)
         notes = [r for r, mapped in ((f.email_reason, ids.email), (f.phone_reason, ids.phone)) if r and mapped]
         if f.external_id_reason and ids.external_id:
             notes.append(f.external_id_reason)
-        values = dict(zip(sorted(ids.extra), raw[3:], strict=True))
+        extra = self._extra(raw[3:], notes) if ids.extra else None
+        return (
+            bucket_for(self.holdout_salt, key) if self.holdout_salt is not None else None,
+            f.email_sha256,
+            f.phone_e164_sha256,
+            f.phone_digits_sha256,
+            f.external_id,
+            json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
+            # an identifier the audience does not map is not "missing", it is not asked for
+            f.email_issue if ids.email else None,
+            f.phone_issue if ids.phone else None,
+            f.external_id_issue if ids.external_id else None,
+            f.email_google_sha256,
+            notes_text(notes),
+        )
+
+    def _extra(self, raw: tuple[Any, ...], notes: list[str]) -> dict[str, str]:
+        """Meta's other match keys, hashed, by key; their reason codes go to ``notes``."""
+        values = dict(zip(sorted(self.identifiers.extra), raw, strict=True))
         # a member's country shapes its state and postcode (US: state code, 5-digit ZIP)
         country = normalize_meta_field("COUNTRY", values["COUNTRY"]).value if "COUNTRY" in values else None
         extra = {}
@@ -75,20 +111,7 @@ class Normaliser:
                 extra[name] = sha256_hex(norm.value)
             if norm.reason:
                 notes.append(norm.reason)
-        return {
-            "bucket": bucket_for(self.holdout_salt, key) if self.holdout_salt is not None else None,
-            "email_sha256": f.email_sha256,
-            "email_google_sha256": f.email_google_sha256,
-            "phone_e164_sha256": f.phone_e164_sha256,
-            "phone_digits_sha256": f.phone_digits_sha256,
-            "external_id": f.external_id,
-            "extra": json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else None,
-            # an identifier the audience does not map is not "missing", it is not asked for
-            "email_issue": f.email_issue if ids.email else None,
-            "phone_issue": f.phone_issue if ids.phone else None,
-            "external_id_issue": f.external_id_issue if ids.external_id else None,
-            "id_notes": notes_text(notes),
-        }
+        return extra
 
     def member_rows(self, part: list[Any]) -> list[tuple[Any, ...]]:
         """``do_member`` rows (``MEMBER_COLUMNS`` order) for one batch of (key, fingerprint, n, *raw values).
@@ -96,15 +119,14 @@ class Normaliser:
         Identical duplicates come out once. Tuples, not dicts: they cross from the workers in a third of
         the bytes and go into COPY as they are.
         """
-        out, seen = [], set()
-        for key, fp, n, *raw in part:
-            if n > 1:  # a duplicated key whose rows are identical: the first one stands for all
+        out, seen, audience = [], set(), self.audience
+        for row in part:
+            key = row[0]
+            if row[2] > 1:  # a duplicated key whose rows are identical: the first one stands for all
                 if key in seen:
                     continue
                 seen.add(key)
-            row = self.identity(key, tuple(raw))
-            row.update(audience=self.audience, member_key=key, raw_fp=fp)
-            out.append(tuple(row[c] for c in MEMBER_COLUMNS))
+            out.append((audience, key, row[1], *self._identity(key, row[3:])))
         return out
 
 

@@ -54,6 +54,18 @@ def test_worker_processes_give_the_same_rows_in_the_same_order():
     assert any(r["extra"] for r in first) and all(r["bucket"] is not None for r in first)
 
 
+def test_member_rows_put_each_value_in_its_column():
+    """Rows are built as tuples: their order must be the table's, checked against the dict of ``identity``."""
+    assert ("audience", "member_key", "raw_fp", *normalise.IDENTITY_COLUMNS) == normalise.MEMBER_COLUMNS
+    normaliser = Normaliser.for_audience(_config())
+    part = _parts(2, 30)[0]  # the first part: no duplicated keys
+    rows = normaliser.member_rows(part)
+    for (key, fp, _, *raw), row in zip(part, rows, strict=True):
+        want = {"audience": "norm_v1", "member_key": key, "raw_fp": fp, **normaliser.identity(key, tuple(raw))}
+        assert dict(zip(normalise.MEMBER_COLUMNS, row, strict=True)) == want
+    assert {r[normalise.MEMBER_COLUMNS.index("phone_issue")] for r in rows} == {None, "missing"}
+
+
 def test_parts_are_read_as_results_are_taken():
     pulled = []
 
