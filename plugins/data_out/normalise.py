@@ -1,6 +1,6 @@
 """Turning raw identifier values into a snapshot row's identity, in this process or in worker processes.
 
-Normalising (``identity.py``, phone parsing above all) is pure Python: about 25 µs a row, holding the
+Normalising (``identity.py``, phone validation above all) is pure Python: about 20 µs a row, holding the
 GIL, while the database waits. A first sync of 10M members spends minutes in it and a day's churn of
 100,000 rows seconds, on one core. From ``POOL_MIN_ROWS`` rows on, the batches are normalised by a
 small pool of forked worker processes, in order, with a fixed number of batches in flight (see
