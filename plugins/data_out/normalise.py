@@ -74,10 +74,13 @@ class Normaliser:
 
     def identity(self, key: str, raw: tuple[Any, ...]) -> dict[str, Any]:
         """The identity columns of one member from its raw (email, phone, external id, *extra) values."""
-        return dict(zip(IDENTITY_COLUMNS, self._identity(key, raw), strict=True))
+        return dict(zip(IDENTITY_COLUMNS, self.identity_row(key, raw), strict=True))
 
-    def _identity(self, key: str, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        """``identity`` as a tuple in ``IDENTITY_COLUMNS`` order: what ``member_rows`` needs, without a dict."""
+    def identity_row(self, key: str, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``identity`` as a tuple in ``IDENTITY_COLUMNS`` order: what ``member_rows`` needs, without a dict.
+
+        Every path normalises a row through this method (``identity`` and ``member_rows`` alike).
+        """
         ids = self.identifiers
         f = identity_forms(raw[0], raw[1], raw[2], default_region=ids.default_region)
         notes = [r for r, mapped in ((f.email_reason, ids.email), (f.phone_reason, ids.phone)) if r and mapped]
@@ -126,7 +129,7 @@ class Normaliser:
                 if key in seen:
                     continue
                 seen.add(key)
-            out.append((audience, key, row[1], *self._identity(key, row[3:])))
+            out.append((audience, key, row[1], *self.identity_row(key, row[3:])))
         return out
 
 

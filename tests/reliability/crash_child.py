@@ -65,13 +65,13 @@ def sharded(runner: AudienceRunner, holder: str, seed: int, as_of: dt.datetime) 
 def count_normalised(path: str) -> None:
     """Append one line per normalised row to ``path``, unbuffered, so a SIGKILL loses nothing counted."""
     out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
-    identity = Normaliser.identity
+    identity_row = Normaliser.identity_row  # every path normalises a row through it
 
-    def counted(self: Normaliser, key: str, raw: tuple) -> dict:
+    def counted(self: Normaliser, key: str, raw: tuple) -> tuple:
         out.write("1\n")
-        return identity(self, key, raw)
+        return identity_row(self, key, raw)
 
-    Normaliser.identity = counted  # type: ignore[method-assign]
+    Normaliser.identity_row = counted  # type: ignore[method-assign]
 
 
 def main(db: str, audiences: str, meta_url: str, holder: str, mode: str = "run") -> int:
