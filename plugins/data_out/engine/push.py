@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from data_out import state
@@ -123,6 +124,9 @@ class Pusher:
         self.audience = audience
         self.label = label
         self.dest = dest
+        #: add batches are inserted into ``do_ack`` without the delete before (``_acknowledge``) until one
+        #: of them meets an acknowledged row
+        self._inserts_first = True
 
     def _mine(self, table: Table) -> ColumnElement[bool]:
         return and_(table.c.audience == self.audience, table.c.destination == self.label)
@@ -143,6 +147,7 @@ class Pusher:
         seconds have passed since the last call.
         """
         started = time.monotonic()
+        self._inserts_first = True
         first_analyze = self._first_analyze()
         planned = self._planned(shard)
         beat = _Heartbeat(heartbeat, beat_every)
@@ -273,10 +278,7 @@ class Pusher:
                     batch_no,
                 )
                 return
-            acked_delta = self._end_acknowledged(conn, op, rows, outcome)
-            if op.adds:
-                acked_delta += len(rows) - len(rejected)
-                self._acknowledge_adds(conn, sync_id, batch_no, now, rejected)
+            acked_delta = self._acknowledge(conn, sync_id, batch_no, op, rows, outcome, now, rejected)
             record_rejects(conn, sync_id, self.audience, self.label, op, outcome.rejected, now)
             if op is Op.REMOVE and rejected:
                 self._keep_refused_removals(conn, rejected)
@@ -287,6 +289,48 @@ class Pusher:
         faults.point("push.committed")
         _count(result, op, rows, outcome)
         log.info("%s/%s: batch %d (%s, %d rows) acknowledged", self.audience, self.label, batch_no, op.value, len(rows))
+
+    def _acknowledge(
+        self,
+        conn: Connection,
+        sync_id: int,
+        batch_no: int,
+        op: Op,
+        rows: list[MemberRow],
+        outcome: BatchResult,
+        now: dt.datetime,
+        rejected: list[str],
+    ) -> int:
+        """Write the batch's outcome into ``do_ack``; returns the change of the acknowledged count.
+
+        An add of members new to the destination (a first sync: all of them) has no acknowledged row
+        to replace, and the delete before the insert (``_end_acknowledged``) would look up every key
+        of the batch for nothing. So an add batch is first inserted alone, in a savepoint: the primary
+        key refuses it if any member already has a row (accepted or rejected), which rolls the
+        savepoint back and replaces the rows the usual way, and so on for the rest of the drain, whose
+        adds will likely meet acknowledged rows too (a full resync, changed identities). Either way
+        the batch commits the same rows in the same transaction.
+        """
+        accepted = len(rows) - len(rejected)
+        if op is Op.ADD and self._inserts_first:
+            try:
+                with conn.begin_nested():
+                    self._acknowledge_adds(conn, sync_id, batch_no, now, rejected)
+            except IntegrityError:
+                self._inserts_first = False
+                log.info(
+                    "%s/%s: batch %d replaces acknowledged rows; adds delete them first from now on",
+                    self.audience,
+                    self.label,
+                    batch_no,
+                )
+            else:
+                return accepted
+        delta = self._end_acknowledged(conn, op, rows, outcome)
+        if op.adds:
+            delta += accepted
+            self._acknowledge_adds(conn, sync_id, batch_no, now, rejected)
+        return delta
 
     def _end_acknowledged(self, conn: Connection, op: Op, rows: list[MemberRow], outcome: BatchResult) -> int:
         """Delete the acknowledged rows this batch replaces or ends; returns minus the accepted ones deleted.

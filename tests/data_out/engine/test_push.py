@@ -380,3 +380,46 @@ def test_a_replan_with_the_same_sync_and_batch_numbers_draws_new_keys(runner, st
     assert not {k for _, k in second} & {k for _, _, k in first}
     runner.push(sync_id, "memory", "t/1")
     assert [key for _, key, _ in store.requests] == [k for _, k in second]
+
+
+def test_a_first_sync_inserts_its_adds_without_deleting_first(runner, store, state_engine, monkeypatch):
+    """Nothing is acknowledged yet, so no add batch looks up acknowledged rows to replace."""
+    ended: list[Op] = []
+    end = Pusher._end_acknowledged
+
+    def recording_end(self, conn, op, rows, outcome):  # type: ignore[no-untyped-def]
+        ended.append(op)
+        return end(self, conn, op, rows, outcome)
+
+    monkeypatch.setattr(Pusher, "_end_acknowledged", recording_end)
+    runner.run("t/1", AS_OF)
+    assert ended == []
+    assert _acked(state_engine) == ({m["customer_id"] for m in MEMBERS}, len(MEMBERS))
+
+
+def test_an_add_meeting_an_acknowledged_row_replaces_it_and_later_adds_delete_first(
+    runner, store, state_engine, monkeypatch
+):
+    """A full resync re-sends a member refused before: its add meets the remembered rejected row, which
+    the insert alone would duplicate; the batch is committed by replacing it, and so is every add after it."""
+    store.reject = {"c003": "invalid"}
+    runner.run("t/1", AS_OF)
+    assert _acked(state_engine) == ({m["customer_id"] for m in MEMBERS} - {"c003"}, len(MEMBERS) - 1)
+    store.reject = {}
+    ended: list[Op] = []
+    end = Pusher._end_acknowledged
+
+    def recording_end(self, conn, op, rows, outcome):  # type: ignore[no-untyped-def]
+        ended.append(op)
+        return end(self, conn, op, rows, outcome)
+
+    monkeypatch.setattr(Pusher, "_end_acknowledged", recording_end)
+    run_id = runner.start("t/2", AS_OF)
+    runner.stage(run_id, "t/2")
+    plan = runner.plan(run_id, "memory", "t/2", mode="full_resync")
+    runner.push(plan.sync_id, "memory", "t/2")
+    assert ended == [Op.ADD] + [Op.REFRESH] * 4  # c003's add, then the refreshes of the other 8 members
+    assert set(store.audience("aud-1")) == {m["customer_id"] for m in MEMBERS}
+    assert _acked(state_engine) == ({m["customer_id"] for m in MEMBERS}, len(MEMBERS))
+    with state_engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(state.ack)) == len(MEMBERS)
