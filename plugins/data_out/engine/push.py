@@ -309,7 +309,8 @@ class Pusher:
         key refuses it if any member already has a row (accepted or rejected), which rolls the
         savepoint back and replaces the rows the usual way, and so on for the rest of the drain, whose
         adds will likely meet acknowledged rows too (a full resync, changed identities). Either way
-        the batch commits the same rows in the same transaction.
+        the batch commits the same rows in the same transaction. Postgres logs the refused insert as
+        a duplicate-key error, at most once per drain.
         """
         accepted = len(rows) - len(rejected)
         if op is Op.ADD and self._inserts_first:
