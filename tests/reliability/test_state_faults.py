@@ -323,7 +323,10 @@ def fault_on_first_add(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
             world.in_doubt = {r.member_key for r in rows}
             world.requests_at_fault = len(world.store.requests)
             if isinstance(world.fault, Killed):  # the session that commits this batch dies, whichever it is
-                world.fault.when = lambda statement: statement.lstrip().upper().startswith("DELETE FROM DO_ACK")
+                # its first write of do_ack: the insert of a batch of new members, or the delete before
+                world.fault.when = lambda statement: (
+                    statement.lstrip().upper().startswith(("DELETE FROM DO_ACK", "INSERT INTO DO_ACK"))
+                )
             world.fault.arm()
         return result
 
