@@ -66,7 +66,8 @@ destinations:
 """
 
 # Emails with the noise real sources have (case, surrounding spaces), 2% missing; a third of phones
-# missing, the rest valid US numbers in mixed formats. ``updated_at``: when the row last changed.
+# missing, the rest valid US numbers in mixed formats. ``updated_at``: when the row last changed, spread over
+# the day before ``:at`` (so a day's run re-reads, within its hour of lookback, only the last hour's changes).
 POPULATE_SQL = """
 INSERT INTO bench_members (customer_id, email, phone, updated_at)
 SELECT 'c' || lpad(i::text, 10, '0'),
@@ -76,7 +77,7 @@ SELECT 'c' || lpad(i::text, 10, '0'),
        CASE WHEN i % 3 = 0 THEN NULL
             WHEN i % 3 = 1 THEN '+1 415 ' || (2000000 + i % 7000000)::text
             ELSE '(650) ' || (2000000 + i % 7000000)::text END,
-       CAST(:at AS timestamptz)
+       CAST(:at AS timestamptz) - (i % 1440) * interval '1 minute'
 FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS i
 """
 
@@ -297,10 +298,10 @@ def start_meta_standin() -> tuple[subprocess.Popen[str], dict[str, Any]]:
 
 
 def build_source(engine: Any, members: int) -> float:
-    """The source table, every row last changed a day ago, with an index on ``updated_at`` as a table with a
-    change column usually has (or, in a columnar warehouse, its pruning by that column)."""
+    """The source table, its rows last changed three to four days ago, with an index on ``updated_at`` as a
+    table with a change column usually has (or, in a columnar warehouse, its pruning by that column)."""
     started = time.monotonic()
-    day_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    day_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS bench_members"))
         conn.execute(
@@ -316,8 +317,8 @@ def build_source(engine: Any, members: int) -> float:
 
 
 def apply_churn(engine: Any, members: int, churn: float, seed: int = 0) -> tuple[int, int]:
-    """Remove and add ``churn`` x N members, the joiners stamped now; the first churn (``seed`` 0) keeps the
-    snapshot before it for the pandas reference."""
+    """Remove and add ``churn`` x N members, the joiners stamped over the day before: yesterday for the first
+    churn (``seed`` 0, which keeps the snapshot before it for the pandas reference), today for the next."""
     every = max(1, round(1 / churn))
     with engine.begin() as conn:
         if seed == 0:
@@ -326,7 +327,8 @@ def apply_churn(engine: Any, members: int, churn: float, seed: int = 0) -> tuple
         removed = conn.execute(text(CHURN_DELETE_SQL), {"every": every, "seed": str(seed or "")}).rowcount
         joined = max(1, round(members * churn))
         lo = members + 1 + seed * joined
-        conn.execute(text(POPULATE_SQL), {"lo": lo, "hi": lo + joined - 1, "at": dt.datetime.now(dt.UTC)})
+        at = dt.datetime.now(dt.UTC) - dt.timedelta(days=0 if seed else 1)
+        conn.execute(text(POPULATE_SQL), {"lo": lo, "hi": lo + joined - 1, "at": at})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE bench_members"))
         if seed == 0:

@@ -114,33 +114,38 @@ def find_changed_delta(
     values = ", ".join(f"s.v{i}" for i in range(len(p.value_columns)))
     conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the key pass's hash of the snapshot's keys
     started = time.monotonic()
-    # 1. the flagged rows, each against its snapshot row by a primary-key lookup; a few thousand rows on a
-    # usual day, so compiling the statement (JIT: for the scan of the whole source it might have been) costs
-    # more than it saves
+    # 1. the flagged rows: a few thousand on a usual day, so compiling the statement (JIT, which the plan of
+    # a scan of the whole source might ask for) costs more than it saves
     conn.execute(text("SET LOCAL jit = off"))
     staging.materialise(
         conn,
-        "do_delta",
-        f"""
-        SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
-               1 AS n, {values}, s.chg
-        FROM ({staging.source_rows(with_values=True, also=f", {col} AS chg", where=since)}) AS s
-        LEFT JOIN do_member m ON m.audience = :aud AND m.member_key = s.member_key
-        """,
+        "do_flagged",
+        staging.source_rows(with_values=True, also=f", {col} AS chg", where=since),
         mark=mark.value,
         lookback=lookback.total_seconds(),
     )
     new_mark = conn.execute(
-        text(f"SELECT least(greatest(CAST(:mark AS {kind}), (SELECT max(chg) FROM do_delta)), {now})::text"),
+        text(f"SELECT least(greatest(CAST(:mark AS {kind}), (SELECT max(chg) FROM do_flagged)), {now})::text"),
         {"mark": mark.value},
     ).scalar()
-    # rows without a usable key are counted by the key pass, which sees them all; unchanged rows are dropped
+    # each against its snapshot row by a primary-key lookup: left to itself, Postgres would hash the whole
+    # snapshot for a hundred thousand keys (only Data Out's own tables are in this statement). Rows without a
+    # usable key are counted by the key pass, which sees them all; unchanged rows are left out
+    conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
     conn.execute(
         text(
-            f"DELETE FROM do_delta WHERE src_key IS NULL OR length(src_key) > {MAX_MEMBER_KEY_LENGTH}"
-            " OR new_fp = old_fp"
-        )
+            f"""
+            CREATE TEMP TABLE do_delta ON COMMIT DROP AS
+            SELECT s.member_key AS src_key, m.member_key AS old_key, s.fp AS new_fp, m.raw_fp AS old_fp,
+                   1 AS n, {values}
+            FROM do_flagged s LEFT JOIN do_member m ON m.audience = :aud AND m.member_key = s.member_key
+            WHERE length(s.member_key) <= {MAX_MEMBER_KEY_LENGTH} AND s.fp IS DISTINCT FROM m.raw_fp
+            """
+        ),
+        {"aud": staging.audience},
     )
+    conn.execute(text("SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT"))
+    conn.execute(text("DROP TABLE do_flagged"))
     conn.execute(text("SET LOCAL jit TO DEFAULT"))  # the key-only pass scans everything: JIT pays there
     flagged_s = time.monotonic() - started
     # 2. the key-only pass: members who left, keys the change column did not flag, rows without a key
