@@ -37,7 +37,7 @@ def growth_table(by_size: dict[int, dict[str, dict[str, Any]]]) -> str:
     ]
     rows += [
         (
-            f"x{n / prev:g} members",
+            f"x{n / prev:.3g} members",
             *(f"x{by_size[n][p]['seconds'] / by_size[prev][p]['seconds']:.2f}" for p in SERIES),
             f"x{by_size[n]['floor']['seconds'] / by_size[prev]['floor']['seconds']:.2f}",
         )
