@@ -57,6 +57,12 @@ def _parse_duration(v: Any) -> Any:
 Duration = Annotated[dt.timedelta, BeforeValidator(_parse_duration)]
 
 
+def _duration_between(v: dt.timedelta, low: dt.timedelta, high: dt.timedelta, allowed: str) -> dt.timedelta:
+    if not low <= v <= high:
+        raise ValueError(f"must be {allowed}")
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -112,16 +118,12 @@ class SqlSource(_Model):
     @field_validator("change_lookback")
     @classmethod
     def _lookback(cls, v: dt.timedelta) -> dt.timedelta:
-        if not dt.timedelta(0) <= v <= dt.timedelta(days=7):
-            raise ValueError("must be between 0s and 7d (e.g. 1h)")
-        return v
+        return _duration_between(v, dt.timedelta(0), dt.timedelta(days=7), "between 0s and 7d (e.g. 1h)")
 
     @field_validator("full_compare_every")
     @classmethod
     def _full_every(cls, v: dt.timedelta) -> dt.timedelta:
-        if not dt.timedelta(minutes=1) <= v <= dt.timedelta(days=30):
-            raise ValueError("must be between 1m and 30d (e.g. 1d)")
-        return v
+        return _duration_between(v, dt.timedelta(minutes=1), dt.timedelta(days=30), "between 1m and 30d (e.g. 1d)")
 
     @field_validator("dialect")
     @classmethod
@@ -135,9 +137,7 @@ class SqlSource(_Model):
     @field_validator("statement_timeout")
     @classmethod
     def _timeout(cls, v: dt.timedelta) -> dt.timedelta:
-        if not dt.timedelta(seconds=1) <= v <= dt.timedelta(hours=24):
-            raise ValueError("must be between 1s and 24h (e.g. 15m)")
-        return v
+        return _duration_between(v, dt.timedelta(seconds=1), dt.timedelta(hours=24), "between 1s and 24h (e.g. 15m)")
 
     @model_validator(mode="after")
     def _one_of_file_or_query(self) -> SqlSource:

@@ -382,8 +382,8 @@ def test_a_replan_with_the_same_sync_and_batch_numbers_draws_new_keys(runner, st
     assert [key for _, key, _ in store.requests] == [k for _, k in second]
 
 
-def test_a_first_sync_inserts_its_adds_without_deleting_first(runner, store, state_engine, monkeypatch):
-    """Nothing is acknowledged yet, so no add batch looks up acknowledged rows to replace."""
+def _record_ended(monkeypatch) -> list[Op]:
+    """The ops of every batch whose acknowledged rows were looked up to be replaced, as they happen."""
     ended: list[Op] = []
     end = Pusher._end_acknowledged
 
@@ -392,6 +392,12 @@ def test_a_first_sync_inserts_its_adds_without_deleting_first(runner, store, sta
         return end(self, conn, op, rows, outcome)
 
     monkeypatch.setattr(Pusher, "_end_acknowledged", recording_end)
+    return ended
+
+
+def test_a_first_sync_inserts_its_adds_without_deleting_first(runner, store, state_engine, monkeypatch):
+    """Nothing is acknowledged yet, so no add batch looks up acknowledged rows to replace."""
+    ended = _record_ended(monkeypatch)
     runner.run("t/1", AS_OF)
     assert ended == []
     assert _acked(state_engine) == ({m["customer_id"] for m in MEMBERS}, len(MEMBERS))
@@ -406,14 +412,7 @@ def test_an_add_meeting_an_acknowledged_row_replaces_it_and_later_adds_delete_fi
     runner.run("t/1", AS_OF)
     assert _acked(state_engine) == ({m["customer_id"] for m in MEMBERS} - {"c003"}, len(MEMBERS) - 1)
     store.reject = {}
-    ended: list[Op] = []
-    end = Pusher._end_acknowledged
-
-    def recording_end(self, conn, op, rows, outcome):  # type: ignore[no-untyped-def]
-        ended.append(op)
-        return end(self, conn, op, rows, outcome)
-
-    monkeypatch.setattr(Pusher, "_end_acknowledged", recording_end)
+    ended = _record_ended(monkeypatch)
     run_id = runner.start("t/2", AS_OF)
     runner.stage(run_id, "t/2")
     plan = runner.plan(run_id, "memory", "t/2", mode="full_resync")
