@@ -42,6 +42,8 @@ FULL = "full"
 CHANGED = "changed"
 #: the old fingerprint of a gone member in ``do_delta`` (any value but NULL: the key pass reads keys only)
 _GONE = "gone"
+#: marks are written and read back as text: in one format, whatever the worker's session says
+_ISO_DATES = "SET LOCAL datestyle = 'ISO, YMD'"
 
 
 def basis(cfg: AudienceConfig, context: bytes, sql: str) -> str | None:
@@ -91,6 +93,7 @@ def full_mark(staging: InDatabaseStaging, conn: Connection) -> str | None:
     p = staging.plan
     assert p.change_column is not None and p.change_type is not None
     now = p.change_type[1]
+    conn.execute(text(_ISO_DATES))
     with read_only_section(conn, p.source):
         value = conn.execute(
             text(f'SELECT least(max(src."{p.change_column}"), {now})::text FROM ({p.sql}) AS src'), p.params()
@@ -113,6 +116,7 @@ def find_changed_delta(
     since = f" WHERE {col} > CAST(coalesce(:mark, '-infinity') AS {kind}) - make_interval(secs => :lookback)"
     values = ", ".join(f"s.v{i}" for i in range(len(p.value_columns)))
     conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the key pass's hash of the snapshot's keys
+    conn.execute(text(_ISO_DATES))
     started = time.monotonic()
     # 1. the flagged rows: a few thousand on a usual day, so compiling the statement (JIT, which the plan of
     # a scan of the whole source might ask for) costs more than it saves

@@ -210,3 +210,19 @@ def test_future_change_values_never_push_the_mark_past_now(engine):
     # a change stamped before the future row's value is still read
     sql(engine, "UPDATE people_q SET email = 'later@example.com', updated_at = now() WHERE customer_id = 'c2'")
     assert both(engine, 3)[0].recomputed == 1
+
+
+def test_the_mark_is_written_in_one_format_whatever_the_session_datestyle(engine, pg_database):
+    """A worker whose session writes dates day-first must leave a mark the next worker reads the same way."""
+    day_first = engine_for(pg_database)
+    with day_first.begin() as conn:  # as a role or database default would set it for every session
+        conn.execute(text(f"ALTER DATABASE {day_first.url.database} SET datestyle = 'SQL, DMY'"))
+    try:
+        day_first.dispose()
+        both(engine_for(pg_database), 1)
+        with engine.connect() as conn:
+            mark = conn.execute(select(state.snapshot.c.change_mark).where(state.snapshot.c.audience == QUIET)).scalar()
+        assert dt.datetime.fromisoformat(mark) == OLD  # ISO, not 07/12/2026 ... UTC
+    finally:
+        with day_first.begin() as conn:
+            conn.execute(text(f"ALTER DATABASE {day_first.url.database} RESET datestyle"))
