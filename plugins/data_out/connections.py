@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from data_out.engine.shards import register_sqlite
 from data_out.errors import ConfigurationError
@@ -266,6 +267,24 @@ def _shared(url: URL, dialect: str | None) -> Engine:
     return engine
 
 
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _set_wal(cur: sqlite3.Cursor) -> None:
+    """Switch the file to WAL, waiting as a busy timeout would: SQLite answers a journal-mode change that
+    meets another connection's lock with "database is locked" at once, without its busy handler (several
+    first tasks opening a new state file together)."""
+    for attempt in Retrying(
+        retry=retry_if_exception(_locked),
+        stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_MS / 1000),
+        wait=wait_fixed(0.05),
+        reraise=True,
+    ):
+        with attempt:
+            cur.execute("PRAGMA journal_mode=WAL")
+
+
 def _create(url: URL, dialect: str | None) -> Engine:
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, hide_parameters=True)
@@ -275,8 +294,8 @@ def _create(url: URL, dialect: str | None) -> Engine:
             # WAL lets readers and one writer work at once (parallel audiences on one file);
             # autocommit off in the driver so SQLAlchemy's BEGIN is the only transaction control.
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _set_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
             register_sqlite(dbapi_conn)  # the planner's shard hash, as Postgres computes it natively
