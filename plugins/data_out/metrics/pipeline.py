@@ -231,7 +231,7 @@ class MetricsPipeline:
 
     def write_send_log(self, wh: Engine, start: dt.datetime, end: dt.datetime) -> int:
         table = send_log_table(self.routing.send_log_table)
-        table.metadata.create_all(wh, checkfirst=True)
+        state.create_tables(wh, table.metadata)
         wanted = set(self.routing.warehouse)
         written, buffer = 0, []
         with wh.begin() as conn:  # streamed: a long backfill window never sits in memory whole

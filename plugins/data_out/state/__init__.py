@@ -489,12 +489,23 @@ def ensure_schema(engine: Engine) -> None:
     come with an explicit step in ``_MIGRATIONS`` and a version bump.
 
     The first tasks on an empty database (every audience's first scheduled run at once) create the
-    schema concurrently: the one that finds a table or version row another just created starts over,
-    and then finds it all in place.
+    schema concurrently: see ``retry_schema_race``.
     """
+    retry_schema_race(lambda: _ensure_schema(engine))
+
+
+def create_tables(engine: Engine, md: MetaData) -> None:
+    """``md.create_all`` that two tasks can run at once (a plan and a push of one audience, say): the check
+    and the ``CREATE`` are separate statements, so the loser of that race sees "already exists"."""
+    retry_schema_race(lambda: md.create_all(engine, checkfirst=True))
+
+
+def retry_schema_race(step: Callable[[], None]) -> None:
+    """Run a schema step; the one that finds a table, column or row another task just created starts over,
+    and then finds it all in place. Any other error is raised at once."""
     for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
         try:
-            _ensure_schema(engine)
+            step()
             return
         except (DBAPIError, NoSuchTableError) as exc:
             if attempt == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):

@@ -33,7 +33,7 @@ from data_out.destinations.warehouse.sql import (
     merge_new,
 )
 from data_out.destinations.warehouse.sql import destination_tables as _tables
-from data_out.state import utcnow
+from data_out.state import create_tables, utcnow
 
 
 @register
@@ -51,7 +51,7 @@ class WarehouseDestination(Destination):
         super().__init__(audience, settings, connection)
         self.engine: Engine = engine_for(self.connection)
         self.members, self.holdout, self.applied = destination_tables(self.audience, self.settings)
-        self.members.metadata.create_all(self.engine, checkfirst=True)
+        create_tables(self.engine, self.members.metadata)
 
     @property
     def batch_rows(self) -> int:
