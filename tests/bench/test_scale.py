@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench.runner import run_bench
 from tests.conftest import PG_ADMIN_URL
 
-ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(
     r"^bench: members=2000 churn=0\.05 data_out_s=[\d.]+ pandas_s=[\d.]+ floor_s=[\d.]+ "
     r"speedup_vs_pandas=[\d.]+x floor_ratio=[\d.]+x data_out_rss_mb=\d+ pandas_rss_mb=\d+ "
@@ -22,19 +18,8 @@ LINE = re.compile(
 
 @pytest.mark.postgres
 def test_bench_runs_and_prints_its_line(pg_admin):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--members", "2000", "--churn", "0.05", "--pg-url", PG_ADMIN_URL],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    assert LINE.match(lines[-1]), lines[-1]
-    out = "\n".join(lines)
+    args = ("--members", "2000", "--churn", "0.05", "--pg-url", PG_ADMIN_URL)
+    out = run_bench("bench.scale", *args, line=LINE, timeout=300)
     assert re.search(r"  churn: \d+ members left, 100 joined", out)
     assert re.search(r"quiet_churn: \d+ members left, 100 joined", out)
     # only new members were normalised by the churn runs, and nothing by the runs without a change
