@@ -42,8 +42,13 @@ FULL = "full"
 CHANGED = "changed"
 #: the old fingerprint of a gone member in ``do_delta`` (any value but NULL: the key pass reads keys only)
 _GONE = "gone"
-#: marks are written and read back as text: in one format, whatever the worker's session says
-_ISO_DATES = "SET LOCAL datestyle = 'ISO, YMD'"
+#: marks are kept as text in ISO 8601, which Postgres reads alike in every DateStyle, written with ``to_char``
+#: rather than by changing the session's DateStyle: the audience's own query may read or print dates by it
+_MARK_TEXT = {
+    "timestamptz": """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""",
+    "timestamp": """to_char({}, 'YYYY-MM-DD"T"HH24:MI:SS.US')""",
+    "date": "to_char({}, 'YYYY-MM-DD')",
+}
 
 
 def basis(cfg: AudienceConfig, context: bytes, sql: str) -> str | None:
@@ -92,12 +97,10 @@ def full_mark(staging: InDatabaseStaging, conn: Connection) -> str | None:
     """The mark after a full comparison: the source's highest change value, never ahead of now."""
     p = staging.plan
     assert p.change_column is not None and p.change_type is not None
-    now = p.change_type[1]
-    conn.execute(text(_ISO_DATES))
+    kind, now = p.change_type
+    highest = _MARK_TEXT[kind].format(f'least(max(src."{p.change_column}"), {now})')
     with read_only_section(conn, p.source):
-        value = conn.execute(
-            text(f'SELECT least(max(src."{p.change_column}"), {now})::text FROM ({p.sql}) AS src'), p.params()
-        ).scalar()
+        value = conn.execute(text(f"SELECT {highest} FROM ({p.sql}) AS src"), p.params()).scalar()
     return None if value is None else str(value)
 
 
@@ -113,10 +116,11 @@ def find_changed_delta(
     assert p.change_column is not None and p.change_type is not None
     kind, now = p.change_type
     col = f'src."{p.change_column}"'
-    since = f" WHERE {col} > CAST(coalesce(:mark, '-infinity') AS {kind}) - make_interval(secs => :lookback)"
+    # at or after: a date column's rows of the mark's own day, and rows stamped with the mark's very value
+    # after it was taken, are read again (and found unchanged if they are)
+    since = f" WHERE {col} >= CAST(coalesce(:mark, '-infinity') AS {kind}) - make_interval(secs => :lookback)"
     values = ", ".join(f"s.v{i}" for i in range(len(p.value_columns)))
     conn.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))  # the key pass's hash of the snapshot's keys
-    conn.execute(text(_ISO_DATES))
     started = time.monotonic()
     # 1. the flagged rows: a few thousand on a usual day, so compiling the statement (JIT, which the plan of
     # a scan of the whole source might ask for) costs more than it saves
@@ -128,10 +132,8 @@ def find_changed_delta(
         mark=mark.value,
         lookback=lookback.total_seconds(),
     )
-    new_mark = conn.execute(
-        text(f"SELECT least(greatest(CAST(:mark AS {kind}), (SELECT max(chg) FROM do_flagged)), {now})::text"),
-        {"mark": mark.value},
-    ).scalar()
+    highest = f"least(greatest(CAST(:mark AS {kind}), (SELECT max(chg) FROM do_flagged)), {now})"
+    new_mark = conn.execute(text(f"SELECT {_MARK_TEXT[kind].format(highest)}"), {"mark": mark.value}).scalar()
     # each against its snapshot row by a primary-key lookup: left to itself, Postgres would hash the whole
     # snapshot for a hundred thousand keys (only Data Out's own tables are in this statement). Rows without a
     # usable key are counted by the key pass, which sees them all; unchanged rows are left out

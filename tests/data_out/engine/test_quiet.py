@@ -226,3 +226,25 @@ def test_the_mark_is_written_in_one_format_whatever_the_session_datestyle(engine
     finally:
         with day_first.begin() as conn:
             conn.execute(text(f"ALTER DATABASE {day_first.url.database} RESET datestyle"))
+
+
+def test_the_query_reads_its_dates_by_the_session_datestyle_throughout(engine):
+    """The mark is written as ISO text without touching ``DateStyle``: a query whose own literal is read month
+    first (the default ``ISO, MDY``) stages on every path, and reads the same date on each."""
+    dated = SQL.replace("FROM people_q", "FROM people_q WHERE updated_at >= '03/04/2020'")  # 4 March 2020
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW datestyle")).scalar() == "ISO, MDY"
+    assert both(engine, 1, sql=dated)[0].comparison == quiet.FULL  # the mark taken after a full comparison
+    sql(engine, "UPDATE people_q SET email = 'new@example.com', updated_at = now() WHERE customer_id = 'c3'")
+    q, _ = both(engine, 3, sql=dated)  # read past the mark
+    assert (q.comparison, q.recomputed) == (quiet.CHANGED, 1)
+
+
+def test_a_date_column_rereads_the_marks_own_day(engine):
+    """With a ``date`` change column and no lookback, a change stamped later on the mark's day is still read."""
+    sql(engine, "ALTER TABLE people_q ALTER COLUMN updated_at TYPE date")
+    sql(engine, "UPDATE people_q SET updated_at = current_date WHERE customer_id = 'c1'")
+    assert both(engine, 1, change_lookback="0s")[0].comparison == quiet.FULL  # the mark: today
+    sql(engine, "UPDATE people_q SET email = 'sameday@example.com', updated_at = current_date WHERE customer_id = 'c2'")
+    q, _ = both(engine, 3, change_lookback="0s")
+    assert (q.comparison, q.recomputed) == (quiet.CHANGED, 1)
