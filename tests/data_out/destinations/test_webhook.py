@@ -58,14 +58,14 @@ class SlowToAccept(WebhookStandIn):
     """Answers the first request 429 with a Retry-After longer than its own replay window."""
 
     def server_error(self, status: int) -> Response:
-        return Response(status, {"error": "slow down"}, {"Retry-After": "2"})
+        return Response(status, {"error": "slow down"}, {"Retry-After": "3"})
 
 
 def test_each_attempt_is_signed_with_a_fresh_timestamp_so_a_late_retry_is_accepted() -> None:
-    # a 1.5 s window, shorter than the 2 s Retry-After, so the first attempt's signature is refused by the
+    # a 2.5 s window, shorter than the 3 s Retry-After, so the first attempt's signature is refused by the
     # time of the retry; a fresh one passes even when signed just before a second ends (timestamps are
-    # whole seconds: up to 1 s of the window is spent by the truncation, 0.5 s is left for the request)
-    standin = SlowToAccept(secret=SECRET, tolerance_s=1.5)
+    # whole seconds: up to 1 s of the window is spent by the truncation, 1.5 s is left for the request)
+    standin = SlowToAccept(secret=SECRET, tolerance_s=2.5)
     standin.faults.forced = [429]
     with Running(standin) as running:
         dest = destination(running.url, backoff_initial=0.01, backoff_max=0.01)
