@@ -399,7 +399,9 @@ class Planner:
             self.dest.push_shard_limit,
             self.rows_per_shard or shards.ROWS_PER_SHARD,
         )
-        self._write_pending(conn, _op_groups(delta.c, mode, refreshes), plan.shards)
+        planned = plan.removes + plan.adds + plan.refreshes
+        if planned:  # a quiet day plans nothing: no need to read do_pending's pages that earlier pushes emptied
+            self._write_pending(conn, _op_groups(delta.c, mode, refreshes), plan.shards)
         delta.drop(conn)
         if keys is not None:
             keys.drop(conn)
@@ -409,7 +411,7 @@ class Planner:
             plan.guard = self._guard(plan, guard, override_reason, peak)  # raises before commit: plan rolled back
         else:
             plan.guard = "not applicable: retiring the audience"
-        plan.batches = self._write_batches(conn, plan.sync_id, plan.shards)
+        plan.batches = self._write_batches(conn, plan.sync_id, plan.shards) if planned else 0
         # acknowledged plus pending now equals desired as of change ``upto``: the next plan starts there
         if own and mode == SyncMode.RETIRE:  # the destination is being emptied: whatever comes next plans in full
             changes.forget(conn, aud, label)

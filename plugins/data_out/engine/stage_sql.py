@@ -42,13 +42,14 @@ falls back to the Python path, which is correct everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, and_, column, delete, func, select, table, text
 
@@ -89,6 +90,9 @@ CHANGE_TYPES = {
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 NULL_TAG = "\x1eN"
 _NO_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
+
+A = TypeVar("A")
+B = TypeVar("B")
 #: a delta of at least this many rows to normalise is also written to ``do_stage`` as it goes, committed
 #: every ``RESUME_CHUNK_ROWS`` rows, so a killed staging's work survives (``ResumeLog``);
 #: ``DATA_OUT_STAGING_RESUME_MIN_ROWS`` overrides it
@@ -241,6 +245,46 @@ class InDatabase:
         }
 
 
+@contextlib.contextmanager
+def alongside(
+    conn: Connection, here: Callable[[Connection], A], there: Callable[[Connection], B]
+) -> Iterator[tuple[A, B, Connection]]:
+    """``here`` on ``conn`` and ``there`` on a helper connection, at once, both in ``conn``'s snapshot.
+
+    The helper imports this transaction's snapshot (``pg_export_snapshot``), so both statements read the
+    same source and the same snapshot rows: two cores on one consistent read. Yields both results and the
+    helper, whose transaction (and any temporary table it made) ends when the block does. Neither side
+    gets parallel workers: the two sides already keep the cores busy.
+    """
+    snapshot = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar())
+    if not _SNAPSHOT_ID.match(snapshot):
+        raise RuntimeError(f"unexpected snapshot id {snapshot!r} from pg_export_snapshot()")
+    failed: list[BaseException] = []
+    theirs: list[B] = []
+    with conn.engine.connect().execution_options(isolation_level="REPEATABLE READ") as helper:
+
+        def other_side() -> None:
+            try:
+                helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
+                helper.execute(text(_NO_WORKERS))
+                theirs.append(there(helper))
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failed.append(exc)
+
+        thread = threading.Thread(target=other_side, name="stage-alongside", daemon=True)
+        thread.start()
+        try:
+            conn.execute(text(_NO_WORKERS))
+            mine = here(conn)
+            conn.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))  # the scans that follow
+        finally:
+            thread.join()
+        if failed:
+            raise failed[0]
+        yield mine, theirs[0], helper
+        helper.rollback()  # it only ever read, or wrote its own temporary tables
+
+
 class InDatabaseStaging:
     """The steps of the module docstring, on one connection inside one transaction."""
 
@@ -374,31 +418,11 @@ class InDatabaseStaging:
         workers would only pass every scanned row through a queue to their half (at 10M, with two
         workers each: 9.5 s; without: 7.8 s).
         """
-        snapshot = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar())
-        if not _SNAPSHOT_ID.match(snapshot):
-            raise RuntimeError(f"unexpected snapshot id {snapshot!r} from pg_export_snapshot()")
-        failed: list[BaseException] = []
-        with conn.engine.connect().execution_options(isolation_level="REPEATABLE READ") as helper:
+        def half(c: Connection, which: int) -> None:
+            c.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
+            self.materialise(c, table if which == 0 else f"{table}_half", sql_of_half(which))
 
-            def other_half() -> None:
-                try:
-                    helper.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # first in its transaction
-                    helper.execute(text(f"SET LOCAL work_mem = '{work_mem()}'"))
-                    helper.execute(text(_NO_WORKERS))
-                    self.materialise(helper, f"{table}_half", sql_of_half(1))
-                except BaseException as exc:  # re-raised in the staging thread below
-                    failed.append(exc)
-
-            thread = threading.Thread(target=other_half, name=f"stage-{self.audience}-half", daemon=True)
-            thread.start()
-            try:
-                conn.execute(text(_NO_WORKERS))
-                self.materialise(conn, table, sql_of_half(0))
-                conn.execute(text("SET LOCAL max_parallel_workers_per_gather TO DEFAULT"))  # the scans that follow
-            finally:
-                thread.join()
-            if failed:
-                raise failed[0]
+        with alongside(conn, lambda c: half(c, 0), lambda c: half(c, 1)) as (_, _, helper):
             reader, writer = driver_connection(helper), driver_connection(conn)
             with (
                 reader.cursor() as rc,
@@ -408,7 +432,6 @@ class InDatabaseStaging:
             ):
                 for block in out:
                     into.write(block)
-            helper.rollback()  # drops its half; it never wrote anything else
 
     def _find_grouped_delta(self, conn: Connection) -> None:
         """The delta for a source with duplicate keys: grouped by key, the lowest fingerprint stands."""
