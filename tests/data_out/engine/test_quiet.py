@@ -250,9 +250,12 @@ def test_a_date_column_rereads_the_marks_own_day(engine):
     assert (q.comparison, q.recomputed) == (quiet.CHANGED, 1)
 
 
-def proven(caplog: pytest.LogCaptureFixture) -> bool:
-    """Whether the last quiet run proved that no member left instead of running the key-only pass."""
-    return "no member left, the source's keys being the snapshot's and the new ones" in caplog.text
+def quiet_run(engine: Engine, caplog: pytest.LogCaptureFixture, run_id: int) -> tuple[StageStats, bool]:
+    """``both`` at ``run_id``, and whether the quiet audience proved that no member left (no key-only pass)."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
+        stats, _ = both(engine, run_id)
+    return stats, "no member left, the source's keys being the snapshot's and the new ones" in caplog.text
 
 
 @pytest.mark.parametrize("split_min", [10**9, 0], ids=["one-after-the-other", "at-once"])
@@ -260,26 +263,20 @@ def test_a_day_on_which_no_member_left_is_proven_without_the_key_only_pass(engin
     monkeypatch.setattr(stage_sql, "SPLIT_MIN_MEMBERS", split_min)  # source and snapshot read in turn, or at once
     sql(engine, "INSERT INTO people_q VALUES (:k, 'long@example.com', NULL, :t)", k="x" * 300, t=OLD)  # no usable key
     both(engine, 1)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
-        nothing, _ = both(engine, 3)
-    assert proven(caplog) and (nothing.comparison, nothing.recomputed, nothing.missing_keys) == (quiet.CHANGED, 0, 2)
+    nothing, proven = quiet_run(engine, caplog, 3)
+    assert proven and (nothing.comparison, nothing.recomputed, nothing.missing_keys) == (quiet.CHANGED, 0, 2)
     sql(engine, "INSERT INTO people_q VALUES ('c99', 'new@example.com', NULL, now())")
     sql(engine, "UPDATE people_q SET email = 'moved@example.com', updated_at = now() WHERE customer_id = 'c3'")
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
-        joined, _ = both(engine, 5)
-    assert proven(caplog) and (joined.comparison, joined.recomputed, joined.members) == (quiet.CHANGED, 2, 41)
+    joined, proven = quiet_run(engine, caplog, 5)
+    assert proven and (joined.comparison, joined.recomputed, joined.members) == (quiet.CHANGED, 2, 41)
     assert changed_keys(engine, QUIET) == {"c99", "c3"}
 
 
 def test_a_member_who_left_without_a_flagged_row_is_found_by_the_key_only_pass(engine, caplog):
     both(engine, 1)
     sql(engine, "DELETE FROM people_q WHERE customer_id = 'c7'")
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
-        left, _ = both(engine, 3)
-    assert not proven(caplog) and (left.comparison, left.members) == (quiet.CHANGED, 39)
+    left, proven = quiet_run(engine, caplog, 3)
+    assert not proven and (left.comparison, left.members) == (quiet.CHANGED, 39)
     assert changed_keys(engine, QUIET) == {"c7"}
 
 
@@ -298,10 +295,8 @@ def test_a_leaver_and_an_arrival_that_keep_the_count_are_not_mistaken_for_no_cha
     both(engine, 3)
     sql(engine, "DELETE FROM people_q WHERE customer_id = 'c7'")
     sql(engine, arrival, old=OLD)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
-        day, _ = both(engine, 5)
-    assert not proven(caplog)
+    day, proven = quiet_run(engine, caplog, 5)
+    assert not proven
     assert day.comparison == quiet.FULL  # the key-only pass saw the duplicate or the unflagged key and fell back
     assert "c7" in changed_keys(engine, QUIET)
 
@@ -310,16 +305,15 @@ def test_a_busy_day_goes_straight_to_the_key_only_pass(engine, monkeypatch, capl
     monkeypatch.setattr(quiet, "PROOF_MIN_ROWS", 0)
     both(engine, 1)
     sql(engine, "UPDATE people_q SET email = 'moved@example.com', updated_at = now() WHERE customer_id = 'c3'")
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
-        busy, _ = both(engine, 3)
-    assert not proven(caplog) and "key-only pass" in caplog.text and busy.recomputed == 1
+    busy, proven = quiet_run(engine, caplog, 3)
+    assert not proven and "key-only pass" in caplog.text and busy.recomputed == 1
 
 
 def test_a_new_key_arriving_twice_is_a_duplicate_not_two_members(engine, caplog):
     both(engine, 1)
-    sql(engine, "INSERT INTO people_q VALUES ('c88', 'a@example.com', NULL, now()), ('c88', 'b@example.com', NULL, now())")
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_out.engine.quiet"):
-        twice, _ = both(engine, 3)
-    assert not proven(caplog) and (twice.comparison, twice.duplicate_keys) == (quiet.FULL, 1)
+    sql(
+        engine,
+        "INSERT INTO people_q VALUES ('c88', 'a@example.com', NULL, now()), ('c88', 'b@example.com', NULL, now())",
+    )
+    twice, proven = quiet_run(engine, caplog, 3)
+    assert not proven and (twice.comparison, twice.duplicate_keys) == (quiet.FULL, 1)
