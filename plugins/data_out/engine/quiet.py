@@ -3,8 +3,9 @@
 An audience's SQL source may name a ``change_column`` (e.g. ``updated_at``) that moves forward whenever a
 row's member key or identifier values change. A run that may trust it reads the rows whose change value
 is past the last mark (less ``change_lookback``, for writers that commit late), compares them with the
-snapshot by key, and finds members who left with a key-only pass over the source
-(``stage_sql.InDatabaseStaging.find_changed_delta``). Everything after (normalising, the snapshot's
+snapshot by key, and then checks the member keys (``find_changed_delta``): on a quiet day a count and a
+hash of every key on both sides prove that no member left (``_keys_unchanged``); otherwise a key-only
+pass over the source finds who did. Everything after (normalising, the snapshot's
 update, recorded changes, figures) is the same as after a full comparison.
 
 The mark is kept with the snapshot (``do_snapshot.change_mark``), written in the staging transaction, so
@@ -15,7 +16,7 @@ it always describes the snapshot it sits beside. A run compares in full instead 
   lookback, or anything that shapes a row's fingerprint, such as the normalisation version);
 * the last full comparison is older than ``full_compare_every`` (the schedule that catches a change
   column someone forgot to bump);
-* the key-only pass finds a new member the change column did not flag, or the source has duplicate
+* the key check finds a new member the change column did not flag, or the source has duplicate
   keys: the shortcut's assumptions do not hold, so the same run falls back to the full comparison.
 """
 
@@ -40,9 +41,10 @@ log = logging.getLogger(__name__)
 
 FULL = "full"
 CHANGED = "changed"
-#: a quiet run tries to prove that no member left (``_keys_unchanged``) when at most this many rows past the
-#: mark changed, or this share of the audience; a busier day goes straight to the key-only pass, which a
-#: day on which members left needs anyway, so the proof would only add a scan of each side
+#: a quiet run tries to prove that no member left (``_keys_unchanged``) when at most this many new or changed
+#: rows are past the mark (rows read again and found unchanged do not count), or this share of the audience;
+#: a busier day goes straight to the key-only pass, which a day on which members left needs anyway, so the
+#: proof would only add a scan of each side
 PROOF_MIN_ROWS = 1_000
 PROOF_MAX_SHARE = 0.001
 #: the old fingerprint of a gone member in ``do_delta`` (any value but NULL: the key pass reads keys only)
@@ -112,7 +114,9 @@ def full_mark(staging: InDatabaseStaging, conn: Connection) -> str | None:
 def find_changed_delta(
     staging: InDatabaseStaging, conn: Connection, mark: Mark, lookback: dt.timedelta, before: int
 ) -> tuple[Delta, str | None] | None:
-    """``do_delta`` from the rows changed since ``mark`` and a key-only pass; ``None`` when it cannot be trusted.
+    """``do_delta`` from the rows changed since ``mark`` and a check of the keys; ``None`` when it cannot be trusted.
+
+    The keys are checked by the proof that no member left (a quiet day) or else by the key-only pass.
 
     Returns the delta and the new mark. On ``None`` the temporary tables are gone and the caller compares
     in full, in the same transaction (so over the same snapshot of the source).

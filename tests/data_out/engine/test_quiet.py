@@ -261,18 +261,23 @@ def quiet_run(engine: Engine, caplog: pytest.LogCaptureFixture, run_id: int) -> 
 @pytest.mark.parametrize("split_min", [10**9, 0], ids=["one-after-the-other", "at-once"])
 def test_a_day_on_which_no_member_left_is_proven_without_the_key_only_pass(engine, monkeypatch, split_min, caplog):
     monkeypatch.setattr(stage_sql, "SPLIT_MIN_MEMBERS", split_min)  # source and snapshot read in turn, or at once
-    sql(engine, "INSERT INTO people_q VALUES (:k, 'long@example.com', NULL, :t)", k="x" * 300, t=OLD)  # no usable key
+    # keys as the source holds them: one too long to use, one blank, one with spaces and a tab around it
+    sql(engine, "INSERT INTO people_q VALUES (:k, 'long@example.com', NULL, :t)", k="x" * 300, t=OLD)
+    sql(engine, "INSERT INTO people_q VALUES ('   ', 'blank@example.com', NULL, :t)", t=OLD)
+    sql(engine, "INSERT INTO people_q VALUES (:k, 'padded@example.com', NULL, :t)", k=" c50\t ", t=OLD)
     both(engine, 1)
     nothing, proven = quiet_run(engine, caplog, 3)
-    assert proven and (nothing.comparison, nothing.recomputed, nothing.missing_keys) == (quiet.CHANGED, 0, 2)
+    assert proven and (nothing.comparison, nothing.recomputed, nothing.missing_keys) == (quiet.CHANGED, 0, 3)
     sql(engine, "INSERT INTO people_q VALUES ('c99', 'new@example.com', NULL, now())")
     sql(engine, "UPDATE people_q SET email = 'moved@example.com', updated_at = now() WHERE customer_id = 'c3'")
     joined, proven = quiet_run(engine, caplog, 5)
-    assert proven and (joined.comparison, joined.recomputed, joined.members) == (quiet.CHANGED, 2, 41)
+    assert proven and (joined.comparison, joined.recomputed, joined.members) == (quiet.CHANGED, 2, 42)
     assert changed_keys(engine, QUIET) == {"c99", "c3"}
 
 
-def test_a_member_who_left_without_a_flagged_row_is_found_by_the_key_only_pass(engine, caplog):
+@pytest.mark.parametrize("split_min", [10**9, 0], ids=["one-after-the-other", "at-once"])
+def test_a_member_who_left_without_a_flagged_row_is_found_by_the_key_only_pass(engine, monkeypatch, split_min, caplog):
+    monkeypatch.setattr(stage_sql, "SPLIT_MIN_MEMBERS", split_min)
     both(engine, 1)
     sql(engine, "DELETE FROM people_q WHERE customer_id = 'c7'")
     left, proven = quiet_run(engine, caplog, 3)
@@ -302,11 +307,17 @@ def test_a_leaver_and_an_arrival_that_keep_the_count_are_not_mistaken_for_no_cha
 
 
 def test_a_busy_day_goes_straight_to_the_key_only_pass(engine, monkeypatch, caplog):
+    """Busy: more changed rows past the mark than ``PROOF_MIN_ROWS`` and ``PROOF_MAX_SHARE`` of the audience."""
     monkeypatch.setattr(quiet, "PROOF_MIN_ROWS", 0)
     both(engine, 1)
     sql(engine, "UPDATE people_q SET email = 'moved@example.com', updated_at = now() WHERE customer_id = 'c3'")
     busy, proven = quiet_run(engine, caplog, 3)
     assert not proven and "key-only pass" in caplog.text and busy.recomputed == 1
+    monkeypatch.setattr(quiet, "PROOF_MAX_SHARE", 0.05)  # 5% of 40 members: 2 changed rows are a quiet day
+    sql(engine, "UPDATE people_q SET email = 'moved2@example.com', updated_at = now() WHERE customer_id = 'c4'")
+    sql(engine, "UPDATE people_q SET email = 'moved3@example.com', updated_at = now() WHERE customer_id = 'c6'")
+    calm, proven = quiet_run(engine, caplog, 5)
+    assert proven and calm.recomputed == 2
 
 
 def test_a_new_key_arriving_twice_is_a_duplicate_not_two_members(engine, caplog):
