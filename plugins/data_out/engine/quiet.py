@@ -142,7 +142,8 @@ def find_changed_delta(
         lookback=lookback.total_seconds(),
     )
     highest = f"least(greatest(CAST(:mark AS {kind}), (SELECT max(chg) FROM do_flagged)), {now})"
-    new_mark = conn.execute(text(f"SELECT {_MARK_TEXT[kind].format(highest)}"), {"mark": mark.value}).scalar()
+    value = conn.execute(text(f"SELECT {_MARK_TEXT[kind].format(highest)}"), {"mark": mark.value}).scalar()
+    new_mark = None if value is None else str(value)
     # each against its snapshot row by a primary-key lookup: left to itself, Postgres would hash the whole
     # snapshot for a hundred thousand keys (only Data Out's own tables are in this statement). Rows without a
     # usable key are counted by the key pass, which sees them all; unchanged rows are left out
@@ -177,7 +178,7 @@ def find_changed_delta(
                 proof_s,
                 extra={"quiet_seconds": {"flagged": flagged_s, "key_pass": proof_s}},
             )
-            return staging.summarise(conn, before, missing), (None if new_mark is None else str(new_mark))
+            return staging.summarise(conn, before, missing), new_mark
     # 3. the key-only pass: members who left, keys the change column did not flag, rows without a key
     if before >= stage_sql.SPLIT_MIN_MEMBERS:
         staging.materialise_in_halves(conn, "do_keys", lambda half: _key_pass_sql(staging, half))
@@ -228,7 +229,7 @@ def find_changed_delta(
         )
     )
     conn.execute(text("DROP TABLE do_keys"))
-    return staging.summarise(conn, before, int(missing)), (None if new_mark is None else str(new_mark))
+    return staging.summarise(conn, before, int(missing)), new_mark
 
 
 def _keys_unchanged(staging: InDatabaseStaging, conn: Connection, before: int) -> int | None:
@@ -251,7 +252,7 @@ def _keys_unchanged(staging: InDatabaseStaging, conn: Connection, before: int) -
 
     def source(c: Connection) -> tuple[int, int, int]:
         with read_only_section(c, p.source):
-            rows, xor, missing = c.execute(text(source_sql), staging.plan.params(ws=KEY_WHITESPACE)).one()
+            rows, xor, missing = c.execute(text(source_sql), p.params(ws=KEY_WHITESPACE)).one()
         return int(rows), int(xor or 0), int(missing)
 
     def snapshot(c: Connection) -> tuple[int, int]:
