@@ -7,19 +7,27 @@ small pool of forked worker processes, in order, with a fixed number of batches 
 ``in_order``), so memory stays bounded however large the change. Raw values reach the workers through the pool's pipes
 only; workers never log and never touch a database connection.
 
+While the workers live, the objects this process held when it forked them are frozen out of its garbage
+collector (``frozen_heap``). A forked worker shares this process's pages until one side writes to them;
+a collection here writes to the header of every object it visits, so each one would copy every page of
+the heap the workers still share, and the tree would hold the old heap twice.
+
 Where a pool cannot start (no ``fork``, or a process that may not have children, such as a daemonic
 multiprocessing worker) the batches are normalised here, one after the other: slower, never different.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
@@ -39,8 +47,9 @@ R = TypeVar("R")
 POOL_MIN_ROWS = 20_000
 #: at most this many workers by default (``DATA_OUT_NORMALISE_WORKERS`` overrides)
 MAX_WORKERS = 4
-#: parts handed out before the caller's own work (``in_order``'s ``started``) runs alongside
-PREFETCH_PARTS = 8
+#: parts handed out before the caller's own work (``in_order``'s ``started``) runs alongside: enough to
+#: keep two workers busy meanwhile; more only hold rows in memory (docs/performance.md)
+PREFETCH_PARTS = 4
 #: the column order of ``member_rows``
 MEMBER_COLUMNS = tuple(c.name for c in state.member.columns)
 #: the columns ``Normaliser.identity`` computes, in the order it computes them: ``MEMBER_COLUMNS`` after
@@ -153,17 +162,30 @@ def in_order(
     """``fn`` over ``parts``, results in the order of ``parts``; with ``workers`` > 1 in forked processes.
 
     Parts are read lazily, a fixed number in flight: two per worker, or with ``started`` at least
-    ``PREFETCH_PARTS`` (40,000 rows of 5,000-row batches), so a 10M-row stream never sits in memory.
+    ``PREFETCH_PARTS`` (20,000 rows of 5,000-row batches), so a 10M-row stream never sits in memory.
     ``fn`` must be picklable (a module-level function or a bound method of a picklable object).
     ``started`` runs once before the first result is returned, while the workers are busy with the
     first parts: the caller's own work (database statements) then overlaps theirs.
     """
-    pool = _start_pool(workers) if workers > 1 else None
-    if pool is None:
-        if started:
-            started()
-        yield from map(fn, parts)
-        return
+    if workers > 1:
+        with frozen_heap():
+            pool = _start_pool(workers)
+            if pool is not None:
+                yield from _pooled(pool, fn, parts, workers, started)
+                return
+    if started:
+        started()
+    yield from map(fn, parts)
+
+
+def _pooled(
+    pool: ProcessPoolExecutor,
+    fn: Callable[[T], R],
+    parts: Iterable[T],
+    workers: int,
+    started: Callable[[], None] | None,
+) -> Iterator[R]:
+    """``in_order`` with a started pool, which it shuts down at the end."""
     pending: deque[Future[R]] = deque()
     stream = iter(parts)
     try:
@@ -176,6 +198,32 @@ def in_order(
             pending.extend(pool.submit(fn, part) for part in islice(stream, 1))  # the next part, if any
     finally:  # also when the caller stops early (an error while copying): drop what is still queued
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+_freeze_lock = threading.Lock()
+_freezes = 0  # how many pools (of this process's threads) are alive: the heap thaws after the last
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Keep the garbage collector off the objects that exist now until the block ends (``gc.freeze``).
+
+    As Python's ``gc`` documentation advises before a fork without exec. Objects made inside the block
+    are collected as usual; the frozen ones return to the oldest generation at the end, so cyclic
+    garbage among them is collected later, not leaked.
+    """
+    global _freezes
+    with _freeze_lock:
+        if _freezes == 0:
+            gc.freeze()
+        _freezes += 1
+    try:
+        yield
+    finally:
+        with _freeze_lock:
+            _freezes -= 1
+            if _freezes == 0:
+                gc.unfreeze()
 
 
 def _start_pool(workers: int) -> ProcessPoolExecutor | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 
 import pytest
@@ -78,6 +79,22 @@ def test_parts_are_read_as_results_are_taken():
     assert next(results) == 0
     assert len(pulled) <= 2 * 2  # at most two parts per worker in flight, not the whole stream
     assert list(results) == list(range(1, 40))
+
+
+def test_the_heap_is_frozen_while_workers_live_and_thawed_after():
+    """Collections here would copy the pages the forked workers share (``normalise.frozen_heap``)."""
+    assert gc.get_freeze_count() == 0
+    first = in_order(sum, [[i] for i in range(6)], workers=2)
+    assert next(first) == 0
+    assert gc.get_freeze_count() > 0  # the objects that existed when the workers were forked
+    second = in_order(sum, [[i] for i in range(6)], workers=2)
+    assert next(second) == 0
+    assert list(first) == list(range(1, 6))
+    assert gc.get_freeze_count() > 0  # the second pool's workers still share the heap
+    second.close()  # a caller that stops early thaws it too
+    assert gc.get_freeze_count() == 0
+    assert list(in_order(sum, [[1], [2]], workers=1)) == [1, 2]
+    assert gc.get_freeze_count() == 0  # no workers: nothing to freeze for
 
 
 def _run_in_daemon(queue) -> None:  # a daemonic process may not start children: normalise here instead

@@ -42,7 +42,7 @@ class WarehouseDestination(Destination):
     pool = kind("warehouse").pool  # sized in deploy/pools.json
     settings_model = WarehouseSettings
     default_conn_id = kind("warehouse").conn_type
-    max_batch_rows = 50_000
+    max_batch_rows = 20_000
     activation = False  # internal: holds the holdout group too, in its own table
 
     settings: WarehouseSettings
