@@ -47,8 +47,9 @@ R = TypeVar("R")
 POOL_MIN_ROWS = 20_000
 #: at most this many workers by default (``DATA_OUT_NORMALISE_WORKERS`` overrides)
 MAX_WORKERS = 4
-#: parts handed out before the caller's own work (``in_order``'s ``started``) runs alongside: enough to
-#: keep two workers busy meanwhile; more only hold rows in memory (docs/performance.md)
+#: parts handed out before the caller's own work (``in_order``'s ``started``) runs alongside, or two per
+#: worker if that is more: enough to keep them busy meanwhile; more only hold rows in memory
+#: (docs/performance.md)
 PREFETCH_PARTS = 4
 #: the column order of ``member_rows``
 MEMBER_COLUMNS = tuple(c.name for c in state.member.columns)
