@@ -339,13 +339,16 @@ def syncs_by_id(conn: Connection, sync_ids: Iterable[int | None]) -> dict[int, d
 def pending_of(conn: Connection, places: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
     """The person's planned, not yet acknowledged adds, removes and refreshes, with their batch.
 
-    ``places`` are (audience, destination, member key): each probe is a primary-key read of ``do_pending``
-    per op, then the batch row (the sync that planned it, and how often it was tried).
+    ``places`` are (audience, destination, member key). ``do_pending`` is keyed by batch, then member,
+    so the lookup goes through the destination's batches (``do_batch``, one row per planned batch) and
+    probes the key once per batch: a few hundred probes for a 10M first sync's plan, where a filter on
+    the member alone would read every planned row of the destination.
     """
     if not places:
         return []
     p, b, s = state.pending, state.batch, state.sync
-    wanted = [(a, d, op, k) for a, d, k in places for op in ("add", "remove", "refresh")]
+    pairs = sorted({(a, d) for a, d, _ in places})
+    keys = sorted({k for _, _, k in places})
     stmt = (
         select(
             p.c.audience,
@@ -358,14 +361,16 @@ def pending_of(conn: Connection, places: Sequence[tuple[str, str, str]]) -> list
             s.c.run_id,
         )
         .select_from(
-            p.outerjoin(
-                b, and_(b.c.audience == p.c.audience, b.c.destination == p.c.destination, b.c.batch_no == p.c.batch_no)
+            b.join(
+                p, and_(p.c.audience == b.c.audience, p.c.destination == b.c.destination, p.c.batch_no == b.c.batch_no)
             ).outerjoin(s, s.c.id == b.c.planned_by)
         )
-        .where(tuple_(p.c.audience, p.c.destination, p.c.op, p.c.member_key).in_(wanted))
+        .where(tuple_(b.c.audience, b.c.destination).in_(pairs), p.c.member_key.in_(keys))
         .order_by(p.c.audience, p.c.destination, p.c.batch_no)
     )
-    return [dict(m) for m in conn.execute(stmt).mappings()]
+    wanted = set(places)
+    rows = [dict(m) for m in conn.execute(stmt).mappings()]
+    return [r for r in rows if (r["audience"], r["destination"], r["member_key"]) in wanted]
 
 
 def sync_at(conn: Connection, audience: str, destination: str, at: dt.datetime) -> dict[str, Any] | None:

@@ -121,3 +121,44 @@ def test_version_6_indexes_acknowledgements_by_age_and_keeps_them(backend):
         (key, at) = conn.execute(select(state.ack.c.member_key, state.ack.c.acked_at)).one()
     assert key == "k1" and at.replace(tzinfo=at.tzinfo or acked_at.tzinfo) == acked_at
     state.ensure_schema(engine)  # idempotent
+
+
+def test_version_7_keys_pending_rows_by_batch_and_keeps_every_planned_change(backend):
+    # do_pending as version 6 created it (keyed by operation and member, a second index by batch), with a
+    # member planned twice (the removal of an old identity, then the add of the new one) and another's
+    # refresh: the table is rebuilt under its new key with every row, since a lost removal is never sent
+    engine = engine_for(backend)
+    state.ensure_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE do_pending"))
+        conn.execute(
+            text(
+                "CREATE TABLE do_pending (audience VARCHAR(64) NOT NULL, destination VARCHAR(64) NOT NULL, "
+                "op VARCHAR(8) NOT NULL, member_key VARCHAR(256) NOT NULL, batch_no INTEGER NOT NULL, "
+                "email_sha256 VARCHAR(64), phone_sha256 VARCHAR(64), external_id VARCHAR(256), extra TEXT, "
+                "in_holdout BOOLEAN, PRIMARY KEY (audience, destination, op, member_key))"
+            )
+        )
+        conn.execute(text("CREATE INDEX ix_do_pending_batch ON do_pending (audience, destination, batch_no)"))
+        conn.execute(
+            text(
+                "INSERT INTO do_pending (audience, destination, op, member_key, batch_no, email_sha256) VALUES "
+                "('a_v1', 'meta', 'remove', 'k1', 0, 'old'), ('a_v1', 'meta', 'add', 'k1', 1, 'new'), "
+                "('a_v1', 'meta', 'refresh', 'k2', 2, 'same')"
+            )
+        )
+        conn.execute(state.schema_version.delete().where(state.schema_version.c.version > 6))
+    state.ensure_schema(engine)
+    inspector = inspect(engine)
+    assert inspector.get_pk_constraint("do_pending")["constrained_columns"] == state.PENDING_KEY
+    assert inspector.get_indexes("do_pending") == []
+    p = state.pending
+    with engine.connect() as conn:
+        rows = conn.execute(select(p.c.batch_no, p.c.op, p.c.member_key, p.c.email_sha256).order_by(p.c.batch_no))
+        assert rows.all() == [(0, "remove", "k1", "old"), (1, "add", "k1", "new"), (2, "refresh", "k2", "same")]
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
+        tables = set(inspect(conn).get_table_names())
+    assert "do_pending_v6" not in tables
+    state.ensure_schema(engine)  # idempotent
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(p)) == 3
