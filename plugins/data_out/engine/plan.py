@@ -444,16 +444,12 @@ class Planner:
         conn.execute(delete(a).where(mine, a.c.member_key.in_(forget)))
 
     def _count_delta(self, conn: Connection, plan: Plan, delta: Table, mode: SyncMode) -> None:
-        """The plan's figures: both sides' sizes, then removes, adds and changed identities from the delta."""
+        """The plan's figures: both sides' sizes, then removes, adds and changed identities from the delta,
+        in one read of it (a first sync's delta is the whole audience)."""
         to_remove, to_add, changed = _diff_conditions(delta.c, mode)
-
-        def count(where: ColumnElement[bool]) -> int:
-            return state.scalar_int(conn, select(func.count()).select_from(delta).where(where))
-
         self._count_sides(conn, plan, mode)
-        plan.removes = count(to_remove)
-        plan.adds = count(to_add)
-        plan.changed = count(changed)
+        counts = select(*[func.count().filter(cond) for cond in (to_remove, to_add, changed)]).select_from(delta)
+        plan.removes, plan.adds, plan.changed = (int(n or 0) for n in conn.execute(counts).one())
 
     def _pending_mine(self) -> ColumnElement[bool]:
         p = state.pending
