@@ -9,7 +9,8 @@ What lives here, and why:
 * ``do_member``: the latest source snapshot of each audience, already normalised and hashed, with a
   fingerprint of the raw values so an unchanged row is never normalised twice. No raw identifiers.
 * ``do_stage``: the snapshot being built by the current run; merged into ``do_member`` in one
-  transaction, then emptied.
+  transaction, then emptied. A resume log, unlogged on Postgres: a crash of the server empties it,
+  and the next attempt normalises again.
 * ``do_exclusion``: member keys of the audiences an audience is told to exclude, as of the current run.
 * ``do_ack``: per (audience, destination) exactly what the destination acknowledged, with the hashed
   identifiers that were sent (so a removal sends the same hashes as the add did).
@@ -67,7 +68,7 @@ from sqlalchemy.sql.dml import Insert
 
 from data_out.modes import SyncMode
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 metadata = MetaData()
 
@@ -589,6 +590,20 @@ def _key_pending_by_batch(conn: Connection) -> None:
     conn.execute(text(f"DROP TABLE {old}"))
 
 
+def _resume_log_unlogged(conn: Connection) -> None:
+    """Version 8: ``do_stage`` is an unlogged table on Postgres (SQLite has no such thing).
+
+    Its rows are a resume log: normalised rows kept so that a staging killed half-way need not
+    normalise them again, and rows a staging on the Python path merges in its own run. A first sync
+    of 10M members writes 10M of them, and their write-ahead log was a cost every staging paid for a
+    crash of the server, which is when an unlogged table is emptied: the next attempt then normalises
+    again, which is correct, only slower. The same holds on a standby promoted after a failover, which
+    has no rows of an unlogged table.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ALTER TABLE {stage.name} SET UNLOGGED"))
+
+
 #: explicit, non-additive steps per schema version: SQL text, or a function given the migrating
 #: connection; a table a step drops is created again afterwards
 _MIGRATIONS: dict[int, tuple[str | Callable[[Connection], None], ...]] = {
@@ -607,6 +622,7 @@ _MIGRATIONS: dict[int, tuple[str | Callable[[Connection], None], ...]] = {
     # every acknowledgement has always set, so existing rows need no value)
     6: (f"CREATE INDEX IF NOT EXISTS {ACK_AGE_INDEX} ON do_ack (audience, destination, acked_at)",),
     7: (_key_pending_by_batch,),
+    8: (_resume_log_unlogged,),
 }
 
 

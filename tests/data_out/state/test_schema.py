@@ -162,3 +162,26 @@ def test_version_7_keys_pending_rows_by_batch_and_keeps_every_planned_change(bac
     state.ensure_schema(engine)  # idempotent
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(p)) == 3
+
+
+def test_version_8_makes_the_resume_log_unlogged_on_postgres_and_keeps_its_rows(backend):
+    # do_stage as version 7 left it (a logged table on Postgres), with a row an interrupted staging
+    # committed: the table becomes unlogged (no write-ahead log for millions of resume rows) and the row
+    # stays, so the next attempt still takes it over
+    engine = engine_for(backend)
+    state.ensure_schema(engine)
+    postgres = engine.dialect.name == "postgresql"
+    s = state.stage
+    with engine.begin() as conn:
+        if postgres:
+            conn.execute(text("ALTER TABLE do_stage SET LOGGED"))
+        conn.execute(state.schema_version.delete().where(state.schema_version.c.version > 7))
+        conn.execute(s.insert().values(audience="a_v1", run_id=3, member_key="k1", computed=True, raw_fp="fp"))
+    state.ensure_schema(engine)
+    with engine.connect() as conn:
+        if postgres:
+            persistence = conn.scalar(text("SELECT relpersistence FROM pg_class WHERE relname = 'do_stage'"))
+            assert persistence == "u"
+        assert conn.execute(select(s.c.member_key, s.c.raw_fp)).all() == [("k1", "fp")]
+        assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
+    state.ensure_schema(engine)  # idempotent
