@@ -569,6 +569,27 @@ PENDING_KEY = ["audience", "destination", "batch_no", "member_key"]
 _PENDING_BATCH_INDEX = "ix_do_pending_batch"  # up to version 6, beside the key by member
 
 
+def _primary_key(conn: Connection, table: str) -> list[str]:
+    """The columns of a table's primary key, in order.
+
+    On Postgres read from the catalog: SQLAlchemy's reflection of it calls ``func.unnest``, which the
+    BigQuery extra (sqlalchemy-bigquery) registers as a class that opts out of the statement cache and warns.
+    """
+    if conn.dialect.name != "postgresql":
+        return list(inspect(conn).get_pk_constraint(table)["constrained_columns"])
+    definition = conn.scalar(
+        text(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = CAST(:t AS regclass) AND contype = 'p'"
+        ),
+        {"t": table},
+    )
+    if not definition:  # "PRIMARY KEY (audience, destination, batch_no, member_key)"
+        return []
+    inside = definition[definition.index("(") + 1 : definition.rindex(")")]
+    return [name.strip().strip('"') for name in inside.split(",")]
+
+
 def _key_pending_by_batch(conn: Connection) -> None:
     """Version 7: ``do_pending`` is keyed by (audience, destination, batch_no, member_key), its only index.
 
@@ -576,8 +597,7 @@ def _key_pending_by_batch(conn: Connection) -> None:
     table is rebuilt with its rows: renamed, created in today's shape, copied, dropped. A database
     created at this version already has the key and is left as it is.
     """
-    inspector = inspect(conn)
-    if inspector.get_pk_constraint(pending.name)["constrained_columns"] == PENDING_KEY:
+    if _primary_key(conn, pending.name) == PENDING_KEY:
         return
     old = f"{pending.name}_v6"
     conn.execute(text(f"DROP INDEX IF EXISTS {_PENDING_BATCH_INDEX}"))

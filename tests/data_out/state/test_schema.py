@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import SAWarning
 
 from data_out import state
 from data_out.connections import engine_for
@@ -185,3 +187,18 @@ def test_version_8_makes_the_resume_log_unlogged_on_postgres_and_keeps_its_rows(
         assert conn.execute(select(s.c.member_key, s.c.raw_fp)).all() == [("k1", "fp")]
         assert conn.scalar(select(func.max(state.schema_version.c.version))) == state.SCHEMA_VERSION
     state.ensure_schema(engine)  # idempotent
+
+
+def test_migrating_postgres_warns_about_nothing_with_the_bigquery_extra_loaded(pg_database):
+    # sqlalchemy-bigquery registers ``func.unnest`` as a class that opts out of SQLAlchemy's statement
+    # cache and warns when used; SQLAlchemy's own reflection of a Postgres primary key calls it, so the
+    # migration reads the key from the catalog instead
+    import sqlalchemy_bigquery  # noqa: F401  (the registration is the import's side effect)
+
+    engine = engine_for(pg_database)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SAWarning)
+        state.ensure_schema(engine)
+    with engine.connect() as conn:
+        assert state._primary_key(conn, "do_pending") == state.PENDING_KEY
+        assert state._primary_key(conn, "do_ack") == ["audience", "destination", "member_key"]
