@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.sql.functions import Function
 
 from data_out import state
 from data_out.chunking import chunks
@@ -59,8 +60,10 @@ def _literal_rows(
             bindparam(f"k_{n}", [r[i] for r in rows], type_=postgresql.ARRAY(t))
             for i, (n, t) in enumerate(zip(names, types, strict=True))
         ]
+        # a plain Function: ``func.unnest`` resolves to sqlalchemy-bigquery's registered class once that
+        # extra is imported in the process, and that class refuses more than one argument
         return (
-            func.unnest(*arrays)
+            Function("unnest", *arrays)
             .table_valued(*[column(n, t) for n, t in zip(names, types, strict=True)])
             .render_derived(name="k")
         )
