@@ -4,7 +4,8 @@ A destination's diff can only differ from what it acknowledged for members whose
 exclusion status changed since its last plan, or whose removal it refused. So:
 
 * staging records one ``do_change`` per run and, in the same transaction as the snapshot switch, the
-  keys it touched (``do_dirty``): new, changed and gone members, and members whose exclusion flipped;
+  keys it touched (``do_dirty``): new, changed and gone members (marked as gone), and members whose
+  exclusion flipped;
 * a push records the removals a destination refused, as a change of that destination only;
 * a plan leaves a mark (``do_plan_mark``): the last change its acknowledged and pending rows reflect,
   and the *shape* of its desired set (include, holdout, identity columns): what a member's row alone
@@ -26,7 +27,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Connection, Select, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Connection,
+    Select,
+    and_,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from data_out import state
 from data_out.chunking import chunks
@@ -87,18 +102,22 @@ def open_change(
 
 
 def add_keys(conn: Connection, audience: str, change_id: int, keys: Select | CompoundSelect) -> None:
-    """Record the keys ``keys`` selects (one column) under ``change_id``, each once however often it comes.
+    """Record the keys ``keys`` selects under ``change_id``, each once however often it comes.
 
-    ``EXCEPT`` drops the keys already recorded under the change (one pass over them, not a lookup per
-    key) and repeats within ``keys``.
+    ``keys`` selects the key, and optionally a second column saying whether the member left the
+    snapshot in this change (``do_dirty.gone``; without it: not known). ``EXCEPT`` drops the keys
+    already recorded under the change (one pass over them, not a lookup per key) and repeats within
+    ``keys``. A key recorded once as gone and once as not (an exclusion that flipped for a member who
+    left) keeps both rows, which a plan reads as "look it up": the safe reading.
     """
     d = state.dirty
     sub = keys.subquery("k")
-    key = next(iter(sub.c))
-    recorded = select(d.c.member_key).where(d.c.audience == audience, d.c.change_id == change_id)
-    fresh = select(key).where(key.is_not(None)).except_(recorded).subquery("fresh")
-    rows = select(literal(audience), literal(change_id), fresh.c[0])
-    conn.execute(insert(d).from_select(["audience", "change_id", "member_key"], rows))
+    key, *rest = sub.c
+    gone = rest[0] if rest else false()
+    recorded = select(d.c.member_key, d.c.gone).where(d.c.audience == audience, d.c.change_id == change_id)
+    fresh = select(key, gone).where(key.is_not(None)).except_(recorded).subquery("fresh")
+    rows = select(literal(audience), literal(change_id), *fresh.c)
+    conn.execute(insert(d).from_select(["audience", "change_id", "member_key", "gone"], rows))
     _count_keys(conn, audience, change_id)
 
 
@@ -133,7 +152,8 @@ def latest(conn: Connection, audience: str, destination: str) -> int:
 
 
 def dirty_keys(conn: Connection, audience: str, destination: str, shape_now: str, upto: int) -> Select | None:
-    """The keys to diff since this destination's mark, or ``None`` when only a full diff is safe."""
+    """The keys to diff since this destination's mark, with whether each is known to have left the
+    snapshot (``gone``), or ``None`` when only a full diff is safe."""
     m, c, d = state.plan_mark, state.change, state.dirty
     mark = conn.execute(
         select(m.c.change_id, m.c.shape).where(m.c.audience == audience, m.c.destination == destination)
@@ -145,11 +165,13 @@ def dirty_keys(conn: Connection, audience: str, destination: str, shape_now: str
     ).first()
     if unrecorded is not None:
         return None
+    # gone: every change since the mark that recorded the key says it left, so the last one does
+    gone = func.min(case((d.c.gone, 1), else_=0)) == 1
     return (
-        select(d.c.member_key)
+        select(d.c.member_key, gone.label("gone"))
         .join(c, and_(c.c.id == d.c.change_id, c.c.audience == d.c.audience))
         .where(d.c.audience == audience, _mine(audience, destination), c.c.id > mark.change_id, c.c.id <= upto)
-        .distinct()
+        .group_by(d.c.member_key)
     )
 
 

@@ -242,15 +242,22 @@ def count_desired(conn: Connection, cfg: AudienceConfig, dest: Destination) -> i
 
 
 def _keys_table(conn: Connection, dirty: Select) -> Table:
-    """The changed keys to diff, in a session-local table with statistics (so lookups use the indexes).
+    """The changed keys to diff, and whether each left the snapshot (``changes.dirty_keys``), in a
+    session-local table with statistics (so lookups use the indexes).
 
     They are stored in key order, the order of both primary-key indexes the plan looks them up in:
     consecutive lookups then share index pages (and snapshot pages, which staging writes in key order
     too), where lookups in hash order would each touch a page of their own.
     """
-    table = state.temp_table(conn, "do_plan_keys", Column("member_key", String(256), primary_key=True))
+    table = state.temp_table(
+        conn,
+        "do_plan_keys",
+        Column("member_key", String(256), primary_key=True),
+        Column("gone", Boolean, nullable=False),
+    )
     keys = dirty.subquery("dirty")
-    conn.execute(insert(table).from_select(["member_key"], select(keys.c[0]).order_by(keys.c[0])))
+    key, gone = keys.c
+    conn.execute(insert(table).from_select(["member_key", "gone"], select(key, gone).order_by(key)))
     state.analyze_temp(conn, table)
     return table
 
@@ -557,10 +564,11 @@ class Planner:
         """One full join of desired (``d``) and acknowledged (``k``, rejected ones too) members.
 
         With ``keys`` (the members changed since the destination's mark), both sides are looked up
-        by those keys only. On Postgres that is a LATERAL join driven by the keys, so a few thousand
-        changes cost as many primary-key lookups: a plain ``IN`` lets the planner prefer scanning
-        the whole audience, since its cost model cannot know the snapshot is hot in cache. SQLite,
-        which has no LATERAL, always looks an ``IN`` list up through the primary key.
+        by those keys only, the snapshot only for keys not known to have left it. On Postgres that is
+        a LATERAL join driven by the keys, so a few thousand changes cost as many primary-key lookups:
+        a plain ``IN`` lets the planner prefer scanning the whole audience, since its cost model
+        cannot know the snapshot is hot in cache. SQLite, which has no LATERAL, always looks an ``IN``
+        list up through the primary key.
         """
         a, m = state.ack, state.member
         # inside the plan's transaction, after staging (which holds the lease) wrote the exclusions
@@ -576,12 +584,13 @@ class Planner:
             kk = keys.alias("kk")
             # LIMIT 1 (each side has at most one row per key anyway) keeps the planner from pulling
             # the subqueries up into a join over the whole table
-            d = desired.where(m.c.member_key == kk.c.member_key).limit(1).lateral("d")
+            # a key staging saw leave is not looked up: the snapshot no longer has it
+            d = desired.where(m.c.member_key == kk.c.member_key, kk.c.gone.is_(False)).limit(1).lateral("d")
             k = acked.where(a.c.member_key == kk.c.member_key).limit(1).lateral("k")
             source = kk.outerjoin(d, true()).outerjoin(k, true())
         else:
             if keys is not None:
-                desired = desired.where(m.c.member_key.in_(select(keys.c.member_key)))
+                desired = desired.where(m.c.member_key.in_(select(keys.c.member_key).where(keys.c.gone.is_(False))))
                 acked = acked.where(a.c.member_key.in_(select(keys.c.member_key)))
             d, k = desired.subquery("d"), acked.subquery("k")
             source = d.join(k, k.c.member_key == d.c.member_key, full=True)

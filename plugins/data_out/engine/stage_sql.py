@@ -464,9 +464,11 @@ class InDatabaseStaging:
 
     @staticmethod
     def changed_keys() -> Select:
-        """The keys of new, changed and gone members (``changes.add_keys`` records them)."""
+        """The keys of new, changed and gone members, each with whether it left the snapshot
+        (``changes.add_keys`` records them)."""
         d = _DELTA
-        return select(func.coalesce(d.c.src_key, d.c.old_key)).where(d.c.new_fp.is_distinct_from(d.c.old_fp))
+        key = func.coalesce(d.c.src_key, d.c.old_key)
+        return select(key, d.c.src_key.is_(None)).where(d.c.new_fp.is_distinct_from(d.c.old_fp))
 
     def drop_stale(self, conn: Connection, delta: Delta, cfg: AudienceConfig | None = None) -> list[int] | None:
         """Gone and changed members leave the snapshot; changed ones come back from ``stream_changed``.

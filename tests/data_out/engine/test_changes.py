@@ -163,3 +163,27 @@ def test_a_key_is_recorded_once_per_change_however_often_it_comes(state_engine):
         assert conn.execute(mine).scalars().all() == ["k1", "k2", "k3"]
         assert conn.scalar(select(c.c.key_count).where(c.c.id == change)) == 3
         assert conn.scalar(select(c.c.key_count).where(c.c.id == other)) == 1
+
+
+def test_a_key_is_gone_only_when_every_change_since_the_mark_says_it_left(state_engine):
+    """The plan skips the snapshot lookup of a gone key (``plan.Planner._fill_delta``), so gone must mean
+    "not in the snapshot now": a member who left and came back, or whose record does not say, is looked up."""
+    from sqlalchemy import literal, union_all
+
+    from data_out.engine import changes
+
+    def keys(*pairs: tuple[str, bool]):
+        return union_all(*[select(literal(k).label("k"), literal(g).label("gone")) for k, g in pairs])
+
+    with state_engine.begin() as conn:
+        changes.set_mark(conn, "a_v1", "dest", 0, "shape", None)
+        first = changes.open_change(conn, "a_v1", None, "stage", True)
+        changes.add_keys(conn, "a_v1", first, keys(("left", True), ("back", True), ("joined", False)))
+        second = changes.open_change(conn, "a_v1", None, "stage", True)
+        changes.add_keys(conn, "a_v1", second, keys(("back", False), ("later", True), ("flipped", True)))
+        # the same change also records an exclusion that flipped, without saying whether the member left
+        changes.add_keys(conn, "a_v1", second, select(literal("flipped").label("k")))
+        dirty = changes.dirty_keys(conn, "a_v1", "dest", "shape", second)
+        assert dirty is not None
+        gone = {key: bool(flag) for key, flag in conn.execute(dirty)}
+    assert gone == {"left": True, "back": False, "joined": False, "later": True, "flipped": False}

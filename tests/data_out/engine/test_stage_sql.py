@@ -8,7 +8,7 @@ from sqlalchemy import Engine, func, select, text
 from data_out import normalise, state
 from data_out.config import AudienceConfig
 from data_out.connections import ConnectionInfo, engine_for
-from data_out.engine import faults, stage_sql
+from data_out.engine import changes, faults, stage_sql
 from data_out.engine.stage import Stager, StageStats, _fingerprint_context, raw_fingerprint
 from data_out.engine.stage_sql import NULL_TAG, InDatabase, InDatabaseStaging, work_mem
 from data_out.sources.base import SourceError
@@ -210,6 +210,24 @@ def test_only_a_source_with_duplicates_is_grouped(engine, monkeypatch):
     again = stage(engine, cfg, 4)
     assert first.duplicate_keys == again.duplicate_keys == 1
     assert again.recomputed == 0  # the choice between the two rows is stable from run to run
+
+
+@pytest.mark.parametrize("split_min", [1, stage_sql.SPLIT_MIN_MEMBERS])
+def test_only_members_who_left_are_recorded_as_gone(engine, monkeypatch, split_min):
+    """A plan skips the snapshot lookup of a key recorded as gone (``changes.dirty_keys``): a member who
+    changed or joined recorded so would never be sent."""
+    monkeypatch.setattr(stage_sql, "SPLIT_MIN_MEMBERS", split_min)  # one statement, or two halves at once
+    cfg = config()
+    load(engine, [("c1", "a@example.com", None, 1), ("c2", "b@example.com", None, 2), ("c3", "c@example.com", None, 3)])
+    stage(engine, cfg, 1)
+    with engine.begin() as conn:  # a destination has planned: from now on, changed keys are recorded
+        changes.set_mark(conn, cfg.name, "warehouse", 0, "shape", None)
+    load(engine, [("c1", "e@example.com", None, 1), ("c3", "c@example.com", None, 3), ("c8", "d@example.com", None, 8)])
+    stage(engine, cfg, 2)
+    d = state.dirty
+    with engine.connect() as conn:
+        recorded = dict(conn.execute(select(d.c.member_key, d.c.gone).where(d.c.audience == cfg.name)).all())
+    assert recorded == {"c1": False, "c2": True, "c8": False}  # changed, left, joined
 
 
 def test_work_mem_is_validated(monkeypatch):
