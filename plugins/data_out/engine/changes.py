@@ -102,7 +102,7 @@ def open_change(
 
 
 def add_keys(conn: Connection, audience: str, change_id: int, keys: Select | CompoundSelect) -> None:
-    """Record the keys ``keys`` selects under ``change_id``, each once however often it comes.
+    """Record the keys ``keys`` selects under ``change_id``, once however often each comes.
 
     ``keys`` selects the key, and optionally a second column saying whether the member left the
     snapshot in this change (``do_dirty.gone``; without it: not known). ``EXCEPT`` drops the keys
@@ -122,9 +122,14 @@ def add_keys(conn: Connection, audience: str, change_id: int, keys: Select | Com
 
 
 def _count_keys(conn: Connection, audience: str, change_id: int) -> None:
-    """The change's key count, for run history (INSERT ... SELECT row counts are not reliable across drivers)."""
+    """The change's key count, for run history (INSERT ... SELECT row counts are not reliable across drivers).
+    Distinct keys: a key recorded both as gone and as not (``add_keys``) is one member."""
     c, d = state.change, state.dirty
-    n = select(func.count()).where(d.c.audience == audience, d.c.change_id == change_id).scalar_subquery()
+    n = (
+        select(func.count(d.c.member_key.distinct()))
+        .where(d.c.audience == audience, d.c.change_id == change_id)
+        .scalar_subquery()
+    )
     conn.execute(update(c).where(c.c.id == change_id).values(key_count=n))
 
 

@@ -427,7 +427,8 @@ dirty = Table(
     Column("gone", Boolean, nullable=False, default=False, server_default=false()),
     # Not a unique index over the keys: a day's change records hundreds of thousands of them in hash
     # order, and keeping such an index up to date costs a random index write per key on every churn
-    # sync. ``changes.add_keys`` records a key once per change; readers group by key anyway.
+    # sync. ``changes.add_keys`` records a key once per change (twice when it is known gone and also
+    # recorded without knowing); readers group by key anyway.
     Index("ix_do_dirty_change", "audience", "change_id"),
 )
 

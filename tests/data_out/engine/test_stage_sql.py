@@ -230,6 +230,35 @@ def test_only_members_who_left_are_recorded_as_gone(engine, monkeypatch, split_m
     assert recorded == {"c1": False, "c2": True, "c8": False}  # changed, left, joined
 
 
+def test_an_incremental_plan_removes_a_member_staging_recorded_as_gone(engine, pg_database, tmp_path):
+    """End to end on Postgres: staged in the database, planned from the recorded keys (the leaver looked up
+    in the acknowledged rows only), pushed to the warehouse destination in the same database."""
+    import datetime as dt
+
+    from data_out.config import load_audiences
+    from data_out.engine.runner import AudienceRunner
+
+    (tmp_path / "sql_stage_v1.yaml").write_text(
+        "name: sql_stage_v1\nowner: t\npurpose: t\n"
+        f"source: {{conn_id: data_out_warehouse, query: '{SQL}'}}\n"
+        "identifiers: {email: email, default_region: US}\ndestinations: [{type: warehouse}]\n"
+    )
+    runner = AudienceRunner(engine, load_audiences(tmp_path), "sql_stage_v1", lambda conn_id: pg_database)
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    load(engine, [("c1", "a@example.com", None, 1), ("c2", "b@example.com", None, 2), ("c3", "c@example.com", None, 3)])
+    runner.run("t/1", at)
+    load(engine, [("c1", "e@example.com", None, 1), ("c3", "c@example.com", None, 3), ("c8", "d@example.com", None, 8)])
+    runner.run("t/2", at)
+    s, d = state.sync, state.dirty
+    with engine.connect() as conn:
+        held = set(conn.execute(text("SELECT member_key FROM audience_sql_stage_v1")).scalars())
+        sync = conn.execute(select(s).order_by(s.c.id.desc()).limit(1)).mappings().one()
+        gone = set(conn.execute(select(d.c.member_key).where(d.c.gone)).scalars())
+    assert gone == {"c2"}
+    assert (sync["diffed_keys"], sync["removed"], sync["added"]) == (3, 1, 1)  # c1's email is not in the table
+    assert held == {"c1", "c3", "c8"}
+
+
 def test_work_mem_is_validated(monkeypatch):
     monkeypatch.setenv("DATA_OUT_STAGING_WORK_MEM", "1GB; DROP TABLE do_member")
     with pytest.raises(ValueError, match="DATA_OUT_STAGING_WORK_MEM"):
