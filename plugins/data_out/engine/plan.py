@@ -1,7 +1,9 @@
 """Set-based diffs: what a destination should have versus what it has acknowledged.
 
 The diff is computed in SQL (anti-joins over indexed tables), numbered into batches and written to
-``do_pending``/``do_batch`` in one transaction before anything is pushed. Removes are planned before
+``do_pending``/``do_batch`` in one transaction before anything is pushed. A destination that holds
+nobody yet (its first sync) skips the diff: every desired member is an add, numbered straight from the
+snapshot. Removes are planned before
 adds so that a member whose identifiers changed loses the old hashes before gaining the new ones.
 The mass-removal guard runs inside that transaction and rolls the plan back when it trips.
 
@@ -395,21 +397,30 @@ class Planner:
         upto = changes.latest(conn, aud, label)
         own = self.snapshot is None  # a shadow snapshot (dry run) neither uses nor moves the mark
         keys = self._changed_keys(conn, plan, shape, upto) if own and mode == SyncMode.INCREMENTAL else None
-        delta = _delta_table(conn)
-        self._fill_delta(conn, delta, mode, keys)
-        self._forget_rejected(conn, delta)
-        self._count_delta(conn, plan, delta, mode)
-        # a full resync re-sends everyone anyway; a retirement and a dry run's shadow refresh nobody
-        refreshes = self._refreshes(conn, plan, delta) if own and mode == SyncMode.INCREMENTAL else None
+        delta: Table | None = None
+        groups: list[tuple[Op, Select]]
+        if keys is None and mode != SyncMode.RETIRE and not self._holds_any(conn):
+            groups = self._everyone_added(conn, plan, mode)
+        else:
+            delta = _delta_table(conn)
+            self._fill_delta(conn, delta, mode, keys)
+            self._forget_rejected(conn, delta)
+            self._count_delta(conn, plan, delta, mode)
+            # a full resync re-sends everyone anyway; a retirement and a dry run's shadow refresh nobody
+            refreshes = self._refreshes(conn, plan, delta) if own and mode == SyncMode.INCREMENTAL else None
+            groups = _op_groups(delta.c, mode, refreshes)
         plan.shards = shard_count(
             plan.removes + plan.adds + plan.refreshes,
             self.dest.push_shard_limit,
             self.rows_per_shard or shards.ROWS_PER_SHARD,
         )
         planned = plan.removes + plan.adds + plan.refreshes
-        if planned:  # a quiet day plans nothing: no need to read do_pending's pages that earlier pushes emptied
-            self._write_pending(conn, _op_groups(delta.c, mode, refreshes), plan.shards)
-        delta.drop(conn)
+        if delta is None:  # the adds are the rows written; the count they were sharded by is staging's
+            plan.adds = planned = self._write_pending(conn, groups, plan.shards)[0]
+        else:
+            if planned:  # a quiet day plans nothing: no need to read do_pending's pages that earlier pushes emptied
+                self._write_pending(conn, groups, plan.shards)
+            delta.drop(conn)
         if keys is not None:
             keys.drop(conn)
         # a retirement is an explicit exit: the guard's question ("is the source broken?") does not apply
@@ -442,6 +453,33 @@ class Planner:
             conn.execute(text("SET LOCAL jit = off"))
         return keys
 
+    def _holds_any(self, conn: Connection) -> bool:
+        """Whether the destination has any acknowledged row, accepted or rejected (one primary-key probe)."""
+        a = state.ack
+        mine = and_(a.c.audience == self.cfg.name, a.c.destination == self.label)
+        return conn.execute(select(a.c.member_key).where(mine).limit(1)).first() is not None
+
+    def _everyone_added(self, conn: Connection, plan: Plan, mode: SyncMode) -> list[tuple[Op, Select]]:
+        """The plan of a destination that holds nobody yet (a first sync): every desired member is an add.
+
+        The full join with the acknowledged side could only find nothing there, so the desired rows
+        are numbered straight from the snapshot, without the delta table: at 10M members that table is
+        a copy of the whole audience, written and read back. Nothing is removed, changed, forgotten or
+        refreshed; the shards are sized by the desired count staging took for this destination, and
+        ``plan.adds`` is then the rows written (``_write_plan``).
+        """
+        self._count_sides(conn, plan, mode)
+        plan.adds = plan.desired
+        return [(Op.ADD, self._desired(conn, mode))]
+
+    def _desired(self, conn: Connection, mode: SyncMode) -> Select:
+        """The members this destination should hold, for this plan's snapshot and mode."""
+        # inside the plan's transaction, after staging (which holds the lease) wrote the exclusions
+        excluding = state.has_exclusions(conn, self.snapshot or self.cfg.name)
+        return desired_select(
+            self.cfg, self.dest, snapshot=self.snapshot, empty=mode == SyncMode.RETIRE, exclusions=excluding
+        )
+
     def _forget_rejected(self, conn: Connection, delta: Table) -> None:
         """Rejected adds whose member left, or whose identity changed, are forgotten without a push: the
         destination never held them. A changed identity is then planned as a fresh add."""
@@ -462,8 +500,9 @@ class Planner:
         p = state.pending
         return and_(p.c.audience == self.cfg.name, p.c.destination == self.label)
 
-    def _write_pending(self, conn: Connection, groups: list[tuple[Op, Select]], n: int) -> None:
-        """Number each group's rows into batches of ``n`` shards and write them to ``do_pending``.
+    def _write_pending(self, conn: Connection, groups: list[tuple[Op, Select]], n: int) -> list[int]:
+        """Number each group's rows into batches of ``n`` shards and write them to ``do_pending``;
+        returns how many rows each group wrote.
 
         Each group starts at the round after the longest shard's previous one, so ordering by batch
         number is remove-then-add (then refresh) in every shard and overall.
@@ -471,10 +510,14 @@ class Planner:
         p = state.pending
         cols = ["audience", "destination", "op", "member_key", "batch_no", *IDENTITY_COLUMNS]
         first_round = 0
+        written = []
         for op, rows in groups:
-            conn.execute(insert(p).from_select(cols, self._numbered(rows.subquery(), op, n, first_round)))
+            numbered = insert(p).from_select(cols, self._numbered(rows.subquery(), op, n, first_round))
+            # SQLAlchemy reports an INSERT's rowcount only when asked to keep it
+            written.append(conn.execute(numbered.execution_options(preserve_rowcount=True)).rowcount)
             last = conn.scalar(select(func.max(p.c.batch_no)).where(self._pending_mine()))
             first_round = 0 if last is None else last // n + 1
+        return written
 
     def _write_batches(self, conn: Connection, sync_id: int, n: int) -> int:
         """One ``do_batch`` row per numbered batch, each with its idempotency key; returns how many."""
@@ -571,11 +614,7 @@ class Planner:
         list up through the primary key.
         """
         a, m = state.ack, state.member
-        # inside the plan's transaction, after staging (which holds the lease) wrote the exclusions
-        excluding = state.has_exclusions(conn, self.snapshot or self.cfg.name)
-        desired = desired_select(
-            self.cfg, self.dest, snapshot=self.snapshot, empty=mode == SyncMode.RETIRE, exclusions=excluding
-        )
+        desired = self._desired(conn, mode)
         acked = select(a).where(a.c.audience == self.cfg.name, a.c.destination == self.label)
         source: Any
         d: FromClause
