@@ -44,6 +44,8 @@ T = TypeVar("T")
 
 #: what ``quote_plus`` leaves as it is
 _FORM_SAFE = frozenset(string.ascii_letters + string.digits + "_.-~")
+#: the ASCII characters it escapes
+_FORM_UNSAFE = tuple(chr(i) for i in range(128) if chr(i) not in _FORM_SAFE)
 FORM_CONTENT_TYPE = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -53,7 +55,9 @@ def form_encode(fields: dict[str, str]) -> str:
     ``quote_plus`` looks every character up in Python: 0.17 s for one Meta batch of 10,000 rows
     (1.4 MB of JSON), a third of the batch's push. ``json.dumps`` writes ASCII, so each character
     to escape is replaced across the whole value at once (``%`` first, the space last: the escapes
-    bring in both); anything else non-ASCII goes through ``quote_plus``.
+    bring in both); anything else non-ASCII goes through ``quote_plus``. Which characters are there is
+    asked one candidate at a time (``c in value`` scans in C): a set of the value's characters costs
+    twenty times as much over a megabyte.
     """
     return "&".join(f"{quote_plus(k)}={_form_quote(v)}" for k, v in fields.items())
 
@@ -61,7 +65,8 @@ def form_encode(fields: dict[str, str]) -> str:
 def _form_quote(value: str) -> str:
     if not value.isascii():
         return quote_plus(value)
-    for c in sorted(set(value) - _FORM_SAFE, key=lambda c: (c != "%", c == " ")):
+    present = [c for c in _FORM_UNSAFE if c in value]
+    for c in sorted(present, key=lambda c: (c != "%", c == " ")):
         value = value.replace(c, "+" if c == " " else f"%{ord(c):02X}")
     return value
 

@@ -14,6 +14,8 @@ from facebook_business import apiconfig
 from facebook_business.adobjects.customaudience import CustomAudience
 from facebook_business.api import FacebookAdsApi
 from facebook_business.session import FacebookSession
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from data_out.connections import ConnectionInfo, engine_for
@@ -130,6 +132,27 @@ def test_the_sdk_itself_is_accepted_by_the_stand_in(tmp_path: Path):
         dest.push(Op.ADD, [m for i in range(1, 5) for m in member(i)], "do-k")
         dest.push(Op.REMOVE, member(1), "do-k2")
     assert standin.audiences["999"] == standin.audiences[AUD] and len(standin.audiences[AUD]) == 3
+
+
+_HASHES = st.one_of(st.none(), st.just(""), st.text("0123456789abcdef", min_size=64, max_size=64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.permutations(["EMAIL", "PHONE", "EXTERN_ID"]).flatmap(lambda p: st.integers(1, 3).map(lambda n: p[:n])),
+    rows=st.lists(st.tuples(_HASHES, _HASHES, st.one_of(st.none(), st.just(" Ab1 ")), st.booleans()), max_size=8),
+)
+def test_rows_read_by_position_are_the_rows_the_general_reading_makes(keys, rows):
+    """Rows without extra keys, for match keys that are stored hashes, are read by position: the same payload."""
+    conn = ConnectionInfo("m", "data_out_meta", host="http://127.0.0.1:9", password="t", extra={})
+    settings_ = MetaSettings.model_construct(
+        type="meta", audience_id=AUD, match_keys=list(keys), api_version=DEFAULT_API_VERSION, batch_size=None
+    )
+    fast, general = MetaDestination(AUDIENCE, settings_, conn), MetaDestination(AUDIENCE, settings_, conn)
+    general._direct = None  # noqa: SLF001
+    assert (fast._direct is None) == ("EXTERN_ID" in keys)  # noqa: SLF001
+    members = [MemberRow(f"k{i}", e, p, x, None, h) for i, (e, p, x, h) in enumerate(rows)]
+    assert fast._payload(members) == general._payload(members)  # noqa: SLF001
 
 
 def test_a_repeated_batch_seq_is_refused_by_the_stand_in():

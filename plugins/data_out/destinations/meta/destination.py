@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import requests
 
@@ -51,6 +52,11 @@ class MetaDestination(Destination):
 
         self.client: HttpClient = MetaHook(connection=self.connection).client()
         self.path = f"/{self.settings.api_version}/{self.settings.audience_id}"
+        #: where each match key sits in a ``MemberRow`` when every key is a stored hash (EMAIL, PHONE), so a
+        #: row without extra keys is read by position (``_row``); ``None``: some key needs more than that
+        direct = {"EMAIL": MemberRow._fields.index("email_sha256"), "PHONE": MemberRow._fields.index("phone_sha256")}
+        keys = self.settings.match_keys
+        self._direct = tuple(direct[k] for k in keys) if all(k in direct for k in keys) else None
 
     @classmethod
     def columns_for(cls, settings: DestinationSettings) -> dict[str, str]:
@@ -72,6 +78,8 @@ class MetaDestination(Destination):
         return self.columns_for(self.settings)
 
     def _row(self, r: MemberRow) -> list[str]:
+        if self._direct is not None and not r.extra:  # most rows: the same values as below, by position
+            return cast(list[str], [r[i] or "" for i in self._direct])  # positions of str fields
         extra = json.loads(r.extra) if r.extra else {}
         values = {
             "EMAIL": r.email_sha256,
