@@ -23,7 +23,6 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 from sandbox.standins.base import HttpError, Request, Response, StandIn, bearer, require_hex64
 
@@ -64,8 +63,7 @@ LATEST = "v27.0"
 def params(req: Request) -> dict[str, list[str]]:
     """Graph API parameters: the query string and a form-encoded body alike (Meta's SDK sends a DELETE's
     parameters, payload included, in the query string and a POST's in the body)."""
-    form = parse_qs(req.body.decode("utf-8")) if req.body else {}
-    return {**req.query, **form}
+    return {**req.query, **req.form}
 
 
 def meta_error(
