@@ -8,9 +8,8 @@ small pool of forked worker processes, in order, with a fixed number of batches 
 only; workers never log and never touch a database connection.
 
 While the workers live, the objects this process held when it forked them are frozen out of its garbage
-collector (``frozen_heap``). A forked worker shares this process's pages until one side writes to them;
-a collection here writes to the header of every object it visits, so each one would copy every page of
-the heap the workers still share, and the tree would hold the old heap twice.
+collector (``heap.frozen_heap``): a collection here would copy every page of the heap the workers still
+share, and the tree would hold the old heap twice.
 
 Where a pool cannot start (no ``fork``, or a process that may not have children, such as a daemonic
 multiprocessing worker) the batches are normalised here, one after the other: slower, never different.
@@ -18,16 +17,13 @@ multiprocessing worker) the batches are normalised here, one after the other: sl
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import multiprocessing
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TypeVar
@@ -36,6 +32,7 @@ from data_out import state
 from data_out.config import AudienceConfig, Identifiers
 from data_out.engine.holdout import bucket_for
 from data_out.errors import SettingError
+from data_out.heap import frozen_heap
 from data_out.identity import identity_forms, normalize_meta_field, notes_text, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -199,32 +196,6 @@ def _pooled(
             pending.extend(pool.submit(fn, part) for part in islice(stream, 1))  # the next part, if any
     finally:  # also when the caller stops early (an error while copying): drop what is still queued
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-_freeze_lock = threading.Lock()
-_freezes = 0  # how many pools (of this process's threads) are alive: the heap thaws after the last
-
-
-@contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Keep the garbage collector off the objects that exist now until the block ends (``gc.freeze``).
-
-    As Python's ``gc`` documentation advises before a fork without exec. Objects made inside the block
-    are collected as usual; the frozen ones return to the oldest generation at the end, so cyclic
-    garbage among them is collected later, not leaked.
-    """
-    global _freezes
-    with _freeze_lock:
-        if _freezes == 0:
-            gc.freeze()
-        _freezes += 1
-    try:
-        yield
-    finally:
-        with _freeze_lock:
-            _freezes -= 1
-            if _freezes == 0:
-                gc.unfreeze()
 
 
 def _start_pool(workers: int) -> ProcessPoolExecutor | None:

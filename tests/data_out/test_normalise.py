@@ -82,7 +82,7 @@ def test_parts_are_read_as_results_are_taken():
 
 
 def test_the_heap_is_frozen_while_workers_live_and_thawed_after():
-    """Collections here would copy the pages the forked workers share (``normalise.frozen_heap``)."""
+    """Collections here would copy the pages the forked workers share (``heap.frozen_heap``)."""
     assert gc.get_freeze_count() == 0
     first = in_order(sum, [[i] for i in range(6)], workers=2)
     assert next(first) == 0

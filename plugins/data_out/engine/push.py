@@ -47,6 +47,7 @@ from data_out.destinations.base import IDENTITY_COLUMNS, BatchResult, Destinatio
 from data_out.destinations.oversize import push_within_limits
 from data_out.engine import changes, faults, lease
 from data_out.hashing import sha256_hex
+from data_out.heap import frozen_heap
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ class Pusher:
         first_analyze = self._first_analyze()
         planned = self._planned(shard)
         beat = _Heartbeat(heartbeat, beat_every)
-        with _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
+        # batches in flight outlive the young generations: keep collections off what the task imported
+        with frozen_heap(), _Pipeline(self.engine.dialect.name == "postgresql") as pipeline:
             moved = self._push_planned(sync_id, result, planned, pipeline, beat, first_analyze)
         self._vacuum_after(moved)
         result.seconds = round(result.seconds + time.monotonic() - started, 3)

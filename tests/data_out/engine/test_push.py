@@ -7,6 +7,7 @@ Every test runs on SQLite (commit, then push the next) and on the real Postgres 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import threading
 
 import pytest
@@ -422,3 +423,24 @@ def test_an_add_meeting_an_acknowledged_row_replaces_it_and_later_adds_delete_fi
     assert _acked(state_engine) == ({m["customer_id"] for m in MEMBERS}, len(MEMBERS))
     with state_engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(state.ack)) == len(MEMBERS)
+
+
+def test_batches_are_pushed_and_committed_with_the_heap_frozen_and_it_thaws_after(runner, monkeypatch):
+    """Collections during a drain visit only what the drain made, not every object the task imported."""
+    frozen: list[int] = []
+    push, commit = MemoryDestination.push, Pusher._commit
+
+    def pushing(self, op, rows, key):  # type: ignore[no-untyped-def]
+        frozen.append(gc.get_freeze_count())
+        return push(self, op, rows, key)
+
+    def committing(self, *args):  # type: ignore[no-untyped-def]
+        frozen.append(gc.get_freeze_count())  # on the pipeline's thread too, on Postgres
+        return commit(self, *args)
+
+    monkeypatch.setattr(MemoryDestination, "push", pushing)
+    monkeypatch.setattr(Pusher, "_commit", committing)
+    assert gc.get_freeze_count() == 0
+    runner.run("t/1", AS_OF)
+    assert len(frozen) == 2 * 5 and min(frozen) > 1000  # every push and commit: at least the imported modules
+    assert gc.get_freeze_count() == 0
