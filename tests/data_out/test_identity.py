@@ -368,6 +368,36 @@ def test_phone_fast_path_gives_what_the_general_rules_give(raw: str | None, regi
     assert normalize_phone(raw, region) == identity._normalize_phone(raw, region)
 
 
+_VALIDITY_REGIONS = ["US", "CA", "PR", "GB", "DE", "MX", "FR", "BR", "IN", "JP", "AU", "IT", "SG", "ZA"]
+
+
+@st.composite
+def _national_numbers(draw: st.DrawFn) -> tuple[str, phonenumbers.PhoneNumber]:
+    """A region and one of its numbers: its example of some type with a digit changed, added or dropped,
+    or any digits at all (most then invalid)."""
+    region = draw(st.sampled_from(_VALIDITY_REGIONS))
+    kind = draw(st.sampled_from(list(range(11))))  # phonenumbers' PhoneNumberType values
+    example = phonenumbers.example_number_for_type(region, kind)
+    if example is None or draw(st.booleans()):
+        digits = draw(st.text(alphabet="0123456789", min_size=3, max_size=14))
+    else:
+        digits = phonenumbers.national_significant_number(example)
+    digits = draw(_near_miss(digits, list("0123456789")))
+    number = phonenumbers.PhoneNumber(
+        country_code=phonenumbers.country_code_for_region(region), national_number=int(digits or "0")
+    )
+    return region, number
+
+
+@settings(max_examples=3000, deadline=None)
+@given(case=_national_numbers())
+def test_region_validity_in_two_patterns_is_phonenumbers_own(case: tuple[str, phonenumbers.PhoneNumber]) -> None:
+    region, number = case
+    want = phonenumbers.is_valid_number_for_region(number, region)
+    event("valid" if want else "not valid")
+    assert identity._valid_in_region(region, phonenumbers.national_significant_number(number)) == want
+
+
 _EMAIL_INSERTIONS = [*'aZ0._%+-@ <>:,;"()[]\\!#', "é", "＠", "Ａ", "\u00a0", "\u200b", "\x00", "\t"]
 
 
