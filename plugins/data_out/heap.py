@@ -13,6 +13,8 @@ Two steps hold the heap frozen (``gc.freeze``) while they run:
 
 Objects made inside the block are collected as usual; the frozen ones return to the oldest generation
 when the last block of the process ends, so cyclic garbage among them is collected then, not leaked.
+A heap that was frozen before the first block opened stays frozen: Airflow's LocalExecutor freezes its
+heap before forking its workers, and ``gc.unfreeze`` cannot thaw only what came after.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from contextlib import contextmanager
 
 _lock = threading.Lock()
 _holders = 0  # blocks of this process's threads that are open: the heap thaws after the last
+_thaw = False  # whether the last block to end unfreezes (nothing was frozen before the first began)
 
 
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """Freeze every object that exists now (``gc.freeze``) until the last open block of the process ends."""
-    global _holders
+    global _holders, _thaw
     with _lock:
+        if _holders == 0:
+            _thaw = gc.get_freeze_count() == 0
         gc.freeze()  # again in a nested block: what was made since joins the frozen objects
         _holders += 1
     try:
@@ -38,5 +43,5 @@ def frozen_heap() -> Iterator[None]:
     finally:
         with _lock:
             _holders -= 1
-            if _holders == 0:
+            if _holders == 0 and _thaw:
                 gc.unfreeze()

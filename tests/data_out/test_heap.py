@@ -17,3 +17,18 @@ def test_nested_blocks_freeze_what_was_made_since_and_the_heap_thaws_after_the_l
             assert gc.get_freeze_count() >= outer + len(made)  # the inner block froze them too
         assert gc.get_freeze_count() > 0  # the outer block is still open
     assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_before_the_first_block_stays_frozen_after_the_last():
+    """Airflow's LocalExecutor freezes its heap before forking workers; a push in their tasks leaves it so."""
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() >= before > 0
+    finally:
+        gc.unfreeze()
+    with frozen_heap():  # and a later block, with nothing frozen before it, thaws as usual
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
